@@ -1,0 +1,91 @@
+"""shipslog.journal: bytes on disk.
+
+Durable file primitives, the segmented and fsynced journal (framing, group
+commit, torn-tail repair, mid-log corruption detection), snapshots, the
+writer's root lock, the error hierarchy and the crash-point registry.  Nothing
+here knows about the layers above; nothing here imports torch.
+"""
+
+from ._crashpoints import (
+    CRASH_AT_ENV,
+    CRASH_EXIT_CODE,
+    CRASH_MODE_ENV,
+    CRASH_TRACE_ENV,
+    crash_point,
+    register_crash_point,
+    registered_crash_points,
+)
+from ._errors import (
+    CorruptJournalError,
+    CorruptSnapshotError,
+    InsufficientSpaceError,
+    JournalBrokenError,
+    JournalClosedError,
+    JournalError,
+    JournalLockedError,
+    JournalWriteError,
+    ShipslogError,
+    UnsupportedFormatError,
+)
+from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, Record, segment_name
+from ._fs import OS_FS, FileSystem, is_temp_name
+from ._journal import (
+    DEFAULT_SEGMENT_BYTES,
+    JOURNAL_DIR,
+    QUARANTINE_DIR,
+    SNAPSHOT_DIR,
+    Journal,
+    OpenReport,
+    TailRepair,
+)
+from ._lock import LOCK_NAME, read_lock_holder
+from ._reader import JournalReader, Position, TornTail, list_segments
+from ._recording import FsOp, RecordingFileSystem
+from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, read_snapshot
+
+__all__ = [
+    "CRASH_AT_ENV",
+    "CRASH_EXIT_CODE",
+    "CRASH_MODE_ENV",
+    "CRASH_TRACE_ENV",
+    "DEFAULT_SEGMENT_BYTES",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "JOURNAL_DIR",
+    "LOCK_NAME",
+    "MAX_FRAME_BYTES",
+    "OS_FS",
+    "QUARANTINE_DIR",
+    "SNAPSHOT_DIR",
+    "SNAPSHOT_VERSION",
+    "CorruptJournalError",
+    "CorruptSnapshotError",
+    "FileSystem",
+    "FsOp",
+    "InsufficientSpaceError",
+    "Journal",
+    "JournalBrokenError",
+    "JournalClosedError",
+    "JournalError",
+    "JournalLockedError",
+    "JournalReader",
+    "JournalWriteError",
+    "OpenReport",
+    "Position",
+    "Record",
+    "RecordingFileSystem",
+    "ShipslogError",
+    "Snapshot",
+    "TailRepair",
+    "TornTail",
+    "UnsupportedFormatError",
+    "crash_point",
+    "is_temp_name",
+    "list_segments",
+    "list_snapshots",
+    "read_lock_holder",
+    "read_snapshot",
+    "register_crash_point",
+    "registered_crash_points",
+    "segment_name",
+]

@@ -1,0 +1,154 @@
+"""The error hierarchy shared by every layer of shipslog.
+
+Every error raised on purpose by shipslog derives from :class:`ShipslogError`
+and also from the builtin exception it most resembles, so callers can catch
+either.  Messages state what was expected, what was found, where (path,
+offset, seq) and what to do next.
+
+Closed and broken are kept apart: :class:`JournalClosedError` means the caller
+closed the journal and kept using it (a bug in the caller);
+:class:`JournalBrokenError` means the journal hit an I/O failure it cannot
+safely retry, and only re-opening it from disk clears that.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = [
+    "CorruptJournalError",
+    "CorruptSnapshotError",
+    "InsufficientSpaceError",
+    "JournalBrokenError",
+    "JournalClosedError",
+    "JournalError",
+    "JournalLockedError",
+    "JournalWriteError",
+    "ShipslogError",
+    "UnsupportedFormatError",
+]
+
+
+class ShipslogError(Exception):
+    """The root of every error shipslog raises on purpose."""
+
+
+class JournalError(ShipslogError):
+    """Something is wrong with a journal: its files, its state or its use."""
+
+
+class CorruptJournalError(JournalError, ValueError):
+    """A journal holds bytes that are not a valid record where one must be.
+
+    Raised for damage that is *not* a torn tail: a bad frame followed by more
+    data, a segment missing between two others, a segment without a valid
+    header.  Nothing at or after ``offset`` is ever served.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], offset: int, reason: str, *, hint: str = "") -> None:
+        self.path = os.fspath(path)
+        self.offset = offset
+        self.reason = reason
+        advice = hint or (
+            "the journal is damaged before its end, so records after this point cannot be trusted; "
+            "keep a copy of the root, inspect it with 'shipslog verify', and restore the segment "
+            "from a backup"
+        )
+        super().__init__(f"corrupt journal at {self.path} offset {offset}: {reason}; {advice}")
+
+
+class UnsupportedFormatError(ShipslogError, ValueError):
+    """A file was written in a format version this shipslog does not read.
+
+    It never guesses: the message names the version found and the versions this
+    build supports.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, found: int, supported: int) -> None:
+        self.path = os.fspath(path)
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{self.path}: {what} format version {found} is not supported by this shipslog "
+            f"(it reads version {supported}); use a shipslog release that writes version {found}"
+        )
+
+
+class CorruptSnapshotError(JournalError, ValueError):
+    """A snapshot file failed its checksum or does not parse."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"snapshot {self.path} is not usable: {reason}")
+
+
+class JournalClosedError(JournalError, ValueError):
+    """The journal (or engine) was closed by its owner and then used again.
+
+    Like an operation on a closed file, this is a mistake in the calling code;
+    nothing on disk is wrong.
+    """
+
+
+class JournalBrokenError(JournalError, OSError):
+    """An I/O failure left the journal in a state it cannot safely continue from.
+
+    A failed fsync is never retried (the kernel may have dropped the dirty pages
+    and a retry would report success for data that is gone).  Every later call
+    raises this error; re-open the root from disk to continue.  The original
+    failure is chained as ``__cause__``.
+    """
+
+
+class JournalWriteError(JournalError, OSError):
+    """A write to the journal failed before it became durable.
+
+    The partial frame was cut back, every record acknowledged earlier is intact,
+    and the records of the failed append were not acknowledged.
+    """
+
+
+class InsufficientSpaceError(ShipslogError, OSError):
+    """The disk does not have the space an operation needs.
+
+    Raised up front by preflight checks (``needed`` vs ``free``) and when a
+    write fails with ``ENOSPC``.  Nothing partial is left behind.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], needed: int | None, free: int | None, detail: str = "") -> None:
+        self.path = os.fspath(path)
+        self.needed = needed
+        self.free = free
+        parts = [f"not enough free space at {self.path}"]
+        if needed is not None and free is not None:
+            parts.append(f"needed {needed} bytes, {free} bytes free")
+        if detail:
+            parts.append(detail)
+        parts.append("free some space (for example with 'shipslog gc') and try again")
+        super().__init__(errno.ENOSPC, "; ".join(parts))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class JournalLockedError(JournalError, BlockingIOError):
+    """The root is held by another journal (another process, or another open here).
+
+    One writer per root: the message names the holder's pid when it can be read.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], holder: str | None) -> None:
+        self.root = os.fspath(root)
+        self.holder = holder
+        who = f"held by {holder}" if holder else "held by another opener"
+        super().__init__(
+            errno.EAGAIN,
+            f"{self.root} is {who}; only one writer may open a root at a time. "
+            "Close the other engine (or wait for that process to exit); read-only commands "
+            "such as 'shipslog status' work while it runs",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -1,0 +1,261 @@
+"""The journal's on-disk format: segment headers, frames and records.
+
+A segment file is a fixed header followed by frames::
+
+    header: magic "SHIPSLOG" | u16 version | u16 flags | u64 first_seq
+            | i64 created_ns | u32 prev_crc | u32 header_crc      (36 bytes, little-endian)
+    frame:  u32 length | u32 crc | payload (length bytes)
+
+``header_crc`` is the CRC-32 of the header bytes before it.  ``prev_crc`` is the
+crc of the last frame of the previous segment (0 for the first segment), so a
+segment cannot be swapped in from another journal unnoticed.
+
+A frame's crc is ``crc32(payload, crc32(length_le32, prev))``, where ``prev``
+is the crc of the frame before it, or ``header_crc`` for the first frame of a
+segment: a frame cannot be moved, or replayed from an older file.
+
+A payload is a msgpack array of records, each record the array
+``[seq, time, session, event]`` with the event kept as raw msgpack bytes (the
+layer above decodes it).  One append is one frame, so the records of one group
+commit become durable, or are torn, together.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import msgspec
+
+from ._errors import CorruptJournalError, UnsupportedFormatError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FRAME_HEADER_SIZE",
+    "HEADER_SIZE",
+    "MAX_FRAME_BYTES",
+    "Damage",
+    "FrameEnd",
+    "Record",
+    "SegmentHeader",
+    "decode_header",
+    "encode_header",
+    "frame_crc",
+    "is_zero",
+    "iter_frames",
+    "segment_name",
+    "parse_segment_name",
+]
+
+MAGIC = b"SHIPSLOG"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sHHQqI")
+HEADER_SIZE = _HEADER.size + 4
+_CRC = struct.Struct("<I")
+_FRAME = struct.Struct("<II")
+FRAME_HEADER_SIZE = _FRAME.size
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+"""The largest payload a frame may carry; a longer length field is damage."""
+
+_SEGMENT_SUFFIX = ".log"
+_SEQ_DIGITS = 20
+
+
+class Record(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """One journal record: ``seq`` (1, 2, 3, ... with no gaps), ``time`` (seconds
+    since the epoch, when its frame was written), ``session`` (the id of the
+    journal opening that wrote it) and ``event`` (msgpack bytes, decoded by the
+    layer above)."""
+
+    seq: int
+    time: float
+    session: str
+    event: msgspec.Raw
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    """The parsed header of one segment file."""
+
+    first_seq: int
+    created_ns: int
+    prev_crc: int
+    header_crc: int
+
+
+def segment_name(first_seq: int) -> str:
+    """The file name of the segment whose first record is ``first_seq``."""
+    return f"{first_seq:0{_SEQ_DIGITS}d}{_SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The first seq a segment file name stands for, or None if it is not one."""
+    if not name.endswith(_SEGMENT_SUFFIX):
+        return None
+    stem = name[: -len(_SEGMENT_SUFFIX)]
+    if not stem.isdigit() or not stem.isascii():
+        return None
+    return int(stem)
+
+
+def encode_header(first_seq: int, created_ns: int, prev_crc: int) -> bytes:
+    """The header bytes of a new segment."""
+    body = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, first_seq, created_ns, prev_crc)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def decode_header(path: str, data: bytes | mmap.mmap) -> SegmentHeader:
+    """Parse and check a segment header, or raise a clear error.
+
+    An unknown version raises :class:`UnsupportedFormatError` naming both
+    versions; anything else that is not a valid header raises
+    :class:`CorruptJournalError` at offset 0.
+    """
+    if len(data) == 0:
+        raise CorruptJournalError(
+            path, 0, "the segment file is empty (expected a 36-byte header)",
+            hint="segments are created whole, so an empty one was not written by shipslog; "
+            "move it out of the journal folder if it holds nothing you need",
+        )
+    if len(data) < HEADER_SIZE:
+        raise CorruptJournalError(path, 0, f"the segment file is {len(data)} bytes, shorter than its {HEADER_SIZE}-byte header")
+    magic, version, _flags, first_seq, created_ns, prev_crc = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise CorruptJournalError(
+            path, 0, f"expected the segment magic {MAGIC!r}, found {bytes(magic)!r}",
+            hint="this file is not a shipslog journal segment; move it out of the journal folder",
+        )
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(path, "journal segment", version, FORMAT_VERSION)
+    (stored,) = _CRC.unpack_from(data, _HEADER.size)
+    actual = zlib.crc32(data[: _HEADER.size])
+    if stored != actual:
+        raise CorruptJournalError(path, 0, f"segment header crc mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    return SegmentHeader(first_seq, created_ns, prev_crc, stored)
+
+
+def frame_crc(payload: bytes, prev: int) -> int:
+    """The chained crc of a frame carrying ``payload`` after a frame whose crc is ``prev``."""
+    return zlib.crc32(payload, zlib.crc32(_CRC.pack(len(payload)), prev))
+
+
+def encode_frame(payload: bytes, prev: int) -> tuple[bytes, int]:
+    """The bytes of one frame, and its crc."""
+    crc = frame_crc(payload, prev)
+    return _FRAME.pack(len(payload), crc) + payload, crc
+
+
+def is_zero(data: bytes | mmap.mmap, start: int, stop: int) -> bool:
+    """True when every byte of ``data[start:stop]`` is zero."""
+    if stop <= start:
+        return True
+    import numpy as np
+
+    return not bool(np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start).any())
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A frame that did not verify.
+
+    ``offset`` is where the bad frame starts, ``stop`` where its damaged bytes
+    end.  ``torn`` is True when nothing but zeros or the end of the file
+    follows (a write cut off by a crash, safe to cut back); False when valid
+    data follows (corruption in the middle of the log).
+    """
+
+    offset: int
+    stop: int
+    reason: str
+    torn: bool
+
+
+@dataclass(frozen=True)
+class FrameEnd:
+    """Where a walk over frames stopped: after the last valid frame.
+
+    ``offset`` is the end of the last valid frame, ``crc`` its crc (the seed for
+    the next frame), ``damage`` the bad frame found there, if any.
+    """
+
+    offset: int
+    crc: int
+    damage: Damage | None
+
+
+def iter_frames(
+    data: bytes | mmap.mmap, start: int, seed: int
+) -> Generator[tuple[int, int, bytes], None, FrameEnd]:
+    """Walk the frames of ``data`` from ``start``, verifying each crc in the chain.
+
+    Yields ``(offset, crc, payload)`` for every valid frame and returns a
+    :class:`FrameEnd` that says where valid data ends and whether what follows
+    is a torn tail or corruption.  The end of data is the end of the file or a
+    zero frame header followed only by zeros (the unused part of a
+    preallocated segment).
+    """
+    size = len(data)
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    off = start
+    prev = seed
+    while True:
+        body = off + FRAME_HEADER_SIZE
+        if body > size:
+            if off == size or is_zero(data, off, size):
+                return FrameEnd(off, prev, None)
+            return FrameEnd(off, prev, Damage(off, size, f"frame header cut short: {size - off} of {FRAME_HEADER_SIZE} bytes", True))
+        length, crc = unpack(data, off)
+        if length == 0:
+            if crc == 0 and is_zero(data, body, size):
+                return FrameEnd(off, prev, None)
+            return FrameEnd(off, prev, Damage(off, body, "a frame of length 0 (zeros or garbage where a frame header belongs) with data after it", False))
+        stop = body + length
+        if length > MAX_FRAME_BYTES:
+            torn = is_zero(data, body, size)
+            return FrameEnd(off, prev, Damage(off, size, f"frame length {length} exceeds the {MAX_FRAME_BYTES}-byte limit", torn))
+        if stop > size:
+            torn = not _valid_frame_after(data, body, crc)
+            why = f"frame of {length} bytes cut short: only {size - body} bytes left in the file"
+            return FrameEnd(off, prev, Damage(off, size, why, torn))
+        payload = data[body:stop]
+        actual = crc32(payload, crc32(data[off:off + 4], prev))
+        if actual != crc:
+            torn = is_zero(data, stop, size)
+            why = f"frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
+            return FrameEnd(off, prev, Damage(off, stop, why, torn))
+        yield off, crc, payload  # type: ignore[misc]
+        prev = crc
+        off = stop
+
+
+def _valid_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
+    """Whether any valid frame, chained from ``seed``, starts in ``data[start:]``.
+
+    Used when a frame's length runs past the end of the file: that is a torn
+    write only if the bytes it would swallow hold no valid frame of their own
+    (a damaged length field in the middle of the log would).
+    """
+    size = len(data)
+    unpack = _FRAME.unpack_from
+    for off in range(start, size - FRAME_HEADER_SIZE + 1):
+        length, crc = unpack(data, off)
+        if length == 0 or off + FRAME_HEADER_SIZE + length > size:
+            continue
+        body = off + FRAME_HEADER_SIZE
+        if zlib.crc32(data[body:body + length], zlib.crc32(data[off:off + 4], seed)) == crc:
+            return True
+    return False
+
+
+def read_segment(path: str) -> bytes | mmap.mmap:
+    """Map a segment file read-only (an empty file reads as ``b""``)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)

@@ -1,0 +1,252 @@
+"""Durable file primitives: the one place where shipslog touches the file system.
+
+Every file effect of the journal and the engine goes through a
+:class:`FileSystem` object, so that the rules below live in one place and a
+test (or the crash harness) can substitute a recording implementation.
+
+The rules, learned from LevelDB, etcd, SQLite and PostgreSQL:
+
+* a new or renamed file is durable only after its folder is fsynced;
+* writes loop on short writes; a write that makes no progress is an error;
+* a failed fsync is never retried here: the error propagates and the caller
+  decides (the journal turns it into :class:`JournalBrokenError`);
+* bytes are written and fsynced before anything that says they are complete.
+
+The low-level methods (``open``, ``write_all``, ``fsync``, ``replace``, ...)
+are single system calls; the composite ones (``write_file_atomic``,
+``rename_durable``, ...) are written only in terms of them, so a subclass that
+overrides the low-level methods sees every effect of the composites too.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+from typing import Union
+
+__all__ = ["FileSystem", "OS_FS", "PathLike", "is_temp_name"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_log = logging.getLogger("shipslog.journal.fs")
+
+_TEMP_MARK = ".tmp-"
+_DELETING_MARK = ".deleting"
+
+
+def is_temp_name(name: str) -> bool:
+    """Return True for names this module uses for work in progress.
+
+    Such files are never results: a crash can leave them behind, and recovery
+    moves them to quarantine.
+    """
+    return name.startswith(".") and (_TEMP_MARK in name or name.endswith(_DELETING_MARK))
+
+
+class FileSystem:
+    """The durable file primitives, backed by the real operating system.
+
+    ``sync=False`` turns every fsync into a no-op.  That is for tests and
+    benchmarks that measure something else; nothing written that way survives a
+    power cut.
+    """
+
+    def __init__(self, *, sync: bool = True) -> None:
+        self.sync = sync
+
+    # -- low-level primitives: one system call each --------------------------------
+
+    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
+        """Open ``path`` with ``os.open`` flags; never follows a final symlink."""
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        """Close a file descriptor."""
+        os.close(fd)
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        """Write every byte of ``data``, looping on short writes.
+
+        With ``offset`` the bytes go to that position (``pwrite``), otherwise
+        to the file position.  A write that returns 0 raises ``OSError(EIO)``
+        instead of looping forever.
+        """
+        view = memoryview(data).cast("B")
+        done = 0
+        total = len(view)
+        while done < total:
+            if offset is None:
+                n = os.write(fd, view[done:])
+            else:
+                n = os.pwrite(fd, view[done:], offset + done)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write made no progress after {done} of {total} bytes")
+            done += n
+
+    def fsync(self, fd: int) -> None:
+        """Flush a file's data and metadata to stable storage."""
+        if self.sync:
+            os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        """Flush a file's data (and the metadata needed to read it back)."""
+        if self.sync:
+            os.fdatasync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Set a file's length (``ftruncate``)."""
+        os.ftruncate(fd, size)
+
+    def preallocate(self, fd: int, size: int) -> bool:
+        """Reserve ``size`` bytes for a file, reading back as zeros.
+
+        Returns False where the file system does not support it (the caller
+        then writes without a reservation).
+        """
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                _log.debug("posix_fallocate unsupported here: %s", exc)
+                return False
+            raise
+        return True
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        """Atomically rename ``src`` over ``dst`` (not yet durable)."""
+        os.replace(src, dst)
+
+    def mkdir(self, path: PathLike) -> None:
+        """Create one folder (not yet durable)."""
+        os.mkdir(path, 0o755)
+
+    def unlink(self, path: PathLike) -> None:
+        """Remove one file or symlink (not yet durable)."""
+        os.unlink(path)
+
+    def rmdir(self, path: PathLike) -> None:
+        """Remove one empty folder (not yet durable)."""
+        os.rmdir(path)
+
+    # -- composites, written only in terms of the primitives above ----------------
+
+    def fsync_dir(self, path: PathLike) -> None:
+        """Make the entries of folder ``path`` (creations, renames, removals) durable."""
+        fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
+    def write_file_atomic(self, path: PathLike, data: bytes | bytearray | memoryview, *, preallocate: int = 0) -> None:
+        """Replace ``path`` with ``data`` so that after a crash it holds the old or the new bytes.
+
+        Writes a temporary file in the same folder, fsyncs it, renames it over
+        ``path`` and fsyncs the folder.  When this returns the new content is
+        durable.  ``preallocate`` reserves that many bytes (zeros) after the data.
+        On failure the temporary file is removed and the error propagates;
+        ``path`` is untouched.
+        """
+        path = os.fspath(path)
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}{_TEMP_MARK}{secrets.token_hex(4)}")
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                self.write_all(fd, data)
+                if preallocate > len(data):
+                    self.preallocate(fd, preallocate)
+                self.fsync(fd)
+            finally:
+                self.close(fd)
+            self.replace(tmp, path)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        self.fsync_dir(folder or ".")
+
+    def rename_durable(self, src: PathLike, dst: PathLike) -> None:
+        """Rename ``src`` to ``dst`` and fsync both parent folders."""
+        src, dst = os.fspath(src), os.fspath(dst)
+        self.replace(src, dst)
+        dst_parent = os.path.dirname(dst) or "."
+        src_parent = os.path.dirname(src) or "."
+        self.fsync_dir(dst_parent)
+        if os.path.realpath(src_parent) != os.path.realpath(dst_parent):
+            self.fsync_dir(src_parent)
+
+    def remove_tree_durable(self, path: PathLike) -> None:
+        """Remove a file or folder tree so that a crash leaves it whole or gone.
+
+        The tree is first renamed to a hidden ``.<name>.deleting`` sibling (one
+        durable rename), then removed, then the parent is fsynced.  Calling it
+        again after a crash finishes a removal that was cut off.  Symlinks are
+        removed, never followed.  A path that does not exist is not an error.
+        """
+        path = os.fspath(path)
+        parent, name = os.path.split(path)
+        parent = parent or "."
+        trash = os.path.join(parent, f".{name}{_DELETING_MARK}")
+        if os.path.lexists(path):
+            self.replace(path, trash)
+            self.fsync_dir(parent)
+        if os.path.lexists(trash):
+            self._remove_tree(trash)
+            self.fsync_dir(parent)
+
+    def ensure_dir(self, path: PathLike) -> None:
+        """Create folder ``path`` and any missing parents, durably (``mkdir -p``).
+
+        Each folder created is made durable by fsyncing its parent.  An
+        existing folder is fine; an existing non-folder raises
+        ``NotADirectoryError``.
+        """
+        path = os.path.abspath(os.fspath(path))
+        missing: list[str] = []
+        probe = path
+        while not os.path.isdir(probe):
+            if os.path.lexists(probe):
+                raise NotADirectoryError(errno.ENOTDIR, "expected a folder, found a file", probe)
+            missing.append(probe)
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        for folder in reversed(missing):
+            try:
+                self.mkdir(folder)
+            except FileExistsError:
+                if not os.path.isdir(folder):
+                    raise
+            self.fsync_dir(os.path.dirname(folder))
+
+    def free_bytes(self, path: PathLike) -> int:
+        """Bytes available to this user on the file system holding ``path``."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _remove_tree(self, path: str) -> None:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            for entry in os.listdir(path):
+                self._remove_tree(os.path.join(path, entry))
+            self.rmdir(path)
+        else:
+            self.unlink(path)
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            self.unlink(tmp)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # the original error matters more; report this one
+            _log.warning("could not remove temporary file %s: %s", tmp, exc)
+
+
+OS_FS = FileSystem()
+"""The shared default: the real file system, with fsync on."""

@@ -1,0 +1,614 @@
+"""The journal writer: an append-only, fsynced, segmented log under ``ROOT/journal``.
+
+Guarantees:
+
+* :meth:`Journal.append` returns only after the fsync that covers its record;
+  a record that was acknowledged is served by every later open.
+* Appenders on many threads share writes and fsyncs (group commit): one
+  appender at a time leads, writing every queued record in one frame and
+  fsyncing once, while the others wait for it.  Each call's records land in
+  one frame, so they become durable (or are torn) together.
+* A failed write is cut back (the partial frame is zeroed or truncated away)
+  and raises; the journal stays usable and earlier records are intact.
+* A failed fsync is never retried: the journal becomes broken, the failed call
+  and every later one raise :class:`JournalBrokenError`, and only re-opening it
+  from disk clears that.
+* Opening repairs a torn tail (a frame cut off by a crash, followed only by
+  zeros or the end of the file): the damaged bytes are copied to
+  ``ROOT/quarantine/`` and cut back, and the repair is reported.  Any other
+  damage raises :class:`CorruptJournalError` and nothing is served.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ._crashpoints import crash_point, register_crash_point
+from ._errors import (
+    CorruptJournalError,
+    CorruptSnapshotError,
+    InsufficientSpaceError,
+    JournalBrokenError,
+    JournalClosedError,
+    JournalWriteError,
+    UnsupportedFormatError,
+)
+from ._format import (
+    HEADER_SIZE,
+    MAX_FRAME_BYTES,
+    Record,
+    decode_header,
+    encode_frame,
+    encode_header,
+    iter_frames,
+    read_segment,
+    segment_name,
+)
+from ._fs import OS_FS, FileSystem
+from ._lock import RootLock
+from ._reader import JournalReader, Position, SegmentStart, TornTail, decode_payload, list_segments, walk
+from ._snapshot import Snapshot, list_snapshots, read_snapshot, write_snapshot
+
+__all__ = ["DEFAULT_SEGMENT_BYTES", "Journal", "OpenReport", "TailRepair"]
+
+_log = logging.getLogger("shipslog.journal")
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+_GROUP_BYTES = 4 * 1024 * 1024
+_POSITIONS_KEPT = 4096
+
+JOURNAL_DIR = "journal"
+SNAPSHOT_DIR = "snapshots"
+QUARANTINE_DIR = "quarantine"
+
+CP_BEFORE_WRITE = register_crash_point("journal.before_write", "records queued, nothing of their frame written")
+CP_AFTER_WRITE = register_crash_point("journal.after_write", "frame written to the page cache, not yet fsynced")
+CP_AFTER_FSYNC = register_crash_point("journal.after_fsync", "frame durable, appenders not yet told")
+CP_ROLL_CREATED = register_crash_point("journal.roll.after_create", "new segment durable, previous one not yet sealed")
+CP_ROLL_SEALED = register_crash_point("journal.roll.after_seal", "previous segment truncated to its data and fsynced")
+CP_SNAPSHOT_WRITTEN = register_crash_point("journal.snapshot.after_write", "snapshot file durable, older ones not yet pruned")
+
+
+@dataclass(frozen=True)
+class TailRepair:
+    """A torn tail cut back on open: where it was, why, and where its bytes went."""
+
+    path: str
+    offset: int
+    length: int
+    reason: str
+    quarantined_to: str
+
+
+@dataclass
+class OpenReport:
+    """What opening found: the snapshot used, snapshots skipped (with why), and any tail repair."""
+
+    snapshot: Snapshot | None = None
+    skipped_snapshots: list[tuple[str, str]] = field(default_factory=list)
+    tail_repair: TailRepair | None = None
+    created: bool = False
+
+
+class _Pending:
+    __slots__ = ("done", "error", "events", "records")
+
+    def __init__(self, events: list[msgspec.Raw]) -> None:
+        self.events = events
+        self.records: list[Record] = []
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class Journal:
+    """An open, locked, writable journal under ``ROOT``.  Create it with :meth:`open`."""
+
+    def __init__(self, *, _token: object) -> None:
+        if _token is not _OPEN_TOKEN:
+            raise TypeError("use Journal.open(root) to open a journal")
+        self.root = ""
+        self.session = ""
+        self.report = OpenReport()
+        self._fs: FileSystem = OS_FS
+        self._lock: RootLock | None = None
+        self._segment_bytes = DEFAULT_SEGMENT_BYTES
+        self._preallocate = True
+        self._keep_snapshots = 2
+        self._fd = -1
+        self._seg_seq = 0
+        self._seg_path = ""
+        self._offset = 0
+        self._file_size = 0
+        self._crc = 0
+        self._next_seq = 1
+        self._durable_seq = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._positions: collections.deque[tuple[int, int, Position]] = collections.deque(maxlen=_POSITIONS_KEPT)
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    # -- opening --------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        fs: FileSystem | None = None,
+        fsync: bool = True,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        preallocate: bool = True,
+        keep_snapshots: int = 2,
+        session: str | None = None,
+    ) -> Journal:
+        """Lock ``root``, verify its journal from the newest valid snapshot on, repair a torn tail, and open it for appends.
+
+        Creates the root and an empty journal when there is none.  ``fsync=False``
+        (for tests and benchmarks only) skips every fsync.  ``segment_bytes`` is
+        where segments roll; with ``preallocate`` each segment reserves that
+        much space when created, so appends rarely change the file size.
+        Raises :class:`JournalLockedError` when another opener holds the root
+        and :class:`CorruptJournalError` for damage that is not a torn tail.
+        """
+        if segment_bytes < HEADER_SIZE + 64:
+            raise ValueError(f"segment_bytes must be at least {HEADER_SIZE + 64}, got {segment_bytes}")
+        if keep_snapshots < 1:
+            raise ValueError(f"keep_snapshots must be 1 or more, got {keep_snapshots}")
+        self = cls(_token=_OPEN_TOKEN)
+        self.root = os.path.abspath(os.fspath(root))
+        self._fs = fs if fs is not None else (OS_FS if fsync else FileSystem(sync=False))
+        self._segment_bytes = segment_bytes
+        self._preallocate = preallocate
+        self._keep_snapshots = keep_snapshots
+        self.session = session or secrets.token_hex(6)
+        self._fs.ensure_dir(self.root)
+        self._lock = RootLock(self.root)
+        self._lock.acquire()
+        try:
+            self._fs.ensure_dir(self.journal_dir)
+            self._fs.ensure_dir(self.snapshot_dir)
+            self._recover_tail()
+        except BaseException:
+            if self._fd >= 0:
+                self._fs.close(self._fd)
+                self._fd = -1
+            self._lock.release()
+            raise
+        return self
+
+    @property
+    def journal_dir(self) -> str:
+        """``ROOT/journal``: the segment files."""
+        return os.path.join(self.root, JOURNAL_DIR)
+
+    @property
+    def snapshot_dir(self) -> str:
+        """``ROOT/snapshots``: the snapshot files."""
+        return os.path.join(self.root, SNAPSHOT_DIR)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The newest valid snapshot found at open (or written since), if any."""
+        return self.report.snapshot
+
+    def _recover_tail(self) -> None:
+        segments = list_segments(self.journal_dir)
+        if not segments:
+            self._create_segment(1, 0)
+            self.report.created = True
+            self._durable_seq = 0
+            self._next_seq = 1
+            return
+        start = self._choose_snapshot()
+        walker = walk(self.journal_dir, start.position if start else None)
+        last_payload: tuple[str, int, bytes] | None = None
+        seg_first = 0
+        while True:
+            try:
+                item = next(walker)
+            except StopIteration as stop:
+                end = stop.value
+                break
+            if isinstance(item, SegmentStart):
+                if seg_first:
+                    prev_last = _last_seq(last_payload, seg_first)
+                    if item.header.first_seq != prev_last + 1:
+                        raise CorruptJournalError(
+                            item.path, 0,
+                            f"expected the segment to start at seq {prev_last + 1}, it starts at {item.header.first_seq}: "
+                            f"records {prev_last + 1}..{item.header.first_seq - 1} are missing",
+                        )
+                seg_first = item.header.first_seq
+                last_payload = None
+                continue
+            path, offset, _crc, payload = item
+            last_payload = (path, offset, payload)
+        last_seq = _last_seq(last_payload, seg_first)
+        if start is not None and start.seq > last_seq:
+            raise CorruptJournalError(
+                end.path, end.offset,
+                f"snapshot {start.path} is at seq {start.seq} but the journal ends at seq {last_seq}: acknowledged records are missing",
+            )
+        if end.torn is not None:
+            self.report.tail_repair = self._repair_tail(end.torn, last_seq + 1)
+        self._durable_seq = last_seq
+        self._next_seq = last_seq + 1
+        self._open_segment(end.segment, end.path, end.offset, end.crc)
+
+    def _choose_snapshot(self) -> Snapshot | None:
+        segments = {seq for seq, _ in list_segments(self.journal_dir)}
+        for _seq, path in list_snapshots(self.snapshot_dir):
+            try:
+                snap = read_snapshot(path)
+                self._check_position(snap, segments)
+            except (CorruptSnapshotError, UnsupportedFormatError, CorruptJournalError, OSError) as exc:
+                _log.warning("ignoring snapshot %s: %s", path, exc)
+                self.report.skipped_snapshots.append((path, str(exc)))
+                continue
+            self.report.snapshot = snap
+            return snap
+        return None
+
+    def _check_position(self, snap: Snapshot, segments: set[int]) -> None:
+        pos = snap.position
+        if pos.segment not in segments:
+            raise CorruptJournalError(snap.path, 0, f"its journal position names segment {pos.segment}, which does not exist")
+        path = os.path.join(self.journal_dir, segment_name(pos.segment))
+        data = read_segment(path)
+        try:
+            decode_header(path, data)
+            frames = iter_frames(data, pos.offset, pos.prev_crc)
+            first = next(frames, None)
+            frames.close()
+        finally:
+            if not isinstance(data, bytes):
+                data.close()
+        if first is None:
+            raise CorruptJournalError(path, pos.offset, "no valid frame at the snapshot's journal position")
+        records = decode_payload(path, pos.offset, first[2])
+        if records[0].seq != pos.first_seq or not (records[0].seq <= snap.seq <= records[-1].seq):
+            raise CorruptJournalError(path, pos.offset, f"the frame at the snapshot's position holds seq {records[0].seq}..{records[-1].seq}, not {snap.seq}")
+
+    def _repair_tail(self, torn: TornTail, next_seq: int) -> TailRepair:
+        with open(torn.path, "rb") as f:
+            f.seek(torn.offset)
+            damaged = f.read(torn.stop - torn.offset)
+        folder = os.path.join(self.root, QUARANTINE_DIR, f"{next_seq}-journal-tail")
+        self._fs.ensure_dir(folder)
+        target = os.path.join(folder, f"{os.path.basename(torn.path)}@{torn.offset}")
+        self._fs.write_file_atomic(target, damaged)
+        fd = self._fs.open(torn.path, os.O_RDWR)
+        try:
+            self._fs.truncate(fd, torn.offset)
+            self._fs.fsync(fd)
+        finally:
+            self._fs.close(fd)
+        repair = TailRepair(torn.path, torn.offset, len(damaged), torn.reason, target)
+        _log.warning(
+            "repaired a torn journal tail: %d bytes at %s offset %d (%s) cut back; copied to %s",
+            len(damaged), torn.path, torn.offset, torn.reason, target,
+        )
+        return repair
+
+    def _create_segment(self, first_seq: int, prev_crc: int) -> None:
+        path = os.path.join(self.journal_dir, segment_name(first_seq))
+        header = encode_header(first_seq, time.time_ns(), prev_crc)
+        self._fs.write_file_atomic(path, header, preallocate=self._segment_bytes if self._preallocate else 0)
+        self._open_segment(first_seq, path, HEADER_SIZE, decode_header(path, header).header_crc)
+
+    def _open_segment(self, seg_seq: int, path: str, offset: int, crc: int) -> None:
+        fd = self._fs.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if self._preallocate and size < self._segment_bytes:
+                if self._fs.preallocate(fd, self._segment_bytes):
+                    self._fs.fsync(fd)
+                    size = os.fstat(fd).st_size
+        except BaseException:
+            self._fs.close(fd)
+            raise
+        self._fd = fd
+        self._seg_seq = seg_seq
+        self._seg_path = path
+        self._offset = offset
+        self._file_size = size
+        self._crc = crc
+
+    # -- appending ------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest durable record (0 for an empty journal)."""
+        return self._durable_seq
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def broken(self) -> BaseException | None:
+        """The I/O failure that broke the journal, or None while it is healthy."""
+        return self._broken
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise JournalClosedError(f"the journal at {self.root} is closed; open it again to append or read")
+        self._check_not_broken()
+
+    def _check_not_broken(self) -> None:
+        if self._broken is not None:
+            raise JournalBrokenError(
+                errno.EIO,
+                f"the journal at {self.root} is broken by an earlier failure ({self._broken}); "
+                "nothing more can be appended safely: close it and open the root again",
+            ) from self._broken
+
+    def append(self, event: bytes) -> Record:
+        """Append one event (msgpack bytes); return its record once it is durable."""
+        return self.append_many((event,))[0]
+
+    def append_many(self, events: Sequence[bytes]) -> list[Record]:
+        """Append events as consecutive records in one frame; return them once durable.
+
+        They become durable together or not at all.  Raises
+        :class:`JournalWriteError` / :class:`InsufficientSpaceError` when the
+        write failed (nothing of it is kept, the journal stays usable) and
+        :class:`JournalBrokenError` when the fsync failed.
+        """
+        if not events:
+            return []
+        pending = _Pending([msgspec.Raw(e) for e in events])
+        cond = self._cond
+        with cond:
+            self._check_usable()
+            self._queue.append(pending)
+            while self._leading and not pending.done:
+                cond.wait()
+            if not pending.done:
+                self._leading = True
+                batch = self._take_batch()
+            else:
+                batch = []
+        if batch:
+            try:
+                self._write(batch)
+            finally:
+                with cond:
+                    for p in batch:
+                        p.done = True
+                    self._leading = False
+                    cond.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        return pending.records
+
+    def _take_batch(self) -> list[_Pending]:
+        queue = self._queue
+        size = 0
+        taken = 0
+        for p in queue:
+            size += sum(len(e) for e in p.events) + 64 * len(p.events)
+            taken += 1
+            if size >= _GROUP_BYTES:
+                break
+        batch = queue[:taken]
+        del queue[:taken]
+        return batch
+
+    def _write(self, batch: list[_Pending]) -> None:
+        try:
+            self._check_not_broken()
+            seq = self._next_seq
+            now = time.time()
+            session = self.session
+            records: list[Record] = []
+            for p in batch:
+                p.records = [Record(seq + i, now, session, e) for i, e in enumerate(p.events)]
+                seq += len(p.events)
+                records.extend(p.records)
+            payload = self._encode(records)
+            if len(payload) > MAX_FRAME_BYTES:
+                raise ValueError(f"one append of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit; append fewer or smaller events")
+            if self._offset > HEADER_SIZE and self._offset + len(payload) + 8 > self._segment_bytes:
+                self._roll()
+            frame, crc = encode_frame(payload, self._crc)
+            start = self._offset
+            crash_point(CP_BEFORE_WRITE)
+            try:
+                self._fs.write_all(self._fd, frame, start)
+            except OSError as exc:
+                self._cut_back(start)
+                raise self._write_error(exc, len(frame)) from exc
+            crash_point(CP_AFTER_WRITE)
+            try:
+                self._fs.fdatasync(self._fd)
+            except OSError as exc:
+                self._broken = exc
+                raise JournalBrokenError(
+                    exc.errno or errno.EIO,
+                    f"fsync of {self._seg_path} failed ({exc}); the journal is now broken and will not retry. "
+                    "Records appended before this call are safe; close the engine and open the root again",
+                ) from exc
+            crash_point(CP_AFTER_FSYNC)
+            self._positions.append((records[0].seq, records[-1].seq, Position(self._seg_seq, start, self._crc, records[0].seq)))
+            self._offset = start + len(frame)
+            self._file_size = max(self._file_size, self._offset)
+            self._crc = crc
+            self._next_seq = seq
+            self._durable_seq = seq - 1
+        except BaseException as exc:
+            for p in batch:
+                p.error = exc
+                p.records = []
+
+    def _write_error(self, exc: OSError, size: int) -> OSError:
+        if exc.errno == errno.ENOSPC:
+            free = self._fs.free_bytes(self.journal_dir)
+            return InsufficientSpaceError(self._seg_path, size, free, "the journal append was cut back and not acknowledged")
+        return JournalWriteError(
+            exc.errno or errno.EIO,
+            f"writing {size} bytes to {self._seg_path} failed ({exc}); the partial frame was cut back, "
+            "records acknowledged before are intact, this append was not acknowledged",
+        )
+
+    def _cut_back(self, start: int) -> None:
+        """Remove every byte of a failed write from ``start`` on (truncating needs no free space),
+        then restore the segment's reservation where the disk allows it."""
+        try:
+            self._fs.truncate(self._fd, start)
+        except OSError as exc:
+            self._broken = exc
+            _log.error("could not cut back a failed write in %s: %s; the journal is broken", self._seg_path, exc)
+            return
+        self._file_size = start
+        if self._preallocate:
+            try:
+                if self._fs.preallocate(self._fd, self._segment_bytes):
+                    self._file_size = max(start, self._segment_bytes)
+            except OSError as exc:
+                _log.warning("could not reserve space in %s again after a failed write (%s); appends go on without it",
+                             self._seg_path, exc)
+
+    def _roll(self) -> None:
+        old_fd, old_path, old_end = self._fd, self._seg_path, self._offset
+        try:
+            self._create_segment(self._next_seq, self._crc)
+        except OSError as exc:
+            self._fd, self._seg_path = old_fd, old_path
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientSpaceError(self.journal_dir, self._segment_bytes, self._fs.free_bytes(self.journal_dir),
+                                             "could not create the next journal segment") from exc
+            raise JournalWriteError(
+                exc.errno or errno.EIO,
+                f"could not create the next journal segment in {self.journal_dir} ({exc}); "
+                "nothing was appended and the journal stays usable",
+            ) from exc
+        crash_point(CP_ROLL_CREATED)
+        try:
+            self._fs.truncate(old_fd, old_end)
+            self._fs.fsync(old_fd)
+        except OSError as exc:
+            self._broken = exc
+            raise JournalBrokenError(exc.errno or errno.EIO, f"sealing {old_path} failed ({exc}); the journal is broken") from exc
+        finally:
+            self._fs.close(old_fd)
+        crash_point(CP_ROLL_SEALED)
+
+    # -- reading --------------------------------------------------------------------
+
+    def records(self, from_seq: int = 1, until: int | None = None) -> Iterator[Record]:
+        """The durable records with ``from_seq <= seq <= until``, read back from disk and verified."""
+        self._check_usable()
+        last = self._durable_seq
+        until = last if until is None else min(until, last)
+        if from_seq > until:
+            return iter(())
+        return JournalReader(self.journal_dir).records(from_seq, until, start=self._position_for(from_seq))
+
+    def _position_for(self, seq: int) -> Position | None:
+        best: Position | None = None
+        snap = self.report.snapshot
+        if snap is not None and snap.position.first_seq <= seq:
+            best = snap.position
+        for first, last, pos in reversed(self._positions):
+            if first <= seq <= last:
+                return pos
+            if last < seq:
+                break
+        return best
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def save_snapshot(self, seq: int, payload: bytes) -> Snapshot:
+        """Durably store ``payload`` as the state as of record ``seq``; prune older snapshots.
+
+        ``seq`` must be a durable record of this journal.
+        """
+        self._check_usable()
+        if not 1 <= seq <= self._durable_seq:
+            raise ValueError(f"a snapshot must be at a durable seq (1..{self._durable_seq}), got {seq}")
+        position = self._position_for(seq) or self._segment_position(seq)
+        if position.first_seq > seq:
+            position = self._segment_position(seq)
+        path = write_snapshot(self._fs, self.snapshot_dir, seq, position, payload)
+        crash_point(CP_SNAPSHOT_WRITTEN)
+        snap = Snapshot(seq, bytes(payload), position, path)
+        self.report.snapshot = snap
+        self._prune_snapshots()
+        return snap
+
+    def _segment_position(self, seq: int) -> Position:
+        chosen = None
+        for first, path in list_segments(self.journal_dir):
+            if first > seq:
+                break
+            chosen = (first, path)
+        if chosen is None:
+            raise CorruptJournalError(self.journal_dir, 0, f"no segment holds seq {seq}")
+        data = read_segment(chosen[1])
+        try:
+            header = decode_header(chosen[1], data)
+        finally:
+            if not isinstance(data, bytes):
+                data.close()
+        return Position(chosen[0], HEADER_SIZE, header.header_crc, chosen[0])
+
+    def _prune_snapshots(self) -> None:
+        old = list_snapshots(self.snapshot_dir)[self._keep_snapshots:]
+        for _seq, path in old:
+            self._fs.unlink(path)
+        if old:
+            self._fs.fsync_dir(self.snapshot_dir)
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop appending, release the file and the lock.  Idempotent; waits for an append in flight."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._leading or self._queue:
+                self._cond.wait()
+        try:
+            if self._fd >= 0:
+                self._fs.close(self._fd)
+                self._fd = -1
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return f"<Journal {self.root} {state} last_seq={self._durable_seq}>"
+
+
+_OPEN_TOKEN = object()
+
+
+def _last_seq(last_payload: tuple[str, int, bytes] | None, segment_first_seq: int) -> int:
+    """The seq of the last record in a segment: from its last frame, or one before its first seq when it has none."""
+    if last_payload is None:
+        return segment_first_seq - 1
+    path, offset, payload = last_payload
+    return decode_payload(path, offset, payload)[-1].seq

@@ -1,0 +1,278 @@
+"""Reading a journal folder: segment listing, the verified walk, and the read-only reader.
+
+The walk is shared by the writer's open (which repairs a torn tail) and by the
+read-only reader (which reports one, because on a live host it may be a write
+in progress).  Damage that is not a torn tail raises
+:class:`CorruptJournalError` after every record before it has been served and
+before any record after it is.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from ._errors import CorruptJournalError
+from ._format import (
+    HEADER_SIZE,
+    Record,
+    SegmentHeader,
+    decode_header,
+    iter_frames,
+    parse_segment_name,
+    read_segment,
+)
+
+__all__ = [
+    "JournalReader",
+    "Position",
+    "SegmentStart",
+    "TornTail",
+    "WalkEnd",
+    "decode_payload",
+    "list_segments",
+    "walk",
+]
+
+_decode_batch = msgspec.msgpack.Decoder(list[Record]).decode
+
+
+def decode_payload(path: str, offset: int, payload: bytes) -> list[Record]:
+    """Decode one frame's payload into its records, or raise :class:`CorruptJournalError`."""
+    try:
+        records = _decode_batch(payload)
+    except msgspec.DecodeError as exc:
+        raise CorruptJournalError(path, offset, f"frame verified but its payload does not decode as records: {exc}") from exc
+    if not records:
+        raise CorruptJournalError(path, offset, "frame verified but holds no records")
+    return records
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a frame starts in the journal, so a walk can begin there.
+
+    ``segment`` is the first seq of the segment (its name), ``offset`` the byte
+    offset of the frame, ``prev_crc`` the crc the frame chains from, and
+    ``first_seq`` the seq of the first record in the frame.
+    """
+
+    segment: int
+    offset: int
+    prev_crc: int
+    first_seq: int
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A frame at the end of the journal that was cut off by a crash.
+
+    ``offset``..``stop`` are the damaged bytes in ``path``.  The writer cuts them
+    back on open (after copying them to quarantine); a read-only reader reports
+    them, since on a live host they may be a write in progress.
+    """
+
+    path: str
+    offset: int
+    stop: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    """Yielded by :func:`walk` when it enters a segment (after its header checks)."""
+
+    path: str
+    header: SegmentHeader
+
+
+@dataclass(frozen=True)
+class WalkEnd:
+    """Where verified data ends: the last segment, the offset after its last valid
+    frame, that frame's crc, and the torn tail found after it, if any."""
+
+    path: str
+    segment: int
+    offset: int
+    crc: int
+    torn: TornTail | None
+
+
+def list_segments(journal_dir: str) -> list[tuple[int, str]]:
+    """The segment files of a journal folder as ``(first_seq, path)``, in seq order.
+
+    Ordered by the number in the name, never by the name as text.  Files that
+    are not segments (temporary files, other names) are left out.
+    """
+    try:
+        names = os.listdir(journal_dir)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        seq = parse_segment_name(name)
+        if seq is not None:
+            found.append((seq, os.path.join(journal_dir, name)))
+    found.sort()
+    return found
+
+
+Frame = tuple[str, int, int, bytes]
+"""One verified frame: segment path, offset, crc, payload."""
+
+
+def walk(
+    journal_dir: str, start: Position | None = None, *, expected_first: int = 1
+) -> Generator[SegmentStart | Frame, None, WalkEnd]:
+    """Walk every frame of the journal from ``start`` (default: the beginning).
+
+    Checks each segment's header, that segments follow each other (the first
+    seq in a header is the one its name says, the previous segment's last crc
+    is the one the header names), and every frame's crc in the chain.  Yields
+    a :class:`SegmentStart` per segment and a ``(path, offset, crc, payload)``
+    tuple per frame; returns a :class:`WalkEnd`.  Seq continuity inside and
+    between segments is for the caller to check, since only it decodes.
+    A torn frame at the end of the last segment ends the walk; any other
+    damage raises :class:`CorruptJournalError`.
+    """
+    segments = list_segments(journal_dir)
+    if not segments:
+        raise CorruptJournalError(journal_dir, 0, "the journal folder holds no segment files",
+                                  hint="open the root with shipslog.Engine (or Journal.open) to create its journal")
+    index = 0
+    if start is not None:
+        for i, (seq, _) in enumerate(segments):
+            if seq == start.segment:
+                index = i
+                break
+        else:
+            raise CorruptJournalError(journal_dir, 0, f"the segment starting at seq {start.segment} is missing")
+    elif segments[0][0] != expected_first:
+        raise CorruptJournalError(
+            segments[0][1], 0,
+            f"the first segment starts at seq {segments[0][0]}, expected {expected_first}: earlier segments are missing",
+        )
+    prev_crc: int | None = None
+    for i in range(index, len(segments)):
+        seq, path = segments[i]
+        data = read_segment(path)
+        try:
+            header = decode_header(path, data)
+            if header.first_seq != seq:
+                raise CorruptJournalError(path, 0, f"the header says the segment starts at seq {header.first_seq}, its name says {seq}")
+            if prev_crc is not None and header.prev_crc != prev_crc:
+                raise CorruptJournalError(
+                    path, 0,
+                    f"the header chains from crc {header.prev_crc:#010x} but the previous segment ends with {prev_crc:#010x} "
+                    "(a segment is missing, or comes from another journal)",
+                )
+            yield SegmentStart(path, header)
+            if start is not None and i == index:
+                offset, seed = start.offset, start.prev_crc
+            else:
+                offset, seed = HEADER_SIZE, header.header_crc
+            frames = iter_frames(data, offset, seed)
+            while True:
+                try:
+                    off, crc, payload = next(frames)
+                except StopIteration as stop:
+                    end = stop.value
+                    break
+                yield path, off, crc, payload
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
+        last = i == len(segments) - 1
+        damage = end.damage
+        if damage is not None:
+            if damage.torn and last:
+                return WalkEnd(path, seq, end.offset, end.crc, TornTail(path, damage.offset, damage.stop, damage.reason))
+            if damage.torn:
+                reason = f"{damage.reason}, in a segment followed by {os.path.basename(segments[i + 1][1])}"
+            else:
+                reason = f"{damage.reason}, followed by more data"
+            raise CorruptJournalError(path, damage.offset, reason)
+        if last:
+            return WalkEnd(path, seq, end.offset, end.crc, None)
+        prev_crc = end.crc
+    raise AssertionError("unreachable: the loop returns at the last segment")
+
+
+class JournalReader:
+    """Reads the records of a journal folder without taking its lock or changing a byte.
+
+    Safe on a live host.  A torn frame at the very end is not repaired: the
+    iteration stops before it and :attr:`tail` describes it (it may be a write
+    in progress).  Damage anywhere else raises :class:`CorruptJournalError`
+    once every record before it has been served.
+    """
+
+    def __init__(self, journal_dir: str | os.PathLike[str]) -> None:
+        self.journal_dir = os.fspath(journal_dir)
+        self.tail: TornTail | None = None
+        self.end: WalkEnd | None = None
+
+    def records(self, from_seq: int = 1, until: int | None = None, *, start: Position | None = None) -> Iterator[Record]:
+        """Every record with ``from_seq <= seq <= until``, in seq order, each verified.
+
+        ``start`` is a hint (a frame position at or before ``from_seq``, from a
+        snapshot); without it the walk starts at the segment holding ``from_seq``.
+        """
+        if start is None and from_seq > 1:
+            start = self._segment_start(from_seq)
+        expected = start.first_seq if start is not None else 1
+        walker = walk(self.journal_dir, start)
+        first_segment = True
+        while True:
+            try:
+                item = next(walker)
+            except StopIteration as stop:
+                self.end = stop.value
+                self.tail = self.end.torn if self.end is not None else None
+                return
+            if isinstance(item, SegmentStart):
+                mid_segment_start = first_segment and start is not None and item.header.first_seq <= expected
+                first_segment = False
+                if item.header.first_seq != expected and not mid_segment_start:
+                    raise CorruptJournalError(
+                        item.path, 0,
+                        f"expected the segment to start at seq {expected}, it starts at {item.header.first_seq}: "
+                        f"records {expected}..{item.header.first_seq - 1} are missing",
+                    )
+                continue
+            path, offset, _crc, payload = item
+            batch = decode_payload(path, offset, payload)
+            first = batch[0].seq
+            last = batch[-1].seq
+            if first != expected or last != first + len(batch) - 1:
+                raise CorruptJournalError(path, offset, f"expected records from seq {expected}, found seq {first}..{last}")
+            expected = last + 1
+            if last < from_seq:
+                continue
+            for record in batch:
+                if until is not None and record.seq > until:
+                    walker.close()
+                    return
+                if record.seq >= from_seq:
+                    yield record
+
+    def _segment_start(self, from_seq: int) -> Position | None:
+        best: Position | None = None
+        for seq, path in list_segments(self.journal_dir):
+            if seq > from_seq:
+                break
+            best = Position(seq, HEADER_SIZE, -1, seq)
+            best_path = path
+        if best is None:
+            return None
+        data = read_segment(best_path)
+        try:
+            header = decode_header(best_path, data)
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
+        return Position(best.segment, HEADER_SIZE, header.header_crc, best.segment)

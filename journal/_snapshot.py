@@ -1,0 +1,117 @@
+"""Snapshot files: the state of the layer above up to a seq, checksummed.
+
+A snapshot lets an opener skip the history before it.  The file is::
+
+    magic "SHIPSNAP" | u16 version | u16 flags | u64 seq
+    | position: u64 segment | u64 offset | u32 prev_crc | u64 first_seq
+    | u64 payload_len | payload | u32 crc (over everything before it)
+
+The position is where the frame holding record ``seq`` starts, so an opener
+reads only the frames from there on.  Snapshots are written atomically; one
+that fails its checksum, or has an unknown version, is skipped with a warning
+and the next older one is used.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+from ._errors import CorruptSnapshotError, UnsupportedFormatError
+from ._fs import FileSystem
+from ._reader import Position
+
+__all__ = [
+    "SNAPSHOT_VERSION",
+    "Snapshot",
+    "encode_snapshot",
+    "list_snapshots",
+    "read_snapshot",
+    "snapshot_name",
+]
+
+_MAGIC = b"SHIPSNAP"
+SNAPSHOT_VERSION = 1
+_HEAD = struct.Struct("<8sHHQQQIQQ")
+_CRC = struct.Struct("<I")
+_SUFFIX = ".snap"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A verified snapshot: the layer above's ``payload`` as of record ``seq``.
+
+    ``position`` is where to start reading the journal to get the records after it.
+    """
+
+    seq: int
+    payload: bytes
+    position: Position
+    path: str
+
+
+def snapshot_name(seq: int) -> str:
+    """The file name of the snapshot taken at ``seq``."""
+    return f"{seq:020d}{_SUFFIX}"
+
+
+def list_snapshots(folder: str) -> list[tuple[int, str]]:
+    """The snapshot files in ``folder`` as ``(seq, path)``, newest first (by seq, never by name or mtime)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        stem = name[: -len(_SUFFIX)]
+        if name.endswith(_SUFFIX) and stem.isdigit() and stem.isascii():
+            found.append((int(stem), os.path.join(folder, name)))
+    found.sort(reverse=True)
+    return found
+
+
+def encode_snapshot(seq: int, position: Position, payload: bytes) -> bytes:
+    """The bytes of a snapshot file."""
+    head = _HEAD.pack(
+        _MAGIC, SNAPSHOT_VERSION, 0, seq,
+        position.segment, position.offset, position.prev_crc, position.first_seq, len(payload),
+    )
+    body = head + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def read_snapshot(path: str) -> Snapshot:
+    """Read and verify one snapshot file.
+
+    Raises :class:`UnsupportedFormatError` for an unknown version and
+    :class:`CorruptSnapshotError` for anything else that is wrong.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _HEAD.size + _CRC.size:
+        raise CorruptSnapshotError(path, f"{len(data)} bytes is shorter than a snapshot header")
+    magic, version, _flags, seq, segment, offset, prev_crc, first_seq, length = _HEAD.unpack_from(data, 0)
+    if magic != _MAGIC:
+        raise CorruptSnapshotError(path, f"expected magic {_MAGIC!r}, found {bytes(magic)!r}")
+    if version != SNAPSHOT_VERSION:
+        raise UnsupportedFormatError(path, "snapshot", version, SNAPSHOT_VERSION)
+    if len(data) != _HEAD.size + length + _CRC.size:
+        raise CorruptSnapshotError(path, f"header says {length} payload bytes, the file holds {len(data) - _HEAD.size - _CRC.size}")
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    actual = zlib.crc32(memoryview(data)[: len(data) - _CRC.size])
+    if stored != actual:
+        raise CorruptSnapshotError(path, f"checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    expected_name = snapshot_name(seq)
+    if os.path.basename(path) != expected_name:
+        raise CorruptSnapshotError(path, f"it holds seq {seq}, so it should be named {expected_name}")
+    payload = data[_HEAD.size: _HEAD.size + length]
+    return Snapshot(seq, payload, Position(segment, offset, prev_crc, first_seq), path)
+
+
+def write_snapshot(fs: FileSystem, folder: str, seq: int, position: Position, payload: bytes) -> str:
+    """Write a snapshot atomically and durably; returns its path."""
+    path = os.path.join(folder, snapshot_name(seq))
+    fs.write_file_atomic(path, encode_snapshot(seq, position, payload))
+    return path

@@ -1,0 +1,55 @@
+"""Helpers shared by the tests: events that identify themselves, and an independent frame parser."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import msgspec
+
+from shipslog.journal import HEADER_SIZE, Journal, list_segments
+
+_FRAME = struct.Struct("<II")
+
+
+def event(i: int, size: int = 40) -> bytes:
+    """A msgpack event whose content identifies ``i``."""
+    return msgspec.msgpack.encode({"i": i, "pad": "x" * max(0, size - 12)})
+
+
+def event_index(raw: bytes | msgspec.Raw) -> int:
+    """The ``i`` an :func:`event` was made from."""
+    return int(msgspec.msgpack.decode(bytes(raw))["i"])
+
+
+def frames(path: str) -> list[tuple[int, int]]:
+    """``(offset, payload_length)`` of each frame in a segment, parsed independently of shipslog."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    off = HEADER_SIZE
+    while off + 8 <= len(data):
+        length, _crc = _FRAME.unpack_from(data, off)
+        if length == 0:
+            break
+        out.append((off, length))
+        off += 8 + length
+    return out
+
+
+def segments(root: str | os.PathLike[str]) -> list[str]:
+    """The segment paths of the journal under ``root``, in seq order."""
+    return [path for _seq, path in list_segments(os.path.join(root, "journal"))]
+
+
+def all_seqs(root: str | os.PathLike[str], **kw: object) -> list[int]:
+    """Open ``root`` and return the seq of every record, in order."""
+    with Journal.open(root, **kw) as j:  # type: ignore[arg-type]
+        return [r.seq for r in j.records()]
+
+
+def write_records(root: str, n: int, **kw: object) -> None:
+    """Create a journal under ``root`` holding records 1..n, one frame each."""
+    with Journal.open(root, **kw) as j:  # type: ignore[arg-type]
+        for i in range(1, n + 1):
+            j.append(event(i))

@@ -1,0 +1,262 @@
+"""The journal's normal behaviour: appends, reads from any seq, segment rolls,
+group commit, snapshots and reopening."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+from _helpers import event, event_index, frames, segments, write_records
+
+from shipslog.journal import (
+    HEADER_SIZE,
+    Journal,
+    JournalReader,
+    RecordingFileSystem,
+    list_snapshots,
+)
+
+
+def test_append_returns_consecutive_durable_records(root: str) -> None:
+    with Journal.open(root) as j:
+        records = [j.append(event(i)) for i in range(1, 6)]
+        assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+        assert {r.session for r in records} == {j.session}
+        assert j.last_seq == 5
+    with Journal.open(root) as j:
+        again = list(j.records())
+        assert [event_index(r.event) for r in again] == [1, 2, 3, 4, 5]
+        assert [r.time for r in again] == [r.time for r in records]
+        assert j.session != records[0].session
+
+
+def test_append_many_is_one_frame(root: str) -> None:
+    with Journal.open(root) as j:
+        out = j.append_many([event(1), event(2), event(3)])
+        assert [r.seq for r in out] == [1, 2, 3]
+    assert len(frames(segments(root)[0])) == 1
+
+
+def test_an_empty_root_is_created_with_one_segment(root: str) -> None:
+    with Journal.open(root) as j:
+        assert j.report.created
+        assert j.last_seq == 0
+        assert list(j.records()) == []
+    assert [os.path.basename(p) for p in segments(root)] == [f"{1:020d}.log"]
+
+
+def test_records_from_any_seq_across_segments(root: str) -> None:
+    write_records(root, 120, segment_bytes=1024)
+    assert len(segments(root)) > 3
+    with Journal.open(root, segment_bytes=1024) as j:
+        for start in (1, 2, 37, 64, 119, 120):
+            assert [r.seq for r in j.records(start)] == list(range(start, 121))
+        assert [r.seq for r in j.records(10, 20)] == list(range(10, 21))
+        assert list(j.records(121)) == []
+    reader = JournalReader(os.path.join(root, "journal"))
+    assert [r.seq for r in reader.records(50, 55)] == [50, 51, 52, 53, 54, 55]
+
+
+def test_segments_roll_seal_and_preallocate(root: str) -> None:
+    write_records(root, 120, segment_bytes=1024)
+    paths = segments(root)
+    for sealed in paths[:-1]:
+        used = frames(sealed)[-1][0] + 8 + frames(sealed)[-1][1]
+        assert os.path.getsize(sealed) == used, "a sealed segment is cut to its data"
+        assert used <= 1024
+    assert os.path.getsize(paths[-1]) == 1024, "the active segment keeps its reservation"
+    firsts = [int(os.path.basename(p)[:-4]) for p in paths]
+    assert firsts[0] == 1 and firsts == sorted(firsts)
+
+
+def test_segments_are_ordered_by_number_not_name(root: str) -> None:
+    write_records(root, 30, segment_bytes=300)
+    names = [os.path.basename(p) for p in segments(root)]
+    assert [int(n[:-4]) for n in names] == sorted(int(n[:-4]) for n in names)
+    with Journal.open(root, segment_bytes=300) as j:
+        assert [r.seq for r in j.records()] == list(range(1, 31))
+
+
+def test_roll_fsyncs_the_folder_after_creating_a_segment(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs, segment_bytes=300) as j:
+        while len(segments(root)) < 2:
+            j.append(event(1))
+    ops = fs.ops
+    new = segments(root)[1]
+    rename = next(i for i, o in enumerate(ops) if o.op == "replace" and o.target == new)
+    assert any(o.op == "fsync" and o.path == os.path.dirname(new) for o in ops[rename:])
+    tmp = ops[rename].path
+    tmp_fsync = max(i for i, o in enumerate(ops[:rename]) if o.op == "fsync" and o.path == tmp)
+    tmp_write = max(i for i, o in enumerate(ops[:rename]) if o.op == "write" and o.path == tmp)
+    assert tmp_write < tmp_fsync < rename
+
+
+def test_append_is_written_then_fsynced_before_it_returns(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs) as j:
+        n = len(fs.ops)
+        j.append(event(1))
+        assert fs.names()[n:] == ["write", "fdatasync"]
+
+
+class _GatedFs(RecordingFileSystem):
+    """Holds the first fdatasync until released, so that other appenders queue up behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.armed = False
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+        super().fdatasync(fd)
+
+
+def test_group_commit_shares_one_write_and_one_fsync(root: str) -> None:
+    fs = _GatedFs()
+    j = Journal.open(root, fs=fs)
+    results: dict[int, int] = {}
+
+    def append(i: int) -> None:
+        results[i] = j.append(event(i)).seq
+
+    fs.armed = True
+    leader = threading.Thread(target=append, args=(0,))
+    leader.start()
+    assert fs.entered.wait(30)
+    followers = [threading.Thread(target=append, args=(i,)) for i in range(1, 8)]
+    for t in followers:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(j._queue) < 7:  # noqa: SLF001 - waiting for the followers to queue is the point
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    before = fs.count("fdatasync")
+    fs.release.set()
+    for t in [leader, *followers]:
+        t.join(30)
+    assert sorted(results.values()) == list(range(1, 9))
+    assert fs.count("fdatasync") - before == 2, "the leader's fsync, then one shared by all seven followers"
+    j.close()
+    assert len(frames(segments(root)[0])) == 2
+
+
+def test_many_threads_appending_lose_nothing(root: str) -> None:
+    j = Journal.open(root, segment_bytes=4096)
+    per_thread = 60
+    got: dict[int, list[int]] = {}
+
+    def worker(t: int) -> None:
+        got[t] = [j.append(event(t * 1000 + k)).seq for k in range(per_thread)]
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    j.close()
+    for seqs in got.values():
+        assert seqs == sorted(seqs)
+    with Journal.open(root, segment_bytes=4096) as again:
+        records = list(again.records())
+    assert [r.seq for r in records] == list(range(1, 8 * per_thread + 1))
+    by_seq = {r.seq: event_index(r.event) for r in records}
+    for t, seqs in got.items():
+        assert [by_seq[s] for s in seqs] == [t * 1000 + k for k in range(per_thread)]
+
+
+def test_close_is_idempotent_and_releases_the_lock(root: str) -> None:
+    j = Journal.open(root)
+    j.close()
+    j.close()
+    Journal.open(root).close()
+
+
+def test_snapshot_is_used_on_open_and_replay_starts_after_it(root: str) -> None:
+    with Journal.open(root, segment_bytes=1024) as j:
+        for i in range(1, 101):
+            j.append(event(i))
+            if i == 70:
+                snap = j.save_snapshot(70, b"state-at-70")
+        for i in range(101, 111):
+            j.append(event(i))
+    assert snap.position.first_seq == 70
+    with Journal.open(root, segment_bytes=1024) as j:
+        assert j.snapshot is not None
+        assert (j.snapshot.seq, j.snapshot.payload) == (70, b"state-at-70")
+        assert [r.seq for r in j.records(71)] == list(range(71, 111))
+        assert [r.seq for r in j.records()] == list(range(1, 111))
+
+
+def test_snapshot_open_does_not_read_earlier_segments(root: str) -> None:
+    with Journal.open(root, segment_bytes=512) as j:
+        for i in range(1, 80):
+            j.append(event(i))
+        j.save_snapshot(79, b"s")
+        j.append(event(80))
+    first = segments(root)[0]
+    with open(first, "r+b") as f:  # damage history before the snapshot
+        f.seek(HEADER_SIZE + 20)
+        f.write(b"\xff\xff")
+    with Journal.open(root, segment_bytes=512) as j:
+        assert j.last_seq == 80
+        assert [r.seq for r in j.records(80)] == [80]
+
+
+def test_old_snapshots_are_pruned(root: str) -> None:
+    with Journal.open(root, keep_snapshots=2) as j:
+        for i in range(1, 6):
+            j.append(event(i))
+            j.save_snapshot(i, b"s%d" % i)
+    assert [seq for seq, _ in list_snapshots(os.path.join(root, "snapshots"))] == [5, 4]
+
+
+def test_snapshot_with_a_bad_checksum_falls_back_to_the_older_one(
+    root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Journal.open(root) as j:
+        for i in range(1, 31):
+            j.append(event(i))
+            if i in (10, 20):
+                j.save_snapshot(i, b"at-%d" % i)
+    newest = list_snapshots(os.path.join(root, "snapshots"))[0][1]
+    with open(newest, "r+b") as f:
+        f.seek(-6, os.SEEK_END)
+        f.write(b"\x00")
+    with caplog.at_level(logging.WARNING, logger="shipslog.journal"):
+        with Journal.open(root) as j:
+            assert j.snapshot is not None and j.snapshot.seq == 10
+            assert j.snapshot.payload == b"at-10"
+            assert [p for p, _ in j.report.skipped_snapshots] == [newest]
+            assert "checksum mismatch" in j.report.skipped_snapshots[0][1]
+            assert [r.seq for r in j.records()] == list(range(1, 31))
+    assert any("ignoring snapshot" in m and newest in m for m in caplog.messages)
+    assert os.path.exists(newest), "a damaged snapshot is reported, not deleted"
+
+
+def test_snapshot_of_a_newer_format_is_ignored(root: str) -> None:
+    with Journal.open(root) as j:
+        j.append(event(1))
+        j.save_snapshot(1, b"x")
+    path = list_snapshots(os.path.join(root, "snapshots"))[0][1]
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(b"\x07\x00")
+    with Journal.open(root) as j:
+        assert j.snapshot is None
+        assert "version 7" in j.report.skipped_snapshots[0][1]
+
+
+def test_snapshot_beyond_the_end_of_the_journal_is_refused(root: str) -> None:
+    with Journal.open(root) as j:
+        j.append(event(1))
+        with pytest.raises(ValueError, match="durable seq"):
+            j.save_snapshot(2, b"x")

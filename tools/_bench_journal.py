@@ -1,0 +1,300 @@
+"""``shipslog bench journal``: durable appends and replay, against their baselines.
+
+One run measures, in one fresh temporary folder on the disk under test and with
+the same ~60-byte msgpack events:
+
+* a plain ``os.write`` + ``os.fdatasync`` loop appending to one file (the floor
+  any durable append is compared with);
+* SQLite in WAL mode with ``synchronous=FULL``, one ``INSERT`` + ``COMMIT`` per
+  record (the usual alternative);
+* :meth:`Journal.append <shipslog.journal.Journal.append>` from one thread, each
+  record durable before the call returns;
+* the same from several threads at once (group commit shares writes and fsyncs);
+* replay: reading, crc-checking and decoding every record of a journal with one
+  record per frame, through :class:`shipslog.journal.JournalReader`.
+
+The folder is removed at the end.  Nothing here prints; progress is logged at
+INFO on the ``shipslog.tools.bench`` logger.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from shipslog.journal import JOURNAL_DIR, Journal, JournalReader
+
+__all__ = ["EVENT_BYTES", "TARGETS", "make_event", "run_journal_bench"]
+
+_log = logging.getLogger("shipslog.tools.bench")
+
+EVENT_BYTES = 60
+"""The size every benchmark event is padded to, in encoded bytes."""
+
+_WARMUP_MAX = 200
+_BARRIER_TIMEOUT_S = 120.0
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "journal_vs_raw_ge_0_9": ("journal_vs_raw", 0.9),
+    "journal_vs_sqlite_ge_1_3": ("journal_vs_sqlite", 1.3),
+    "group_vs_single_ge_5": ("group_vs_single", 5.0),
+}
+"""Each ratio target: its key in ``targets`` -> (its key in ``ratios``, the minimum)."""
+
+REPLAY_TARGET_PER_S = 1_000_000
+"""The replay target, in records per second."""
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def make_event(i: int, size: int = EVENT_BYTES) -> bytes:
+    """The msgpack bytes of benchmark event ``i``: a small progress dict padded to ``size`` bytes.
+
+    Every event has the same encoded length whatever ``i`` (up to 2**32), unless
+    the dict alone is already longer than ``size``.
+    """
+    event: dict[str, Any] = {
+        "kind": "progress",
+        "op": "run-000001",
+        "step": i,
+        "loss": 0.123,
+        "pad": "",
+    }
+    data = _encode(event)
+    if len(data) < size:
+        event["pad"] = "x" * (size - len(data))
+        data = _encode(event)
+        while len(data) > size and event["pad"]:
+            event["pad"] = event["pad"][:-1]
+            data = _encode(event)
+    return data
+
+
+def _warmup_count(records: int) -> int:
+    return max(1, min(_WARMUP_MAX, records // 10))
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / max(seconds, 1e-9)
+
+
+def _bench_raw_fdatasync(folder: str, events: list[bytes], warmup: int) -> float:
+    """Appends per second of a plain ``os.write`` + ``os.fdatasync`` loop on one O_APPEND file."""
+    path = os.path.join(folder, "raw.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        write, fdatasync = os.write, os.fdatasync
+        for event in events[:warmup]:
+            write(fd, event)
+            fdatasync(fd)
+        start = time.perf_counter()
+        for event in events:
+            write(fd, event)
+            fdatasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    return _rate(len(events), elapsed)
+
+
+def _bench_sqlite(folder: str, events: list[bytes], warmup: int) -> float:
+    """Inserts per second into SQLite (WAL, synchronous=FULL), one transaction per record."""
+    path = os.path.join(folder, "sqlite.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"SQLite refused WAL mode in {folder} (journal_mode is {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE events (event BLOB NOT NULL)")
+        execute = conn.execute
+        insert = "INSERT INTO events (event) VALUES (?)"
+        for event in events[:warmup]:
+            execute("BEGIN")
+            execute(insert, (event,))
+            execute("COMMIT")
+        start = time.perf_counter()
+        for event in events:
+            execute("BEGIN")
+            execute(insert, (event,))
+            execute("COMMIT")
+        elapsed = time.perf_counter() - start
+    finally:
+        conn.close()
+    return _rate(len(events), elapsed)
+
+
+def _bench_journal_append(root: str, events: list[bytes], warmup: int) -> float:
+    """Durable appends per second to a :class:`Journal` from one thread."""
+    with Journal.open(root) as journal:
+        append = journal.append
+        for event in events[:warmup]:
+            append(event)
+        start = time.perf_counter()
+        for event in events:
+            append(event)
+        elapsed = time.perf_counter() - start
+    return _rate(len(events), elapsed)
+
+
+def _bench_group_commit(root: str, events: list[bytes], warmup: int, threads: int) -> float:
+    """Durable appends per second to one :class:`Journal` from ``threads`` threads started together.
+
+    Each thread appends ``len(events) // threads`` records; the clock runs from
+    the barrier's release to the last thread done.
+    """
+    per_thread = len(events) // threads
+    chunks = [events[t * per_thread : (t + 1) * per_thread] for t in range(threads)]
+    barrier = threading.Barrier(threads + 1, timeout=_BARRIER_TIMEOUT_S)
+
+    with Journal.open(root) as journal:
+        append = journal.append
+        for event in events[:warmup]:
+            append(event)
+
+        def worker(chunk: list[bytes]) -> None:
+            barrier.wait()
+            for event in chunk:
+                append(event)
+
+        with concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="shipslog-bench"
+        ) as pool:
+            futures = [pool.submit(worker, chunk) for chunk in chunks]
+            barrier.wait()
+            start = time.perf_counter()
+            concurrent.futures.wait(futures)
+            elapsed = time.perf_counter() - start
+        for future in futures:
+            future.result()
+    return _rate(per_thread * threads, elapsed)
+
+
+def _bench_replay(root: str, replay_events: int) -> float:
+    """Records per second read back, crc-checked and decoded from a journal of one record per frame."""
+    _log.info("writing a journal of %d records for replay (not timed)", replay_events)
+    with Journal.open(root, fsync=False) as journal:
+        append = journal.append
+        for i in range(replay_events):
+            append(make_event(i))
+    journal_dir = os.path.join(root, JOURNAL_DIR)
+    collections.deque(
+        JournalReader(journal_dir).records(until=min(replay_events, _WARMUP_MAX)), maxlen=0
+    )
+    _log.info("replaying %d records", replay_events)
+    count = 0
+    start = time.perf_counter()
+    for _record in JournalReader(journal_dir).records():
+        count += 1
+    elapsed = time.perf_counter() - start
+    if count != replay_events:
+        raise RuntimeError(
+            f"replay read {count} records from {journal_dir}, expected {replay_events}"
+        )
+    return _rate(count, elapsed)
+
+
+def _timed(label: str, fn: Callable[[], float]) -> float:
+    _log.info("measuring %s", label)
+    rate = fn()
+    _log.info("%s: %.0f/s", label, rate)
+    return rate
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / max(denominator, 1e-9), 3)
+
+
+def run_journal_bench(
+    directory: str,
+    records: int = 2000,
+    replay_events: int = 1_000_000,
+    threads: int = 8,
+) -> dict[str, Any]:
+    """Measure durable appends and replay in a fresh temporary folder under ``directory``.
+
+    ``records`` events are appended by each append measurement (a few hundred
+    more as warm-up, not timed), ``threads`` threads share them for the group
+    commit measurement, and ``replay_events`` records are written (not timed)
+    and then replayed.  The folder is removed at the end, also on failure.
+
+    Returns a dict with the rates (``raw_fdatasync_per_s``,
+    ``sqlite_wal_full_per_s``, ``journal_append_per_s``, ``group_commit_per_s``,
+    ``replay_events_per_s``, rounded to integers), ``group_commit_threads``,
+    ``replay_events``, ``ratios`` (3 decimals), ``targets`` (booleans),
+    ``records`` and ``dir`` (the absolute ``directory``).  Raises ``ValueError``
+    for a count below 1 or fewer records than threads, and ``RuntimeError`` when
+    replay does not read back every record written.
+    """
+    if records < 1:
+        raise ValueError(f"records must be at least 1, got {records}")
+    if replay_events < 1:
+        raise ValueError(f"replay_events must be at least 1, got {replay_events}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if records < threads:
+        raise ValueError(
+            f"records ({records}) must be at least threads ({threads}): each thread appends records/threads"
+        )
+    directory = os.path.abspath(directory)
+    events = [make_event(i) for i in range(records)]
+    warmup = _warmup_count(records)
+    folder = tempfile.mkdtemp(prefix=".shipslog-bench-", dir=directory)
+    _log.info(
+        "benchmarking in %s: %d records of %d bytes, %d warm-up",
+        folder,
+        records,
+        len(events[0]),
+        warmup,
+    )
+    try:
+        raw = _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(folder, events, warmup))
+        sqlite = _timed(
+            "sqlite WAL synchronous=FULL", lambda: _bench_sqlite(folder, events, warmup)
+        )
+        single = _timed(
+            "journal append",
+            lambda: _bench_journal_append(os.path.join(folder, "append"), events, warmup),
+        )
+        group = _timed(
+            f"group commit ({threads} threads)",
+            lambda: _bench_group_commit(os.path.join(folder, "group"), events, warmup, threads),
+        )
+        replay = _timed(
+            "replay", lambda: _bench_replay(os.path.join(folder, "replay"), replay_events)
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.path.exists(folder):
+            _log.warning("could not remove the benchmark folder %s", folder)
+
+    ratios = {
+        "journal_vs_raw": _ratio(single, raw),
+        "journal_vs_sqlite": _ratio(single, sqlite),
+        "group_vs_single": _ratio(group, single),
+    }
+    targets = {key: ratios[name] >= minimum for key, (name, minimum) in TARGETS.items()}
+    targets["replay_ge_1m"] = replay >= REPLAY_TARGET_PER_S
+    return {
+        "raw_fdatasync_per_s": round(raw),
+        "sqlite_wal_full_per_s": round(sqlite),
+        "journal_append_per_s": round(single),
+        "group_commit_per_s": round(group),
+        "group_commit_threads": threads,
+        "replay_events": replay_events,
+        "replay_events_per_s": round(replay),
+        "ratios": ratios,
+        "targets": targets,
+        "records": records,
+        "dir": directory,
+    }

@@ -1,0 +1,216 @@
+"""The ``shipslog`` command line: argument parsing, logging set-up, and printing.
+
+Every subcommand is a small function ``_cmd_<name>(args) -> int`` bound to its
+parser with ``set_defaults(func=...)``; adding one means adding its parser in
+:func:`build_parser` and its function here.  Library code logs with
+:mod:`logging` and returns data; only this module prints.
+
+Exit codes: 0 when the command did what it was asked, 2 for a usage error
+(argparse's own) or an error shipslog raised on purpose
+(:class:`~shipslog.journal.ShipslogError`), which is printed as one line on
+stderr unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from shipslog.journal import ShipslogError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "shipslog"
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+_Command = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of 1 or more (underscores allowed, as in 1_000_000)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of 1 or more, got {value}")
+    return value
+
+
+def _common_flags(*, top_level: bool) -> argparse.ArgumentParser:
+    """``-v`` and ``--debug``, accepted before the subcommand and after it.
+
+    Below the top level their defaults are suppressed, so a subcommand's parser
+    never overwrites a flag given at the top.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    default_v: Any = 0 if top_level else argparse.SUPPRESS
+    default_debug: Any = False if top_level else argparse.SUPPRESS
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default_v,
+        help="log progress on stderr (INFO; give twice for DEBUG)",
+    )
+    parent.add_argument(
+        "--debug",
+        action="store_true",
+        default=default_debug,
+        help="show the full traceback of an error instead of one line",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole ``shipslog`` command line."""
+    sub_flags = _common_flags(top_level=False)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="shipslog: a crash-safe journal for ML training hosts.",
+        parents=[_common_flags(top_level=True)],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    bench = commands.add_parser(
+        "bench", help="measure shipslog on this disk", description="Measure shipslog on this disk."
+    )
+    benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+
+    journal = benches.add_parser(
+        "journal",
+        parents=[sub_flags],
+        help="durable appends (vs raw fdatasync and SQLite) and replay",
+        description=(
+            "Measure durable journal appends against a raw write+fdatasync loop and SQLite "
+            "(WAL, synchronous=FULL), group commit from several threads, and replay, in a "
+            "temporary folder under --dir that is removed afterwards."
+        ),
+    )
+    journal.add_argument(
+        "--json", action="store_true", help="print one JSON object and nothing else on stdout"
+    )
+    journal.add_argument(
+        "--dir",
+        default=".",
+        metavar="DIR",
+        help="folder on the disk to measure (default: the current folder; /tmp may be tmpfs)",
+    )
+    journal.add_argument(
+        "--records",
+        type=_positive_int,
+        default=2000,
+        metavar="N",
+        help="records per append measurement (default: 2000)",
+    )
+    journal.add_argument(
+        "--replay-events",
+        type=_positive_int,
+        default=1_000_000,
+        metavar="M",
+        help="records written, then replayed (default: 1000000)",
+    )
+    journal.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=8,
+        metavar="T",
+        help="appender threads for group commit (default: 8)",
+    )
+    journal.set_defaults(func=_cmd_bench_journal, parser=journal)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(name)s: %(levelname)s: %(message)s", force=True
+    )
+
+
+# -- bench journal ------------------------------------------------------------------
+
+_RATE_ROWS = (
+    ("raw write + fdatasync", "raw_fdatasync_per_s"),
+    ("sqlite WAL synchronous=FULL", "sqlite_wal_full_per_s"),
+    ("journal append", "journal_append_per_s"),
+    ("group commit", "group_commit_per_s"),
+    ("replay", "replay_events_per_s"),
+)
+
+_TARGET_ROWS = (
+    ("journal / raw", "journal_vs_raw", "journal_vs_raw_ge_0_9", ">= 0.9"),
+    ("journal / sqlite", "journal_vs_sqlite", "journal_vs_sqlite_ge_1_3", ">= 1.3"),
+    ("group / single", "group_vs_single", "group_vs_single_ge_5", ">= 5"),
+)
+
+
+def _format_bench_journal(result: dict[str, Any]) -> str:
+    """The readable table of a ``run_journal_bench`` result."""
+    title = (
+        f"shipslog bench journal in {result['dir']}: {result['records']} records, "
+        f"{result['group_commit_threads']} threads, {result['replay_events']} replay events"
+    )
+    lines = [
+        title,
+        "",
+        f"  {'measure':<30} {'per second':>12}",
+    ]
+    for label, key in _RATE_ROWS:
+        if key == "group_commit_per_s":
+            label = f"{label} ({result['group_commit_threads']} threads)"
+        lines.append(f"  {label:<30} {result[key]:>12,}")
+    lines += ["", f"  {'target':<30} {'value':>12}   {'wanted':<12} result"]
+    ratios, targets = result["ratios"], result["targets"]
+    for label, ratio_key, target_key, wanted in _TARGET_ROWS:
+        verdict = "PASS" if targets[target_key] else "MISS"
+        lines.append(f"  {label:<30} {ratios[ratio_key]:>12.3f}   {wanted:<12} {verdict}")
+    verdict = "PASS" if targets["replay_ge_1m"] else "MISS"
+    lines.append(
+        f"  {'replay events/s':<30} {result['replay_events_per_s']:>12,}   {'>= 1,000,000':<12} {verdict}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_journal(args: argparse.Namespace) -> int:
+    """``shipslog bench journal``: run the journal benchmark and print its result."""
+    from ._bench_journal import run_journal_bench
+
+    if not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    if args.records < args.threads:
+        args.parser.error(f"--records ({args.records}) must be at least --threads ({args.threads})")
+    result = run_journal_bench(
+        args.dir, records=args.records, replay_events=args.replay_events, threads=args.threads
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_bench_journal(result))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- entry point --------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``shipslog`` command line with ``argv`` (default: ``sys.argv[1:]``); return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    func: _Command = args.func
+    try:
+        return func(args)
+    except ShipslogError as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
