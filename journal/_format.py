@@ -26,7 +26,6 @@ import mmap
 import os
 import struct
 import zlib
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import msgspec
@@ -46,7 +45,7 @@ __all__ = [
     "encode_header",
     "frame_crc",
     "is_zero",
-    "iter_frames",
+    "scan_frames",
     "segment_name",
     "parse_segment_name",
 ]
@@ -187,50 +186,62 @@ class FrameEnd:
     damage: Damage | None
 
 
-def iter_frames(
-    data: bytes | mmap.mmap, start: int, seed: int
-) -> Generator[tuple[int, int, bytes], None, FrameEnd]:
-    """Walk the frames of ``data`` from ``start``, verifying each crc in the chain.
+Frame = tuple[int, int, bytes]
+"""One verified frame: ``(offset, crc, payload)``."""
 
-    Yields ``(offset, crc, payload)`` for every valid frame and returns a
-    :class:`FrameEnd` that says where valid data ends and whether what follows
-    is a torn tail or corruption.  The end of data is the end of the file or a
-    zero frame header followed only by zeros (the unused part of a
-    preallocated segment).
+
+def scan_frames(
+    data: bytes | mmap.mmap, start: int, seed: int, limit: int
+) -> tuple[list[Frame], int, int, FrameEnd | None]:
+    """Verify up to ``limit`` frames of ``data`` from ``start``, in the crc chain from ``seed``.
+
+    Returns ``(frames, offset, crc, end)``: the verified frames as
+    ``(offset, crc, payload)``, the offset and crc to continue from, and a
+    :class:`FrameEnd` once valid data has ended (None while there may be
+    more).  The end of data is the end of the file, or a zero frame header
+    followed only by zeros (the unused part of a preallocated segment).  A bad
+    frame ends the data too, and :class:`FrameEnd` says whether it is a torn
+    tail or damage with data after it.
+
+    Frames are returned in chunks, not one by one, because the per-frame cost
+    of resuming generators dominates replay time.
     """
     size = len(data)
     unpack = _FRAME.unpack_from
     crc32 = zlib.crc32
     off = start
     prev = seed
-    while True:
+    out: list[Frame] = []
+    append = out.append
+    while len(out) < limit:
         body = off + FRAME_HEADER_SIZE
         if body > size:
             if off == size or is_zero(data, off, size):
-                return FrameEnd(off, prev, None)
-            return FrameEnd(off, prev, Damage(off, size, f"frame header cut short: {size - off} of {FRAME_HEADER_SIZE} bytes", True))
+                return out, off, prev, FrameEnd(off, prev, None)
+            damage = Damage(off, size, f"frame header cut short: {size - off} of {FRAME_HEADER_SIZE} bytes", True)
+            return out, off, prev, FrameEnd(off, prev, damage)
         length, crc = unpack(data, off)
         if length == 0:
             if crc == 0 and is_zero(data, body, size):
-                return FrameEnd(off, prev, None)
-            return FrameEnd(off, prev, Damage(off, body, "a frame of length 0 (zeros or garbage where a frame header belongs) with data after it", False))
+                return out, off, prev, FrameEnd(off, prev, None)
+            why = "a frame of length 0 (zeros or garbage where a frame header belongs) with data after it"
+            return out, off, prev, FrameEnd(off, prev, Damage(off, body, why, False))
         stop = body + length
         if length > MAX_FRAME_BYTES:
-            torn = is_zero(data, body, size)
-            return FrameEnd(off, prev, Damage(off, size, f"frame length {length} exceeds the {MAX_FRAME_BYTES}-byte limit", torn))
+            why = f"frame length {length} exceeds the {MAX_FRAME_BYTES}-byte limit"
+            return out, off, prev, FrameEnd(off, prev, Damage(off, size, why, is_zero(data, body, size)))
         if stop > size:
-            torn = not _valid_frame_after(data, body, crc)
             why = f"frame of {length} bytes cut short: only {size - body} bytes left in the file"
-            return FrameEnd(off, prev, Damage(off, size, why, torn))
+            return out, off, prev, FrameEnd(off, prev, Damage(off, size, why, not _valid_frame_after(data, body, crc)))
         payload = data[body:stop]
-        actual = crc32(payload, crc32(data[off:off + 4], prev))
+        actual = crc32(payload, crc32(data[off:body - 4], prev))
         if actual != crc:
-            torn = is_zero(data, stop, size)
             why = f"frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
-            return FrameEnd(off, prev, Damage(off, stop, why, torn))
-        yield off, crc, payload  # type: ignore[misc]
+            return out, off, prev, FrameEnd(off, prev, Damage(off, stop, why, is_zero(data, stop, size)))
+        append((off, crc, payload))
         prev = crc
         off = stop
+    return out, off, prev, None
 
 
 def _valid_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:

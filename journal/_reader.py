@@ -22,7 +22,8 @@ from ._format import (
     Record,
     SegmentHeader,
     decode_header,
-    iter_frames,
+    Frame,
+    scan_frames,
     parse_segment_name,
     read_segment,
 )
@@ -121,20 +122,19 @@ def list_segments(journal_dir: str) -> list[tuple[int, str]]:
     return found
 
 
-Frame = tuple[str, int, int, bytes]
-"""One verified frame: segment path, offset, crc, payload."""
+_CHUNK = 1024
 
 
 def walk(
     journal_dir: str, start: Position | None = None, *, expected_first: int = 1
-) -> Generator[SegmentStart | Frame, None, WalkEnd]:
+) -> Generator[SegmentStart | list[Frame], None, WalkEnd]:
     """Walk every frame of the journal from ``start`` (default: the beginning).
 
     Checks each segment's header, that segments follow each other (the first
     seq in a header is the one its name says, the previous segment's last crc
     is the one the header names), and every frame's crc in the chain.  Yields
-    a :class:`SegmentStart` per segment and a ``(path, offset, crc, payload)``
-    tuple per frame; returns a :class:`WalkEnd`.  Seq continuity inside and
+    a :class:`SegmentStart` per segment, then that segment's verified frames
+    in lists of ``(offset, crc, payload)``; returns a :class:`WalkEnd`.  Seq continuity inside and
     between segments is for the caller to check, since only it decodes.
     A torn frame at the end of the last segment ends the walk; any other
     damage raises :class:`CorruptJournalError`.
@@ -175,14 +175,12 @@ def walk(
                 offset, seed = start.offset, start.prev_crc
             else:
                 offset, seed = HEADER_SIZE, header.header_crc
-            frames = iter_frames(data, offset, seed)
             while True:
-                try:
-                    off, crc, payload = next(frames)
-                except StopIteration as stop:
-                    end = stop.value
+                chunk, offset, seed, end = scan_frames(data, offset, seed, _CHUNK)
+                if chunk:
+                    yield chunk
+                if end is not None:
                     break
-                yield path, off, crc, payload
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
@@ -222,11 +220,18 @@ class JournalReader:
         ``start`` is a hint (a frame position at or before ``from_seq``, from a
         snapshot); without it the walk starts at the segment holding ``from_seq``.
         """
+        for batch in self.batches(from_seq, until, start=start):
+            yield from batch
+
+    def batches(self, from_seq: int = 1, until: int | None = None, *, start: Position | None = None) -> Iterator[list[Record]]:
+        """Like :meth:`records`, in lists (one per frame): the fast path for replay."""
         if start is None and from_seq > 1:
             start = self._segment_start(from_seq)
         expected = start.first_seq if start is not None else 1
         walker = walk(self.journal_dir, start)
         first_segment = True
+        path = self.journal_dir
+        decode = _decode_batch
         while True:
             try:
                 item = next(walker)
@@ -235,6 +240,7 @@ class JournalReader:
                 self.tail = self.end.torn if self.end is not None else None
                 return
             if isinstance(item, SegmentStart):
+                path = item.path
                 mid_segment_start = first_segment and start is not None and item.header.first_seq <= expected
                 first_segment = False
                 if item.header.first_seq != expected and not mid_segment_start:
@@ -244,21 +250,26 @@ class JournalReader:
                         f"records {expected}..{item.header.first_seq - 1} are missing",
                     )
                 continue
-            path, offset, _crc, payload = item
-            batch = decode_payload(path, offset, payload)
-            first = batch[0].seq
-            last = batch[-1].seq
-            if first != expected or last != first + len(batch) - 1:
-                raise CorruptJournalError(path, offset, f"expected records from seq {expected}, found seq {first}..{last}")
-            expected = last + 1
-            if last < from_seq:
-                continue
-            for record in batch:
-                if until is not None and record.seq > until:
+            for offset, _crc, payload in item:
+                try:
+                    batch = decode(payload)
+                    first = batch[0].seq
+                    last = batch[-1].seq
+                except (msgspec.DecodeError, IndexError):
+                    batch = decode_payload(path, offset, payload)
+                    first = last = 0
+                if first != expected or last != first + len(batch) - 1:
+                    raise CorruptJournalError(path, offset, f"expected records from seq {expected}, found seq {first}..{last}")
+                expected = last + 1
+                if last < from_seq:
+                    continue
+                if first < from_seq or (until is not None and last > until):
+                    batch = [r for r in batch if r.seq >= from_seq and (until is None or r.seq <= until)]
+                if batch:
+                    yield batch
+                if until is not None and last >= until:
                     walker.close()
                     return
-                if record.seq >= from_seq:
-                    yield record
 
     def _segment_start(self, from_seq: int) -> Position | None:
         best: Position | None = None

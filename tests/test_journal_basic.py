@@ -260,3 +260,35 @@ def test_snapshot_beyond_the_end_of_the_journal_is_refused(root: str) -> None:
         j.append(event(1))
         with pytest.raises(ValueError, match="durable seq"):
             j.save_snapshot(2, b"x")
+
+
+def test_a_leader_writes_the_capped_batches_queued_before_its_own(root: str) -> None:
+    """Batches are capped in size; a leader queued behind large appends must still get its own records written."""
+    fs = _GatedFs()
+    j = Journal.open(root, fs=fs, preallocate=False)
+    results: dict[str, list[int]] = {}
+    big = event(0, size=3 * 1024 * 1024)
+
+    def append(name: str, events: list[bytes]) -> None:
+        results[name] = [r.seq for r in j.append_many(events)]
+
+    fs.armed = True
+    first = threading.Thread(target=append, args=("first", [event(1)]))
+    first.start()
+    assert fs.entered.wait(30)
+    queued = [threading.Thread(target=append, args=(f"big{k}", [big])) for k in range(2)]
+    queued.append(threading.Thread(target=append, args=("small", [event(2)])))
+    for k, t in enumerate(queued):
+        t.start()
+        deadline = time.monotonic() + 30
+        while len(j._queue) < k + 1:  # noqa: SLF001 - the queue order is what this test sets up
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    fs.release.set()
+    for t in [first, *queued]:
+        t.join(30)
+    assert results == {"first": [1], "big0": [2], "big1": [3], "small": [4]}
+    closer = threading.Thread(target=j.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close must not hang on a stranded append"

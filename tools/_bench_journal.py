@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 from shipslog.journal import JOURNAL_DIR, Journal, JournalReader
 
-__all__ = ["EVENT_BYTES", "TARGETS", "make_event", "run_journal_bench"]
+__all__ = ["EVENT_BYTES", "REPLAY_TARGET_PER_S", "TARGETS", "make_event", "run_journal_bench"]
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -194,8 +194,8 @@ def _bench_replay(root: str, replay_events: int) -> float:
     _log.info("replaying %d records", replay_events)
     count = 0
     start = time.perf_counter()
-    for _record in JournalReader(journal_dir).records():
-        count += 1
+    for batch in JournalReader(journal_dir).batches():
+        count += len(batch)
     elapsed = time.perf_counter() - start
     if count != replay_events:
         raise RuntimeError(
