@@ -224,7 +224,11 @@ class JournalReader:
             yield from batch
 
     def batches(self, from_seq: int = 1, until: int | None = None, *, start: Position | None = None) -> Iterator[list[Record]]:
-        """Like :meth:`records`, in lists (one per frame): the fast path for replay."""
+        """Like :meth:`records`, in lists of up to a chunk of frames' records: the fast path for replay.
+
+        Every record in a list has been verified; damage found later raises
+        only after the lists before it were served.
+        """
         if start is None and from_seq > 1:
             start = self._segment_start(from_seq)
         expected = start.first_seq if start is not None else 1
@@ -250,6 +254,8 @@ class JournalReader:
                         f"records {expected}..{item.header.first_seq - 1} are missing",
                     )
                 continue
+            out: list[Record] = []
+            extend = out.extend
             for offset, _crc, payload in item:
                 try:
                     batch = decode(payload)
@@ -259,17 +265,22 @@ class JournalReader:
                     batch = decode_payload(path, offset, payload)
                     first = last = 0
                 if first != expected or last != first + len(batch) - 1:
+                    if out:
+                        yield out
                     raise CorruptJournalError(path, offset, f"expected records from seq {expected}, found seq {first}..{last}")
                 expected = last + 1
                 if last < from_seq:
                     continue
                 if first < from_seq or (until is not None and last > until):
                     batch = [r for r in batch if r.seq >= from_seq and (until is None or r.seq <= until)]
-                if batch:
-                    yield batch
+                extend(batch)
                 if until is not None and last >= until:
+                    if out:
+                        yield out
                     walker.close()
                     return
+            if out:
+                yield out
 
     def _segment_start(self, from_seq: int) -> Position | None:
         best: Position | None = None

@@ -26,7 +26,7 @@ def _build(root: str, plan: list[list[int]], preallocate: bool) -> list[int]:
         for sizes in plan:
             ids = list(range(n, n + len(sizes)))
             n += len(sizes)
-            j.append_many([event(i, size) for i, size in zip(ids, sizes)])
+            j.append_many([event(i, size) for i, size in zip(ids, sizes, strict=True)])
             acknowledged.extend(ids)
     return acknowledged
 
