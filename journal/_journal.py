@@ -56,7 +56,16 @@ from ._format import (
 )
 from ._fs import OS_FS, FileSystem
 from ._lock import RootLock
-from ._reader import JournalReader, Position, SegmentStart, TornTail, decode_payload, list_segments, walk
+from ._reader import (
+    JournalReader,
+    Position,
+    SegmentStart,
+    TornTail,
+    decode_payload,
+    list_segments,
+    segment_start_position,
+    walk,
+)
 from ._snapshot import Snapshot, list_snapshots, read_snapshot, write_snapshot
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "Journal", "OpenReport", "TailRepair"]
@@ -612,20 +621,10 @@ class Journal:
         return snap
 
     def _segment_position(self, seq: int) -> Position:
-        chosen = None
-        for first, path in list_segments(self.journal_dir):
-            if first > seq:
-                break
-            chosen = (first, path)
-        if chosen is None:
+        position = segment_start_position(self.journal_dir, seq)
+        if position is None:
             raise CorruptJournalError(self.journal_dir, 0, f"no segment holds seq {seq}")
-        data = read_segment(chosen[1])
-        try:
-            header = decode_header(chosen[1], data)
-        finally:
-            if not isinstance(data, bytes):
-                data.close()
-        return Position(chosen[0], HEADER_SIZE, header.header_crc, chosen[0])
+        return position
 
     def _prune_snapshots(self) -> None:
         old = list_snapshots(self.snapshot_dir)[self._keep_snapshots:]

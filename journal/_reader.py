@@ -36,6 +36,7 @@ __all__ = [
     "WalkEnd",
     "decode_payload",
     "list_segments",
+    "segment_start_position",
     "walk",
 ]
 
@@ -230,7 +231,7 @@ class JournalReader:
         only after the lists before it were served.
         """
         if start is None and from_seq > 1:
-            start = self._segment_start(from_seq)
+            start = segment_start_position(self.journal_dir, from_seq)
         expected = start.first_seq if start is not None else 1
         walker = walk(self.journal_dir, start)
         first_segment = True
@@ -282,19 +283,20 @@ class JournalReader:
             if out:
                 yield out
 
-    def _segment_start(self, from_seq: int) -> Position | None:
-        best: Position | None = None
-        for seq, path in list_segments(self.journal_dir):
-            if seq > from_seq:
-                break
-            best = Position(seq, HEADER_SIZE, -1, seq)
-            best_path = path
-        if best is None:
-            return None
-        data = read_segment(best_path)
-        try:
-            header = decode_header(best_path, data)
-        finally:
-            if isinstance(data, mmap.mmap):
-                data.close()
-        return Position(best.segment, HEADER_SIZE, header.header_crc, best.segment)
+
+def segment_start_position(journal_dir: str, seq: int) -> Position | None:
+    """The position of the first frame of the segment that holds ``seq`` (None if no segment starts at or before it)."""
+    chosen: tuple[int, str] | None = None
+    for first, path in list_segments(journal_dir):
+        if first > seq:
+            break
+        chosen = (first, path)
+    if chosen is None:
+        return None
+    data = read_segment(chosen[1])
+    try:
+        header = decode_header(chosen[1], data)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+    return Position(chosen[0], HEADER_SIZE, header.header_crc, chosen[0])
