@@ -553,11 +553,28 @@ class Journal:
                              self._seg_path, exc)
 
     def _roll(self) -> None:
+        """Start the next segment, then seal the current one.
+
+        The new segment is created durably first, so a failure to create it
+        (``ENOSPC`` while reserving its space) changes nothing and the journal
+        stays usable.  Once the new file is in place the journal must move to
+        it: any failure from there on breaks the journal, and reopening
+        continues in the new segment (the old one then ends in zeros, which
+        reads as a clean end).
+        """
         old_fd, old_path, old_end = self._fd, self._seg_path, self._offset
+        path = os.path.join(self.journal_dir, segment_name(self._next_seq))
+        header = encode_header(self._next_seq, time.time_ns(), self._crc)
         try:
-            self._create_segment(self._next_seq, self._crc)
+            self._fs.write_file_atomic(path, header, preallocate=self._segment_bytes if self._preallocate else 0)
         except OSError as exc:
-            self._fd, self._seg_path = old_fd, old_path
+            if os.path.lexists(path):
+                self._broken = exc
+                raise JournalBrokenError(
+                    exc.errno or errno.EIO,
+                    f"creating the next journal segment {path} failed after it was put in place ({exc}); "
+                    "the journal is broken: close the engine and open the root again",
+                ) from exc
             if exc.errno == errno.ENOSPC:
                 raise InsufficientSpaceError(self.journal_dir, self._segment_bytes, self._fs.free_bytes(self.journal_dir),
                                              "could not create the next journal segment") from exc
@@ -566,6 +583,11 @@ class Journal:
                 f"could not create the next journal segment in {self.journal_dir} ({exc}); "
                 "nothing was appended and the journal stays usable",
             ) from exc
+        try:
+            self._open_segment(self._next_seq, path, HEADER_SIZE, decode_header(path, header).header_crc)
+        except OSError as exc:
+            self._broken = exc
+            raise JournalBrokenError(exc.errno or errno.EIO, f"opening the new segment {path} failed ({exc}); the journal is broken") from exc
         crash_point(CP_ROLL_CREATED)
         try:
             self._fs.truncate(old_fd, old_end)

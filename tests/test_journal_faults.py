@@ -190,3 +190,25 @@ def test_fsync_eio_while_sealing_a_segment_breaks_the_journal(root: str, monkeyp
     j.close()
     with Journal.open(root, segment_bytes=512) as again:
         assert [r.seq for r in again.records()][:acknowledged] == list(range(1, acknowledged + 1))
+
+
+def test_folder_fsync_eio_after_a_new_segment_is_in_place_breaks_the_journal(
+    root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new segment exists, so the journal cannot keep writing the old one: broken, and reopening continues cleanly."""
+    j = Journal.open(root, segment_bytes=512)
+    j.append(event(1))
+    # a roll fsyncs the new segment's temporary file, then the folder: fail the folder's fsync
+    monkeypatch.setattr(os, "fsync", _failing(errno.EIO, after=1, real=os.fsync))
+    with pytest.raises(JournalBrokenError, match="put in place"):
+        for i in range(2, 100):
+            j.append(event(i))
+    monkeypatch.undo()
+    acknowledged = j.last_seq
+    assert len(segments(root)) == 2
+    j.close()
+    with Journal.open(root, segment_bytes=512) as again:
+        assert [event_index(r.event) for r in again.records()] == list(range(1, acknowledged + 1))
+        again.append(event(500))
+    with Journal.open(root, segment_bytes=512) as again:
+        assert [event_index(r.event) for r in again.records()] == [*range(1, acknowledged + 1), 500]
