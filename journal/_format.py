@@ -237,7 +237,8 @@ def scan_frames(
         actual = crc32(payload, crc32(data[off:body - 4], prev))
         if actual != crc:
             why = f"frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
-            return out, off, prev, FrameEnd(off, prev, Damage(off, stop, why, is_zero(data, stop, size)))
+            torn = is_zero(data, stop, size) and not _valid_frame_after(data, body, crc)
+            return out, off, prev, FrameEnd(off, prev, Damage(off, stop, why, torn))
         append((off, crc, payload))
         prev = crc
         off = stop
@@ -247,20 +248,36 @@ def scan_frames(
 def _valid_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
     """Whether any valid frame, chained from ``seed``, starts in ``data[start:]``.
 
-    Used when a frame's length runs past the end of the file: that is a torn
-    write only if the bytes it would swallow hold no valid frame of their own
-    (a damaged length field in the middle of the log would).
+    A bad frame is a torn write only if the bytes after its header hold no
+    valid frame of their own: a damaged length field in the middle of the log
+    makes a frame swallow the valid frames after it.  Only the span up to the
+    last non-zero byte is searched (a frame header is never all zeros).
     """
-    size = len(data)
+    stop = _nonzero_end(data, start, len(data))
     unpack = _FRAME.unpack_from
-    for off in range(start, size - FRAME_HEADER_SIZE + 1):
+    for off in range(start, stop - FRAME_HEADER_SIZE + 1):
         length, crc = unpack(data, off)
-        if length == 0 or off + FRAME_HEADER_SIZE + length > size:
-            continue
         body = off + FRAME_HEADER_SIZE
+        if length == 0 or body + length > stop:
+            continue
         if zlib.crc32(data[body:body + length], zlib.crc32(data[off:off + 4], seed)) == crc:
             return True
     return False
+
+
+def _nonzero_end(data: bytes | mmap.mmap, start: int, stop: int) -> int:
+    """One past the last non-zero byte of ``data[start:stop]`` (``start`` if all are zero)."""
+    chunk = 1 << 20
+    end = stop
+    while end > start:
+        begin = max(start, end - chunk)
+        if not is_zero(data, begin, end):
+            import numpy as np
+
+            view = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=begin)
+            return begin + int(np.flatnonzero(view)[-1]) + 1
+        end = begin
+    return start
 
 
 def read_segment(path: str) -> bytes | mmap.mmap:

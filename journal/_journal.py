@@ -84,7 +84,6 @@ CP_BEFORE_WRITE = register_crash_point("journal.before_write", "records queued, 
 CP_AFTER_WRITE = register_crash_point("journal.after_write", "frame written to the page cache, not yet fsynced")
 CP_AFTER_FSYNC = register_crash_point("journal.after_fsync", "frame durable, appenders not yet told")
 CP_ROLL_CREATED = register_crash_point("journal.roll.after_create", "new segment durable, previous one not yet sealed")
-CP_ROLL_SEALED = register_crash_point("journal.roll.after_seal", "previous segment truncated to its data and fsynced")
 CP_SNAPSHOT_WRITTEN = register_crash_point("journal.snapshot.after_write", "snapshot file durable, older ones not yet pruned")
 
 
@@ -299,8 +298,12 @@ class Journal:
         if first is None:
             raise CorruptJournalError(path, pos.offset, "no valid frame at the snapshot's journal position")
         records = decode_payload(path, pos.offset, first[2])
-        if records[0].seq != pos.first_seq or not (records[0].seq <= snap.seq <= records[-1].seq):
-            raise CorruptJournalError(path, pos.offset, f"the frame at the snapshot's position holds seq {records[0].seq}..{records[-1].seq}, not {snap.seq}")
+        if records[0].seq != pos.first_seq or records[0].seq > snap.seq:
+            raise CorruptJournalError(
+                path, pos.offset,
+                f"the frame at the snapshot's position holds seq {records[0].seq}..{records[-1].seq}, "
+                f"expected a frame starting at seq {pos.first_seq}, at or before {snap.seq}",
+            )
 
     def _repair_tail(self, torn: TornTail, next_seq: int) -> TailRepair:
         with open(torn.path, "rb") as f:
@@ -310,10 +313,11 @@ class Journal:
         self._fs.ensure_dir(folder)
         target = os.path.join(folder, f"{os.path.basename(torn.path)}@{torn.offset}")
         self._fs.write_file_atomic(target, damaged)
+        # Zeros, not truncation: a read-only reader may have the segment mapped.
         fd = self._fs.open(torn.path, os.O_RDWR)
         try:
-            self._fs.truncate(fd, torn.offset)
-            self._fs.fsync(fd)
+            self._fs.write_all(fd, bytes(len(damaged)), torn.offset)
+            self._fs.fdatasync(fd)
         finally:
             self._fs.close(fd)
         repair = TailRepair(torn.path, torn.offset, len(damaged), torn.reason, target)
@@ -468,10 +472,11 @@ class Journal:
         size = 0
         taken = 0
         for p in queue:
-            size += sum(len(e) for e in p.events) + 64 * len(p.events)
-            taken += 1
-            if size >= _GROUP_BYTES:
+            cost = sum(len(e) for e in p.events) + 64 * len(p.events)
+            if taken and size + cost > _GROUP_BYTES:
                 break
+            size += cost
+            taken += 1
         batch = queue[:taken]
         del queue[:taken]
         return batch
@@ -498,7 +503,7 @@ class Journal:
             try:
                 self._fs.write_all(self._fd, frame, start)
             except OSError as exc:
-                self._cut_back(start)
+                self._cut_back(start, len(frame))
                 raise self._write_error(exc, len(frame)) from exc
             crash_point(CP_AFTER_WRITE)
             synced = time.monotonic()
@@ -534,9 +539,18 @@ class Journal:
             "records acknowledged before are intact, this append was not acknowledged",
         )
 
-    def _cut_back(self, start: int) -> None:
-        """Remove every byte of a failed write from ``start`` on (truncating needs no free space),
-        then restore the segment's reservation where the disk allows it."""
+    def _cut_back(self, start: int, length: int) -> None:
+        """Remove every byte of a failed write: overwrite it with zeros (no truncation, so a
+        reader that mapped the segment never faults), or, if even that fails, truncate
+        the file back to ``start`` (which needs no free space) and reserve it again."""
+        within = min(start + length, self._file_size) - start
+        try:
+            if within > 0:
+                self._fs.write_all(self._fd, bytes(within), start)
+            if start + length <= self._file_size:
+                return
+        except OSError as exc:
+            _log.warning("zeroing a failed write in %s failed too (%s); truncating it instead", self._seg_path, exc)
         try:
             self._fs.truncate(self._fd, start)
         except OSError as exc:
@@ -553,7 +567,7 @@ class Journal:
                              self._seg_path, exc)
 
     def _roll(self) -> None:
-        """Start the next segment, then seal the current one.
+        """Start the next segment and move to it.
 
         The new segment is created durably first, so a failure to create it
         (``ENOSPC`` while reserving its space) changes nothing and the journal
@@ -562,7 +576,7 @@ class Journal:
         continues in the new segment (the old one then ends in zeros, which
         reads as a clean end).
         """
-        old_fd, old_path, old_end = self._fd, self._seg_path, self._offset
+        old_fd = self._fd
         path = os.path.join(self.journal_dir, segment_name(self._next_seq))
         header = encode_header(self._next_seq, time.time_ns(), self._crc)
         try:
@@ -589,15 +603,10 @@ class Journal:
             self._broken = exc
             raise JournalBrokenError(exc.errno or errno.EIO, f"opening the new segment {path} failed ({exc}); the journal is broken") from exc
         crash_point(CP_ROLL_CREATED)
-        try:
-            self._fs.truncate(old_fd, old_end)
-            self._fs.fsync(old_fd)
-        except OSError as exc:
-            self._broken = exc
-            raise JournalBrokenError(exc.errno or errno.EIO, f"sealing {old_path} failed ({exc}); the journal is broken") from exc
-        finally:
-            self._fs.close(old_fd)
-        crash_point(CP_ROLL_SEALED)
+        # Every frame of the old segment is already fdatasynced; its unused reservation
+        # (less than one frame) stays, since truncating a file a reader may have
+        # mapped would make that reader fault.  Zeros read as a clean end.
+        self._fs.close(old_fd)
 
     # -- reading --------------------------------------------------------------------
 

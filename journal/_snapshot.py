@@ -6,8 +6,9 @@ A snapshot lets an opener skip the history before it.  The file is::
     | position: u64 segment | u64 offset | u32 prev_crc | u64 first_seq
     | u64 payload_len | payload | u32 crc (over everything before it)
 
-The position is where the frame holding record ``seq`` starts, so an opener
-reads only the frames from there on.  Snapshots are written atomically; one
+The position is where a frame at or before the one holding record ``seq``
+starts (usually that very frame), so an opener reads only the frames from
+there on and skips the records up to ``seq``.  Snapshots are written atomically; one
 that fails its checksum, or has an unknown version, is skipped with a warning
 and the next older one is used.
 """

@@ -40,7 +40,7 @@ def _run(root: str, point: str, mode: str = "kill") -> int:
 def test_journal_crash_points_are_registered() -> None:
     points = registered_crash_points()
     for name in ("journal.before_write", "journal.after_write", "journal.after_fsync",
-                 "journal.roll.after_create", "journal.roll.after_seal"):
+                 "journal.roll.after_create", "journal.snapshot.after_write"):
         assert name in points and points[name]
 
 

@@ -290,3 +290,17 @@ def test_truncated_segment_header_raises(root: str) -> None:
     _cut(segments(root)[0], HEADER_SIZE - 1)
     with pytest.raises(CorruptJournalError, match="shorter than its 36-byte header"):
         Journal.open(root)
+
+
+def test_length_damaged_upward_inside_a_preallocated_segment_is_corruption(root: str) -> None:
+    """A length grown into the zeroed reserve swallows acknowledged frames: never a torn tail."""
+    write_records(root, N, segment_bytes=1 << 20)
+    path = segments(root)[-1]
+    off, length = frames(path)[2]
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack("<I", length + 5000))
+    with pytest.raises(CorruptJournalError) as info:
+        Journal.open(root, segment_bytes=1 << 20)
+    assert info.value.offset == off
+    assert not os.path.exists(os.path.join(root, "quarantine")), "nothing was cut back"

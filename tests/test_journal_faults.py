@@ -175,23 +175,6 @@ def test_enospc_creating_the_next_segment_keeps_the_journal_usable(root: str, mo
         assert seqs == list(range(1, accepted + 2))
 
 
-def test_fsync_eio_while_sealing_a_segment_breaks_the_journal(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    j = Journal.open(root, segment_bytes=512)
-    j.append(event(1))
-    # a roll fsyncs the new segment's temporary file, then the folder, then seals the old segment
-    monkeypatch.setattr(os, "fsync", _failing(errno.EIO, after=2, real=os.fsync))
-    with pytest.raises(JournalBrokenError, match="sealing"):
-        for i in range(2, 100):
-            j.append(event(i))
-    monkeypatch.undo()
-    acknowledged = j.last_seq
-    with pytest.raises(JournalBrokenError):
-        j.append(event(1000))
-    j.close()
-    with Journal.open(root, segment_bytes=512) as again:
-        assert [r.seq for r in again.records()][:acknowledged] == list(range(1, acknowledged + 1))
-
-
 def test_folder_fsync_eio_after_a_new_segment_is_in_place_breaks_the_journal(
     root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
