@@ -22,10 +22,12 @@ commit become durable, or are torn, together.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -45,6 +47,7 @@ __all__ = [
     "encode_header",
     "frame_crc",
     "is_zero",
+    "mapped_segment",
     "scan_frames",
     "segment_name",
     "parse_segment_name",
@@ -260,7 +263,7 @@ def _valid_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
         body = off + FRAME_HEADER_SIZE
         if length == 0 or body + length > stop:
             continue
-        if zlib.crc32(data[body:body + length], zlib.crc32(data[off:off + 4], seed)) == crc:
+        if frame_crc(data[body:body + length], seed) == crc:
             return True
     return False
 
@@ -280,10 +283,14 @@ def _nonzero_end(data: bytes | mmap.mmap, start: int, stop: int) -> int:
     return start
 
 
-def read_segment(path: str) -> bytes | mmap.mmap:
-    """Map a segment file read-only (an empty file reads as ``b""``)."""
+@contextlib.contextmanager
+def mapped_segment(path: str) -> Iterator[bytes | mmap.mmap]:
+    """Map a segment file read-only for the ``with`` block (an empty file reads as ``b""``)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        data: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    try:
+        yield data
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()

@@ -51,7 +51,7 @@ from ._format import (
     encode_frame,
     encode_header,
     scan_frames,
-    read_segment,
+    mapped_segment,
     segment_name,
 )
 from ._fs import OS_FS, FileSystem
@@ -287,17 +287,12 @@ class Journal:
         if pos.segment not in segments:
             raise CorruptJournalError(snap.path, 0, f"its journal position names segment {pos.segment}, which does not exist")
         path = os.path.join(self.journal_dir, segment_name(pos.segment))
-        data = read_segment(path)
-        try:
+        with mapped_segment(path) as data:
             decode_header(path, data)
             frames = scan_frames(data, pos.offset, pos.prev_crc, 1)[0]
-        finally:
-            if not isinstance(data, bytes):
-                data.close()
-        first = frames[0] if frames else None
-        if first is None:
+        if not frames:
             raise CorruptJournalError(path, pos.offset, "no valid frame at the snapshot's journal position")
-        records = decode_payload(path, pos.offset, first[2])
+        records = decode_payload(path, pos.offset, frames[0][2])
         if records[0].seq != pos.first_seq or records[0].seq > snap.seq:
             raise CorruptJournalError(
                 path, pos.offset,

@@ -9,7 +9,6 @@ before any record after it is.
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ._format import (
     Frame,
     scan_frames,
     parse_segment_name,
-    read_segment,
+    mapped_segment,
 )
 
 __all__ = [
@@ -160,8 +159,7 @@ def walk(
     prev_crc: int | None = None
     for i in range(index, len(segments)):
         seq, path = segments[i]
-        data = read_segment(path)
-        try:
+        with mapped_segment(path) as data:
             header = decode_header(path, data)
             if header.first_seq != seq:
                 raise CorruptJournalError(path, 0, f"the header says the segment starts at seq {header.first_seq}, its name says {seq}")
@@ -182,9 +180,6 @@ def walk(
                     yield chunk
                 if end is not None:
                     break
-        finally:
-            if isinstance(data, mmap.mmap):
-                data.close()
         last = i == len(segments) - 1
         damage = end.damage
         if damage is not None:
@@ -293,10 +288,6 @@ def segment_start_position(journal_dir: str, seq: int) -> Position | None:
         chosen = (first, path)
     if chosen is None:
         return None
-    data = read_segment(chosen[1])
-    try:
+    with mapped_segment(chosen[1]) as data:
         header = decode_header(chosen[1], data)
-    finally:
-        if isinstance(data, mmap.mmap):
-            data.close()
     return Position(chosen[0], HEADER_SIZE, header.header_crc, chosen[0])
