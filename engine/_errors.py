@@ -1,0 +1,160 @@
+"""Errors of the engine layer.  All derive from :class:`ShipslogError` and the builtin they resemble.
+
+Each message says what was expected, what was found, where (path, seq,
+operation) and what to do next.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from shipslog.journal import JournalBrokenError, JournalClosedError, JournalLockedError, ShipslogError
+
+__all__ = [
+    "ConflictError",
+    "CutOffOperationsError",
+    "DataFileError",
+    "EngineBrokenError",
+    "EngineClosedError",
+    "EngineError",
+    "EngineLockedError",
+    "IntegrityError",
+    "InvalidNameError",
+    "InvalidTransitionError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "UnknownOperationError",
+]
+
+
+class EngineError(ShipslogError):
+    """Something is wrong with the engine's state, its files or their use."""
+
+
+class EngineClosedError(JournalClosedError):
+    """The engine was closed and then used again (a mistake in the calling code)."""
+
+
+class EngineBrokenError(JournalBrokenError):
+    """An fsync (or another effect that cannot be retried) failed; re-open the root to continue."""
+
+
+class EngineLockedError(JournalLockedError):
+    """Another engine (in this or another process) holds the root."""
+
+
+class InvalidNameError(EngineError, ValueError):
+    """A user-given name (checkpoint, model, adapter, pointer) is not a plain file name.
+
+    Raised before anything on disk is touched.
+    """
+
+    def __init__(self, what: str, name: object, reason: str) -> None:
+        self.what = what
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"invalid {what} name {name!r}: {reason}; use a plain name of letters, digits, "
+            "'.', '-' and '_' (no separators, no '..', no control characters)"
+        )
+
+
+class InvalidTransitionError(EngineError, ValueError):
+    """A journal record moves an operation in a way its transition table does not allow.
+
+    Names the record's seq, the operation, the state it was in and the event.
+    """
+
+    def __init__(self, seq: int, op: str, op_type: str, state: str | None, kind: str, detail: str = "") -> None:
+        self.seq = seq
+        self.op = op
+        self.op_type = op_type
+        self.state = state
+        self.kind = kind
+        where = f"in state {state!r}" if state is not None else "which has not begun"
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"record seq {seq}: event {kind!r} is not allowed for {op_type} operation {op!r} {where}{extra}; "
+            "the journal was written by a different operation table or is damaged; run 'shipslog verify'"
+        )
+
+
+class UnknownOperationError(EngineError, LookupError):
+    """The journal holds events of an operation type that is not registered."""
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        self.kinds = tuple(sorted(set(kinds)))
+        super().__init__(
+            f"the journal holds events of kinds that are not registered: {', '.join(self.kinds)}; "
+            "pass their operation types to Engine.open(root, operations=[...])"
+        )
+
+
+class CutOffOperationsError(EngineError, RuntimeError):
+    """Operations were cut off by a crash and need recovery before the engine can run."""
+
+    def __init__(self, root: str, ops: Sequence[tuple[str, str, str]]) -> None:
+        self.root = root
+        self.ops = tuple(ops)
+        listed = "; ".join(f"{op_type} {op!r} in state {state!r}" for op, op_type, state in self.ops)
+        super().__init__(
+            f"{root} has {len(self.ops)} operation(s) cut off by a crash: {listed}; "
+            f"run 'shipslog recover {root}' (or Engine.open with recovery) to finish or roll them back"
+        )
+
+
+class ConflictError(EngineError, RuntimeError):
+    """An operation was refused up front because another one holds what it needs."""
+
+    def __init__(self, what: str, holder: str) -> None:
+        self.what = what
+        self.holder = holder
+        super().__init__(f"{what} is refused: {holder} holds it; wait for it to finish or choose another name")
+
+
+class NotFoundError(EngineError, LookupError):
+    """A named checkpoint, model, pointer or operation does not exist (or is not committed)."""
+
+    def __init__(self, what: str, name: str, detail: str = "") -> None:
+        self.what = what
+        self.name = name
+        extra = f"; {detail}" if detail else ""
+        super().__init__(f"no committed {what} named {name!r}{extra}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IntegrityError(EngineError, ValueError):
+    """A file does not match what its manifest says (missing, wrong size, wrong checksum, unlisted).
+
+    Never a silent success: nothing from a folder that raised this is loaded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected: str, found: str, hint: str = "") -> None:
+        self.path = os.fspath(path)
+        self.expected = expected
+        self.found = found
+        advice = hint or "do not load it; restore it from a good copy or remove it with 'shipslog gc'"
+        super().__init__(f"integrity check failed for {self.path}: expected {expected}, found {found}; {advice}")
+
+
+class DataFileError(EngineError, ValueError):
+    """A training data file is missing, empty, or has a bad line (named by number)."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.line = line
+        where = f"{self.path} line {line}" if line is not None else self.path
+        super().__init__(f"data file {where}: {reason}; fix the file and start the run again (nothing was trained)")
+
+
+class MissingDependencyError(ShipslogError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(f"{module} is required for this; install it with: pip install 'shipslog[{extra}]'")
+

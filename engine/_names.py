@@ -1,0 +1,54 @@
+"""Validation of user-given names and of paths under a host root.
+
+Names become single path components under ``ROOT/<folder>/``; a name that
+could escape that folder is refused before anything is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ._errors import InvalidNameError
+
+__all__ = ["MAX_NAME_LENGTH", "check_name", "inside_root"]
+
+MAX_NAME_LENGTH = 200
+_ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
+
+
+def check_name(what: str, name: object) -> str:
+    """Return ``name`` when it is a safe single path component, else raise :class:`InvalidNameError`.
+
+    Allowed: letters, digits and ``. _ - + = @``, starting with a letter or
+    digit, at most :data:`MAX_NAME_LENGTH` characters.  That excludes empty
+    names, ``.``/``..``, separators, absolute paths, NUL and every control
+    character, and hidden names (which the engine uses for work in progress).
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(what, name, f"expected a string, found {type(name).__name__}")
+    if not name:
+        raise InvalidNameError(what, name, "it is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(what, name, f"it is {len(name)} characters long, the limit is {MAX_NAME_LENGTH}")
+    if "/" in name or "\\" in name or os.sep in name:
+        raise InvalidNameError(what, name, "it contains a path separator")
+    if name in (".", ".."):
+        raise InvalidNameError(what, name, "it names a folder, not an entry")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidNameError(what, name, "it contains a control character")
+    if not _ALLOWED.fullmatch(name):
+        raise InvalidNameError(what, name, "it must start with a letter or digit and use only letters, digits and . _ - + = @")
+    return name
+
+
+def inside_root(root: str, path: str) -> str:
+    """Resolve ``path`` and return it when it lies inside ``root`` (symlinks resolved), else raise.
+
+    Used for every path built from user input before the engine touches it.
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise InvalidNameError("path", path, f"it resolves to {real}, outside the root {real_root}")
+    return real
