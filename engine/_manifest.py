@@ -129,9 +129,11 @@ def scan_folder(folder: str | os.PathLike[str]) -> list[str]:
     return sorted(found)
 
 
-def write_manifest(fs: FileSystem, folder: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Write ``folder/MANIFEST`` atomically and durably (temp file, fsync, rename, fsync folder)."""
-    fs.write_file_atomic(os.path.join(os.fspath(folder), MANIFEST_NAME), _encoder.encode(manifest) + b"\n")
+def write_manifest(fs: FileSystem, folder: str | os.PathLike[str], manifest: Manifest) -> bytes:
+    """Write ``folder/MANIFEST`` atomically and durably (temp file, fsync, rename, fsync folder); return its bytes."""
+    data = _encoder.encode(manifest) + b"\n"
+    fs.write_file_atomic(os.path.join(os.fspath(folder), MANIFEST_NAME), data)
+    return data
 
 
 def new_manifest(kind: str, name: str, files: Iterable[FileEntry], *, step: int | None = None, meta: dict[str, Any] | None = None) -> Manifest:

@@ -10,8 +10,9 @@ before any record after it is.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -219,11 +220,22 @@ class JournalReader:
         for batch in self.batches(from_seq, until, start=start):
             yield from batch
 
-    def batches(self, from_seq: int = 1, until: int | None = None, *, start: Position | None = None) -> Iterator[list[Record]]:
+    def batches(
+        self,
+        from_seq: int = 1,
+        until: int | None = None,
+        *,
+        start: Position | None = None,
+        decode: Callable[[bytes], list[Any]] | None = None,
+    ) -> Iterator[list[Any]]:
         """Like :meth:`records`, in lists of up to a chunk of frames' records: the fast path for replay.
 
         Every record in a list has been verified; damage found later raises
-        only after the lists before it were served.
+        only after the lists before it were served.  ``decode`` replaces the
+        decoding of a frame's payload (a layer above can decode its events in
+        the same call); it must return records with a ``seq`` attribute and
+        raise ``msgspec.DecodeError`` for a payload it cannot decode, which is
+        reported as corruption at that frame.
         """
         if start is None and from_seq > 1:
             start = segment_start_position(self.journal_dir, from_seq)
@@ -231,7 +243,8 @@ class JournalReader:
         walker = walk(self.journal_dir, start)
         first_segment = True
         path = self.journal_dir
-        decode = _decode_batch
+        if decode is None:
+            decode = _decode_batch
         while True:
             try:
                 item = next(walker)
@@ -250,16 +263,16 @@ class JournalReader:
                         f"records {expected}..{item.header.first_seq - 1} are missing",
                     )
                 continue
-            out: list[Record] = []
+            out: list[Any] = []
             extend = out.extend
             for offset, _crc, payload in item:
                 try:
                     batch = decode(payload)
                     first = batch[0].seq
                     last = batch[-1].seq
-                except (msgspec.DecodeError, IndexError):
-                    batch = decode_payload(path, offset, payload)
-                    first = last = 0
+                except (msgspec.DecodeError, IndexError) as exc:
+                    decode_payload(path, offset, payload)  # raises when the records themselves are damaged
+                    raise CorruptJournalError(path, offset, f"frame verified but an event in it does not decode: {exc}") from exc
                 if first != expected or last != first + len(batch) - 1:
                     if out:
                         yield out

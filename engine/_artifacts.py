@@ -1,0 +1,325 @@
+"""The checkpoint operation (also used for models): staging, manifest last, fsync, rename, journal.
+
+The order of effects, each journaled around its file work:
+
+1. ``checkpoint.begun`` (name, step, staging folder) is durable before the
+   staging folder exists, so recovery can account for it;
+2. files are written into ``staging/<op>/`` and fsynced;
+3. ``MANIFEST`` (names, sizes, CRC-32s) is written last, atomically, and the
+   staging folder fsynced; then ``checkpoint.durable``;
+4. the folder is renamed to ``checkpoints/<name>`` (or ``models/<name>``) and
+   both parents fsynced; then ``checkpoint.committed``.
+
+A failure before the commit removes staging and journals ``checkpoint.aborted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from shipslog.journal import crash_point, register_crash_point
+
+from ._errors import ConflictError, IntegrityError, InvalidNameError
+from ._events import ArtifactAborted, ArtifactBegun, ArtifactCommitted, ArtifactDurable
+from ._manifest import MANIFEST_NAME, FileEntry, Manifest, checksum_file, new_manifest, scan_folder, write_manifest
+from ._names import check_name
+from ._state import ArtifactInfo, EngineState
+
+if TYPE_CHECKING:
+    from ._core import EngineCore
+
+__all__ = ["ARTIFACT_FOLDERS", "CheckpointWriter", "begin_artifact", "check_relpath"]
+
+_log = logging.getLogger("shipslog.engine.checkpoint")
+
+ARTIFACT_FOLDERS = {"checkpoint": "checkpoints", "model": "models"}
+_COPY_CHUNK = 8 << 20
+
+CP_BEGUN = register_crash_point("checkpoint.after_begun", "checkpoint.begun is durable; the staging folder may not exist yet")
+CP_FILES = register_crash_point("checkpoint.after_files", "every file is fsynced in staging; no manifest yet")
+CP_MANIFEST = register_crash_point("checkpoint.after_manifest", "the manifest is durable in staging; checkpoint.durable is not journaled")
+CP_DURABLE = register_crash_point("checkpoint.after_durable", "checkpoint.durable is journaled; the folder is still in staging")
+CP_RENAMED = register_crash_point("checkpoint.after_rename", "the folder is in its final place, durably; checkpoint.committed is not journaled")
+CP_ABORT_REMOVED = register_crash_point("checkpoint.abort.after_remove", "staging is removed; checkpoint.aborted is not journaled")
+
+
+def check_relpath(relpath: str) -> list[str]:
+    """The components of a '/'-separated path inside a checkpoint; each must be a safe name."""
+    if not isinstance(relpath, str) or not relpath:
+        raise InvalidNameError("file", relpath, "a file inside a checkpoint needs a non-empty relative path")
+    parts = relpath.split("/")
+    for part in parts:
+        check_name("file", part)
+    if relpath == MANIFEST_NAME:
+        raise InvalidNameError("file", relpath, "MANIFEST is written by the engine")
+    return parts
+
+
+def begin_artifact(
+    core: EngineCore,
+    name: str,
+    *,
+    artifact: str = "checkpoint",
+    step: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+    expected_bytes: int = 0,
+    source: str | None = None,
+) -> CheckpointWriter:
+    """Journal ``checkpoint.begun`` and create the staging folder; return the writer."""
+    check_name(artifact, name)
+    if artifact not in ARTIFACT_FOLDERS:
+        raise ValueError(f"artifact must be one of {sorted(ARTIFACT_FOLDERS)}, got {artifact!r}")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    meta_dict = dict(meta or {})
+    try:
+        msgspec.msgpack.encode(meta_dict)
+        msgspec.json.encode(meta_dict)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValueError(f"meta must hold only JSON-able values: {exc}") from None
+    core.check_usable()
+    core.preflight(expected_bytes, f"{artifact} {name!r} ({expected_bytes} bytes)")
+    op = core.new_op_id("checkpoint")
+    staging_rel = f"staging/{op}"
+    final = core.path(ARTIFACT_FOLDERS[artifact], name)
+
+    def no_conflict(state: EngineState) -> None:
+        table = state.checkpoints if artifact == "checkpoint" else state.models
+        if name in table:
+            raise ConflictError(f"{artifact} name {name!r}", f"committed {artifact} {table[name].path} (op {table[name].op})")
+        for other in state.ops_of("checkpoint"):
+            if other.info.get("name") == name and other.info.get("artifact", "checkpoint") == artifact:
+                raise ConflictError(f"{artifact} name {name!r}", f"operation {other.id} (state {other.state})")
+        if os.path.lexists(final):
+            raise ConflictError(f"{artifact} name {name!r}", f"an existing folder {final} that the journal does not account for")
+
+    core.journal_events(
+        ArtifactBegun(
+            op=op, name=name, artifact=artifact, step=step, meta=meta_dict, expected_bytes=expected_bytes, staging=staging_rel, source=source
+        ),
+        check=no_conflict,
+    )
+    crash_point(CP_BEGUN)
+    staging = core.path(staging_rel)
+    writer = CheckpointWriter(core, op, name, artifact, step, meta_dict, staging, final)
+    try:
+        core.fs.mkdir(staging)  # made durable by the manifest's folder fsync, before checkpoint.durable
+    except OSError as exc:
+        writer.abort(f"could not create the staging folder: {exc}")
+        raise
+    return writer
+
+
+class CheckpointWriter:
+    """A checkpoint (or model) in progress: write files into :attr:`path`, then :meth:`commit` or :meth:`abort`.
+
+    As a context manager it commits on a clean exit and aborts (removing
+    staging, journaling ``checkpoint.aborted``) when the block raises.  Files
+    written with :meth:`write_bytes`, :meth:`copy_file` or :meth:`open` are
+    checksummed while written; files put into :attr:`path` by other code are
+    checksummed at commit, and files recorded with :meth:`add_file` must match
+    their recorded size.  Nothing in :attr:`path` is a result until commit.
+    """
+
+    def __init__(
+        self,
+        core: EngineCore,
+        op: str,
+        name: str,
+        artifact: str,
+        step: int | None,
+        meta: dict[str, Any],
+        staging: str,
+        final: str,
+    ) -> None:
+        self._core = core
+        self.op = op
+        self.name = name
+        self.artifact = artifact
+        self.step = step
+        self.meta = meta
+        self.path = staging
+        self.final_path = final
+        self._entries: dict[str, FileEntry] = {}
+        self._synced: set[str] = set()
+        self._done: str | None = None
+        self.info: ArtifactInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"<CheckpointWriter {self.artifact} {self.name!r} op={self.op} {self._done or 'open'}>"
+
+    # -- writing files ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._done is not None:
+            raise ValueError(f"{self.artifact} {self.name!r} is already {self._done}")
+
+    def file_path(self, relpath: str) -> str:
+        """The absolute staging path of ``relpath`` (validated; parent folders are created)."""
+        self._check_open()
+        parts = check_relpath(relpath)
+        full = os.path.join(self.path, *parts)
+        if len(parts) > 1:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+        return full
+
+    def write_bytes(self, relpath: str, data: bytes | bytearray | memoryview) -> FileEntry:
+        """Write ``data`` to ``relpath`` (new file), fsync it, and record its size and CRC-32."""
+        full = self.file_path(relpath)
+        fs = self._core.fs
+        fd = fs.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fs.write_all(fd, data)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        entry = FileEntry(relpath, len(data), zlib.crc32(data))
+        self._entries[relpath] = entry
+        self._synced.add(relpath)
+        return entry
+
+    def write_json(self, relpath: str, obj: Any) -> FileEntry:
+        """Write ``obj`` as JSON (msgspec) to ``relpath``; see :meth:`write_bytes`."""
+        return self.write_bytes(relpath, msgspec.json.encode(obj))
+
+    def copy_file(self, src: str | os.PathLike[str], relpath: str) -> FileEntry:
+        """Copy the regular file ``src`` to ``relpath``, checksumming in the same pass, and fsync it."""
+        full = self.file_path(relpath)
+        fs = self._core.fs
+        crc = 0
+        size = 0
+        with open(src, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise IntegrityError(os.fspath(src), "a regular file", "something else")
+            fd = fs.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                buf = bytearray(_COPY_CHUNK)
+                view = memoryview(buf)
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    chunk = view[:n]
+                    fs.write_all(fd, chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    size += n
+                fs.fsync(fd)
+            finally:
+                fs.close(fd)
+        entry = FileEntry(relpath, size, crc)
+        self._entries[relpath] = entry
+        self._synced.add(relpath)
+        return entry
+
+    def add_file(self, entry: FileEntry) -> None:
+        """Record a file another writer put at ``path/entry.path`` with its checksum computed while writing.
+
+        At commit its size is checked and it is fsynced; its CRC-32 is trusted
+        (a later verify re-checks it).
+        """
+        self._check_open()
+        check_relpath(entry.path)
+        self._entries[entry.path] = entry
+
+    # -- ending ----------------------------------------------------------------------
+
+    def commit(self) -> ArtifactInfo:
+        """Write the manifest last, journal durable, rename into place, journal committed.
+
+        Returns the committed :class:`ArtifactInfo`.  A failure before the
+        folder is durable aborts the checkpoint (staging removed, aborted
+        journaled) and re-raises.
+        """
+        self._check_open()
+        core = self._core
+        try:
+            manifest, manifest_bytes = self._seal()
+        except BaseException as exc:
+            self._abort_after_failure(exc)
+            raise
+        core.journal_events(
+            ArtifactDurable(op=self.op, files=len(manifest.files), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(manifest_bytes))
+        )
+        crash_point(CP_DURABLE)
+        try:
+            os.makedirs(os.path.dirname(self.final_path), exist_ok=True)
+            if os.path.lexists(self.final_path):
+                raise ConflictError(f"{self.artifact} name {self.name!r}", f"an existing folder {self.final_path}")
+            core.fs.rename_durable(self.path, self.final_path)
+        except BaseException as exc:
+            self._abort_after_failure(exc)
+            raise
+        crash_point(CP_RENAMED)
+        rel = os.path.relpath(self.final_path, core.root).replace(os.sep, "/")
+        core.journal_events(ArtifactCommitted(op=self.op, path=rel))
+        self._done = "committed"
+        table = core.state.checkpoints if self.artifact == "checkpoint" else core.state.models
+        self.info = table[self.name]
+        return self.info
+
+    def _seal(self) -> tuple[Manifest, bytes]:
+        """Checksum what needs it, fsync every file and folder, write the manifest."""
+        fs = self._core.fs
+        on_disk = scan_folder(self.path)
+        present = set(on_disk)
+        for rel, entry in self._entries.items():
+            if rel not in present:
+                raise IntegrityError(os.path.join(self.path, rel), f"a file of {entry.size} bytes", "no file")
+        entries: list[FileEntry] = []
+        for rel in on_disk:
+            full = os.path.join(self.path, *rel.split("/"))
+            entry = self._entries.get(rel)
+            if entry is None:
+                entry = checksum_file(self.path, rel)
+            elif os.stat(full).st_size != entry.size:
+                raise IntegrityError(full, f"{entry.size} bytes (as recorded)", f"{os.stat(full).st_size} bytes")
+            if rel not in self._synced:
+                fd = fs.open(full, os.O_RDONLY)
+                try:
+                    fs.fsync(fd)
+                finally:
+                    fs.close(fd)
+            entries.append(entry)
+        for dirpath, _dirs, _files in sorted(os.walk(self.path), key=lambda t: -len(t[0])):
+            if dirpath != self.path:
+                fs.fsync_dir(dirpath)
+        crash_point(CP_FILES)
+        manifest = new_manifest(self.artifact, self.name, entries, step=self.step, meta=self.meta)
+        data = write_manifest(fs, self.path, manifest)  # fsyncs the staging folder
+        crash_point(CP_MANIFEST)
+        return manifest, data
+
+    def abort(self, reason: str = "aborted by the caller") -> None:
+        """Remove staging and journal ``checkpoint.aborted``.  Only before commit."""
+        self._check_open()
+        core = self._core
+        core.fs.remove_tree_durable(self.path)
+        crash_point(CP_ABORT_REMOVED)
+        core.journal_events(ArtifactAborted(op=self.op, reason=reason))
+        self._done = "aborted"
+
+    def _abort_after_failure(self, exc: BaseException) -> None:
+        if self._core.broken is not None or self._core.closed:
+            return  # the journal cannot record it; recovery will, on the next open
+        try:
+            self.abort(f"failed: {type(exc).__name__}: {exc}")
+        except Exception as abort_exc:
+            _log.error("could not abort %s %r after %s: %s; recovery will finish it", self.artifact, self.name, exc, abort_exc)
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._done is not None:
+            return
+        if exc is None:
+            self.commit()
+        else:
+            self._abort_after_failure(exc)

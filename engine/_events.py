@@ -1,0 +1,199 @@
+"""Events: frozen msgspec Structs in one tagged union (``kind``), each naming its operation (``op``).
+
+A journal record's event payload is one of these, msgpack-encoded as a map
+(field names included, defaults omitted), so the inspection tool can show an
+event of an operation type it does not know as plain data.
+
+The event schema version is :data:`EVENT_SCHEMA_VERSION`; every session writes
+it into its ``session.opened`` event, and the reducer refuses a journal whose
+sessions wrote a newer one.  Within a version, events only ever gain fields
+with defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "EVENT_SCHEMA_VERSION",
+    "ArtifactAborted",
+    "ArtifactBegun",
+    "ArtifactCommitted",
+    "ArtifactDurable",
+    "Event",
+    "PointerAborted",
+    "PointerIntended",
+    "PointerSet",
+    "RawEvent",
+    "RetentionDeleted",
+    "RetentionIntended",
+    "RunFailed",
+    "RunFinished",
+    "RunInterrupted",
+    "RunProgress",
+    "RunStarted",
+    "RunValidated",
+    "SessionClosed",
+    "SessionCrashed",
+    "SessionOpened",
+]
+
+EVENT_SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, tag_field="kind", frozen=True, gc=False, omit_defaults=True, kw_only=True):
+    """The base of every event.  ``op`` is the id of the operation the event belongs to.
+
+    Subclass it with ``tag="<type>.<event>"`` to declare the events of your own
+    operation types; keep field values msgpack-able and small.
+    """
+
+    op: str
+
+
+class RawEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event whose kind is not registered here, kept as decoded plain data (``data`` holds every field)."""
+
+    kind: str
+    op: str
+    data: dict[str, Any]
+
+
+# -- checkpoints and models ("artifacts": folders with a manifest) ----------------------
+
+
+class ArtifactBegun(Event, tag="checkpoint.begun"):
+    """A checkpoint (or model) began: files go to ``staging``; nothing is a result yet."""
+
+    name: str
+    artifact: str = "checkpoint"
+    step: int | None = None
+    meta: dict[str, Any] = {}
+    expected_bytes: int = 0
+    staging: str = ""
+    source: str | None = None
+
+
+class ArtifactDurable(Event, tag="checkpoint.durable"):
+    """Every file and the manifest are fsynced in staging; ``files``/``bytes``/``manifest_crc`` describe them."""
+
+    files: int
+    bytes: int
+    manifest_crc: int
+
+
+class ArtifactCommitted(Event, tag="checkpoint.committed"):
+    """The folder was renamed into place (``path``, relative to the root) and that rename is durable."""
+
+    path: str
+
+
+class ArtifactAborted(Event, tag="checkpoint.aborted"):
+    """The checkpoint was abandoned; its staging folder is gone (or quarantined, as ``reason`` says)."""
+
+    reason: str
+
+
+# -- pointers ----------------------------------------------------------------------------
+
+
+class PointerIntended(Event, tag="pointer.intended"):
+    """Pointer ``name`` is about to move from ``old`` to ``new`` (targets are root-relative paths)."""
+
+    name: str
+    old: str | None
+    new: str
+
+
+class PointerSet(Event, tag="pointer.set"):
+    """The pointer file names ``new`` and is durable."""
+
+
+class PointerAborted(Event, tag="pointer.aborted"):
+    """The move was abandoned; the pointer still names ``old``."""
+
+    reason: str
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+class RetentionIntended(Event, tag="retention.intended"):
+    """These root-relative ``paths`` are about to be deleted (recovery redoes the deletes)."""
+
+    paths: list[str]
+    reason: str = ""
+
+
+class RetentionDeleted(Event, tag="retention.deleted"):
+    """Every path of the intent is gone, durably."""
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+class RunValidated(Event, tag="run.validated"):
+    """The data file was checked whole: ``lines`` JSON lines, ``size`` bytes, ``crc32``, fields present."""
+
+    data_file: str
+    lines: int
+    size: int
+    crc32: int
+    required_fields: list[str] = []
+
+
+class RunStarted(Event, tag="run.started"):
+    """Training started at global step ``start_step`` (from committed checkpoint ``checkpoint``)."""
+
+    start_step: int
+    checkpoint: str | None = None
+
+
+class RunProgress(Event, tag="run.progress"):
+    """The run reached global ``step``."""
+
+    step: int
+
+
+class RunFinished(Event, tag="run.finished"):
+    """The run completed at global ``step``."""
+
+    step: int
+
+
+class RunFailed(Event, tag="run.failed"):
+    """The run raised ``error`` at global ``step``."""
+
+    step: int
+    error: str
+
+
+class RunInterrupted(Event, tag="run.interrupted"):
+    """The run's session ended without finishing it (a crash); recorded by a later session."""
+
+    step: int
+    reason: str = ""
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+class SessionOpened(Event, tag="session.opened"):
+    """An engine opened the root: process ``pid`` on ``host``, writing event schema ``schema``."""
+
+    pid: int
+    host: str
+    schema: int = EVENT_SCHEMA_VERSION
+    version: str = ""
+
+
+class SessionClosed(Event, tag="session.closed"):
+    """The session ended cleanly."""
+
+
+class SessionCrashed(Event, tag="session.crashed"):
+    """The session ended without closing (an unclean shutdown), found by session ``found_by``."""
+
+    found_by: str

@@ -1,0 +1,147 @@
+"""Operation types as data: states, transition table, terminal states and recovery rules.
+
+An :class:`OperationType` is declared once, for the built-ins and for a
+user's own operations alike.  The reducer reads nothing but these tables, and
+the recovery planner reads nothing but :attr:`OperationType.recovery`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._events import Event
+
+if TYPE_CHECKING:
+    from ._state import OpRecord, StateBuilder
+
+__all__ = ["OperationType", "Projection", "Recovery", "RecoveryAction"]
+
+
+class RecoveryAction(str, enum.Enum):
+    """What recovery does with an operation cut off in a given state."""
+
+    ROLL_FORWARD = "roll-forward"
+    """Finish the operation's remaining steps."""
+    ROLL_BACK = "roll-back"
+    """Undo what it did and journal it aborted."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The recovery rule for one non-terminal state.
+
+    ``action`` says which way; ``reason`` is the sentence shown in plans.
+    ``close_with`` names an event kind that settles the operation by itself
+    (no file to touch: a run becomes interrupted, a session crashed); such a
+    rule can be carried out by the engine core alone.
+    """
+
+    action: RecoveryAction
+    reason: str
+    close_with: str | None = None
+
+
+Projection = Callable[["StateBuilder", "OpRecord", Event, int, float], None]
+"""``(builder, op, event, seq, time)``: what an event changes outside the operation table (checkpoints, pointers, ...)."""
+
+
+@dataclass(frozen=True)
+class OperationType:
+    """One kind of operation, declared as data.
+
+    ``states`` is an enum whose values are the state names journaled views show.
+    ``events`` are the event classes of this type (their tags must start with
+    ``"<name>."``).  ``begins`` maps the event kinds that start an operation to
+    its first state; ``transitions`` maps ``(state, event kind)`` to the next
+    state (a state may move to itself, e.g. progress).  ``terminal`` states have
+    no way out; every other state needs a :class:`Recovery` rule in
+    ``recovery``.  ``project`` (optional) applies an event's effect on the rest
+    of the engine state.  The declaration is checked when it is made, so a
+    table with a hole is a programming error at import time, not at 3 a.m.
+    """
+
+    name: str
+    states: type[enum.Enum]
+    events: tuple[type[Event], ...]
+    begins: Mapping[str, enum.Enum]
+    transitions: Mapping[tuple[enum.Enum, str], enum.Enum]
+    terminal: frozenset[enum.Enum]
+    recovery: Mapping[enum.Enum, Recovery]
+    project: Projection | None = None
+    description: str = ""
+    kinds: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        kinds = frozenset(_tag_of(cls) for cls in self.events)
+        object.__setattr__(self, "kinds", kinds)
+        problems = list(self._problems(kinds))
+        if problems:
+            raise ValueError(f"operation type {self.name!r} is not well formed: " + "; ".join(problems))
+
+    def _problems(self, kinds: frozenset[str]) -> Iterable[str]:
+        if not self.name or "." in self.name:
+            yield "its name must be non-empty and without '.'"
+        for kind in kinds:
+            if not kind.startswith(self.name + "."):
+                yield f"event kind {kind!r} must start with {self.name + '.'!r}"
+        states = set(self.states)
+        if not self.begins:
+            yield "no event kind begins it"
+        for kind, state in self.begins.items():
+            if kind not in kinds:
+                yield f"begins with {kind!r}, which is not one of its events"
+            if state not in states:
+                yield f"begins in {state!r}, which is not one of its states"
+        for (state, kind), nxt in self.transitions.items():
+            if state not in states or nxt not in states:
+                yield f"transition {state!r} --{kind}--> {nxt!r} uses a state it does not declare"
+            if kind not in kinds:
+                yield f"transition on {kind!r}, which is not one of its events"
+            if state in self.terminal:
+                yield f"terminal state {state.value!r} has a way out ({kind!r})"
+        for state in states - set(self.terminal):
+            if state not in self.recovery:
+                yield f"non-terminal state {state.value!r} has no recovery rule"
+        for state, rule in self.recovery.items():
+            if state in self.terminal:
+                yield f"terminal state {state.value!r} has a recovery rule"
+            if rule.close_with is not None:
+                if rule.close_with not in kinds:
+                    yield f"recovery of {state.value!r} closes with {rule.close_with!r}, not one of its events"
+                elif (state, rule.close_with) not in self.transitions:
+                    yield f"recovery of {state.value!r} closes with {rule.close_with!r}, which the table does not allow there"
+        reachable = set(self.begins.values())
+        frontier = list(reachable)
+        while frontier:
+            state = frontier.pop()
+            for (src, _kind), nxt in self.transitions.items():
+                if src == state and nxt not in reachable:
+                    reachable.add(nxt)
+                    frontier.append(nxt)
+        for state in states - reachable:
+            yield f"state {state.value!r} cannot be reached"
+
+    def state(self, value: str) -> enum.Enum:
+        """The state named ``value`` (as journaled views show it)."""
+        return self.states(value)
+
+    def describe(self) -> dict[str, Any]:
+        """The table as plain data (for ``shipslog`` and documentation)."""
+        return {
+            "name": self.name,
+            "states": [s.value for s in self.states],
+            "terminal": sorted(s.value for s in self.terminal),
+            "begins": {k: s.value for k, s in self.begins.items()},
+            "transitions": [[s.value, k, n.value] for (s, k), n in self.transitions.items()],
+            "recovery": {s.value: {"action": r.action.value, "reason": r.reason, "close_with": r.close_with} for s, r in self.recovery.items()},
+        }
+
+
+def _tag_of(cls: type[Event]) -> str:
+    tag = cls.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise ValueError(f"event class {cls.__name__} needs a string tag (class {cls.__name__}(Event, tag='type.event'))")
+    return tag

@@ -1,0 +1,142 @@
+"""The registry of operation types, and the two-step decoding of journal records.
+
+A :class:`Registry` holds the built-in operation types and the user's own.  It
+builds one msgspec decoder for a whole frame of records with typed events (the
+fast path), and falls back to two steps when a frame holds an event kind it
+does not know: the record envelope first, then each event, an unknown one kept
+as a :class:`RawEvent` so it stays readable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgspec
+
+from shipslog.journal import Record
+
+from ._builtins import BUILTIN_OPERATIONS
+from ._events import Event, RawEvent
+from ._optypes import OperationType, Projection
+
+__all__ = ["EventRecord", "KindRule", "Registry"]
+
+
+class EventRecord(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A journal record with its event decoded: ``seq``, ``time``, ``session``, ``event``."""
+
+    seq: int
+    time: float
+    session: str
+    event: Event | RawEvent
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """What the reducer needs for one event kind, precomputed from its operation type."""
+
+    kind: str
+    op_type: str
+    begins: str | None
+    moves: dict[str, str]
+    terminal: frozenset[str]
+    project: Projection | None
+
+
+class Registry:
+    """Operation types by name and event kinds by tag; immutable once built.
+
+    Registering two types with the same name, or two events with the same tag,
+    raises ``ValueError``.
+    """
+
+    def __init__(self, operations: Iterable[OperationType] = ()) -> None:
+        types: dict[str, OperationType] = {}
+        for op_type in (*BUILTIN_OPERATIONS, *operations):
+            if op_type.name in types and types[op_type.name] is not op_type:
+                raise ValueError(f"operation type {op_type.name!r} is registered twice")
+            types[op_type.name] = op_type
+        self.types: dict[str, OperationType] = types
+        self.rules: dict[type, KindRule] = {}
+        self.event_classes: dict[str, type[Event]] = {}
+        for op_type in types.values():
+            for cls in op_type.events:
+                kind = cls.__struct_config__.tag
+                assert isinstance(kind, str)
+                if kind in self.event_classes:
+                    raise ValueError(f"event kind {kind!r} is declared by two operation types")
+                self.event_classes[kind] = cls
+                self.rules[cls] = _rule(op_type, kind)
+        classes = tuple(self.event_classes.values())
+        union: Any = Union[classes] if len(classes) > 1 else classes[0]  # noqa: UP007 - built at run time
+        self._event_decoder = msgspec.msgpack.Decoder(union)
+        record_type = msgspec.defstruct(
+            "TypedRecord",
+            [("seq", int), ("time", float), ("session", str), ("event", union)],
+            array_like=True,
+            gc=False,
+            frozen=True,
+        )
+        self._frame_decoder = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._raw_frame_decoder = msgspec.msgpack.Decoder(list[Record])
+        self._head_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def op_type(self, name: str) -> OperationType | None:
+        """The registered operation type called ``name``."""
+        return self.types.get(name)
+
+    def encode(self, event: Event) -> bytes:
+        """The journal payload of ``event``; its class must be registered."""
+        if type(event) not in self.rules:
+            raise ValueError(f"event class {type(event).__name__} belongs to no registered operation type")
+        return self._encoder.encode(event)
+
+    def decode_frame(self, payload: bytes) -> list[Any]:
+        """Decode one frame into records with typed events (unknown kinds as :class:`RawEvent`).
+
+        Raises ``msgspec.DecodeError`` when the payload is not a list of records at all.
+        """
+        try:
+            return self._frame_decoder.decode(payload)
+        except msgspec.ValidationError:
+            return [self.typed(rec) for rec in self._raw_frame_decoder.decode(payload)]
+
+    def typed(self, record: Record) -> Any:
+        """One record with its event decoded in two steps: envelope, then event (or :class:`RawEvent`)."""
+        return EventRecord(record.seq, record.time, record.session, self.decode_event(bytes(record.event)))
+
+    def decode_event(self, data: bytes) -> Event | RawEvent:
+        """The event in ``data``: a registered class, or a :class:`RawEvent` holding its fields."""
+        head = self._head_decoder.decode(data)
+        kind = head.get("kind")
+        op = head.get("op")
+        if not isinstance(kind, str) or not isinstance(op, str):
+            raise msgspec.ValidationError(f"an event needs string fields 'kind' and 'op', found {sorted(head)}")
+        if kind in self.event_classes:
+            event: Event = self._event_decoder.decode(data)
+            return event
+        return RawEvent(kind=kind, op=op, data=head)
+
+    def unknown_kinds(self, kinds: Sequence[str]) -> list[str]:
+        """The kinds in ``kinds`` that no registered type declares."""
+        return [k for k in kinds if k not in self.event_classes]
+
+
+def _rule(op_type: OperationType, kind: str) -> KindRule:
+    def value(s: enum.Enum) -> str:
+        return str(s.value)
+
+    begins = op_type.begins.get(kind)
+    moves = {value(src): value(dst) for (src, k), dst in op_type.transitions.items() if k == kind}
+    return KindRule(
+        kind=kind,
+        op_type=op_type.name,
+        begins=value(begins) if begins is not None else None,
+        moves=moves,
+        terminal=frozenset(value(s) for s in op_type.terminal),
+        project=op_type.project,
+    )

@@ -1,0 +1,117 @@
+"""The retention operation: deleting old checkpoints and models, the intent journaled first.
+
+Never deletes a pointer's target, the newest committed checkpoint, anything an
+operation in progress uses, or anything outside the engine's folders.
+``retention.intended`` lists the paths before the first delete, so a crash
+half-way is finished by redoing the (idempotent) deletes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from shipslog.journal import crash_point, register_crash_point
+
+from ._errors import ConflictError
+from ._events import RetentionDeleted, RetentionIntended
+from ._state import ArtifactInfo, EngineState
+
+if TYPE_CHECKING:
+    from ._core import EngineCore
+
+__all__ = ["RetentionPlan", "plan_retention", "retain"]
+
+CP_INTENDED = register_crash_point("retention.after_intended", "retention.intended is durable; nothing is deleted yet")
+CP_DELETED_ONE = register_crash_point("retention.after_delete", "one path of the intent is deleted, durably; others may remain")
+
+
+class RetentionPlan(msgspec.Struct, frozen=True):
+    """What a retention pass deletes (``delete``, root-relative) and keeps (``keep``, with the reason)."""
+
+    delete: list[str]
+    keep: dict[str, str]
+    dry_run: bool
+    op: str | None = None
+
+
+def protected_paths(state: EngineState) -> dict[str, str]:
+    """Root-relative paths that retention must never delete, with the reason."""
+    keep: dict[str, str] = {}
+    for pointer in state.pointers.values():
+        keep[pointer.target] = f"target of pointer {pointer.name!r}"
+    latest = state.latest_checkpoint()
+    if latest is not None:
+        keep.setdefault(latest.path, "the newest committed checkpoint")
+    for op in state.ops.values():
+        for key in ("new", "old", "path"):
+            value = op.info.get(key)
+            if isinstance(value, str):
+                keep.setdefault(value, f"used by operation {op.id} ({op.type}, {op.state})")
+    return keep
+
+
+def plan_retention(state: EngineState, keep_last: int, keep_models: int | None = None) -> RetentionPlan:
+    """Choose what to delete: checkpoints beyond the ``keep_last`` newest by step, models beyond ``keep_models`` newest."""
+    if not isinstance(keep_last, int) or keep_last < 1:
+        raise ValueError(f"keep_last must be 1 or more (the newest checkpoint is always kept), got {keep_last!r}")
+    if keep_models is not None and (not isinstance(keep_models, int) or keep_models < 0):
+        raise ValueError(f"keep_models must be 0 or more, got {keep_models!r}")
+    protected = protected_paths(state)
+    keep: dict[str, str] = {}
+    delete: list[str] = []
+
+    def sweep(items: list[ArtifactInfo], count: int, what: str) -> None:
+        for i, art in enumerate(items):
+            if art.path in state.retiring:
+                continue
+            if art.path in protected:
+                keep[art.path] = protected[art.path]
+            elif i < count:
+                keep[art.path] = f"one of the {count} newest {what}"
+            else:
+                delete.append(art.path)
+
+    by_step = sorted(state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
+    sweep(by_step, keep_last, "checkpoints")
+    if keep_models is not None:
+        by_age = sorted(state.models.values(), key=lambda a: a.seq, reverse=True)
+        sweep(by_age, keep_models, "models")
+    return RetentionPlan(delete=delete, keep=keep, dry_run=True)
+
+
+def retain(core: EngineCore, keep_last: int, *, keep_models: int | None = None, dry_run: bool = False) -> RetentionPlan:
+    """Plan and (unless ``dry_run``) carry out a retention pass; see :meth:`Engine.retain`."""
+    core.check_usable()
+    plan = plan_retention(core.state, keep_last, keep_models)
+    if dry_run or not plan.delete:
+        return msgspec.structs.replace(plan, dry_run=dry_run)
+    op = core.new_op_id("retention")
+
+    def still_valid(state: EngineState) -> None:
+        protected = protected_paths(state)
+        for path in plan.delete:
+            if path in protected:
+                raise ConflictError(f"deleting {path}", protected[path])
+            if path in state.retiring:
+                raise ConflictError(f"deleting {path}", f"retention {state.retiring[path]}")
+
+    core.journal_events(
+        RetentionIntended(op=op, paths=list(plan.delete), reason=f"keep_last={keep_last} keep_models={keep_models}"), check=still_valid
+    )
+    crash_point(CP_INTENDED)
+    delete_paths(core, plan.delete)
+    core.journal_events(RetentionDeleted(op=op))
+    return msgspec.structs.replace(plan, dry_run=False, op=op)
+
+
+def delete_paths(core: EngineCore, paths: list[str]) -> None:
+    """Remove each root-relative path durably (idempotent: a path already gone is fine)."""
+    for rel in paths:
+        folder, _, name = rel.partition("/")
+        if folder not in ("checkpoints", "models", "adapters") or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"retention only deletes folders under checkpoints/, models/ or adapters/, not {rel!r}")
+        core.fs.remove_tree_durable(os.path.join(core.root, folder, name))
+        crash_point(CP_DELETED_ONE)

@@ -1,0 +1,166 @@
+"""The run operation: a training run over one JSONL data file.
+
+The file is validated whole before anything is journaled (exists, non-empty,
+every line a JSON object, the required fields present), so a bad file is
+never half-trained.  Then ``run.validated`` and ``run.started`` (one frame),
+``run.progress`` as training goes, and ``run.finished`` / ``run.failed``.  The
+global step is cumulative: a run starts at the step of the newest committed
+checkpoint, never at a number kept in an editable side file.  After a crash
+the next session journals ``run.interrupted``, so no status says "training"
+for a process that is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ._errors import ConflictError, DataFileError
+from ._events import RunFailed, RunFinished, RunProgress, RunStarted, RunValidated
+from ._state import EngineState, RunInfo
+
+if TYPE_CHECKING:
+    from ._core import EngineCore
+
+__all__ = ["DataFileSummary", "Run", "start_run", "validate_data_file"]
+
+_decode_line = msgspec.json.decode
+
+
+class DataFileSummary(msgspec.Struct, frozen=True):
+    """What validation found: absolute ``path``, ``lines`` (records), ``size`` in bytes and ``crc32``."""
+
+    path: str
+    lines: int
+    size: int
+    crc32: int
+
+
+def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> DataFileSummary:
+    """Check a JSONL data file whole; raise :class:`DataFileError` naming the first bad line.
+
+    Every line must be a JSON object holding every field of
+    ``required_fields``; a final newline is optional, blank lines are errors.
+    """
+    full = os.path.abspath(os.fspath(path))
+    fields = list(required_fields)
+    try:
+        st = os.stat(full)
+    except FileNotFoundError:
+        raise DataFileError(full, None, "it does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataFileError(full, None, "it is not a regular file")
+    if st.st_size == 0:
+        raise DataFileError(full, None, "it is empty")
+    crc = 0
+    size = 0
+    lines = 0
+    with open(full, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            crc = zlib.crc32(line, crc)
+            size += len(line)
+            text = line.rstrip(b"\r\n")
+            if not text.strip():
+                raise DataFileError(full, number, "the line is blank; every line must be one JSON object")
+            try:
+                obj = _decode_line(text)
+            except msgspec.DecodeError as exc:
+                raise DataFileError(full, number, f"the line is not JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise DataFileError(full, number, f"expected a JSON object, found {type(obj).__name__}")
+            missing = [k for k in fields if k not in obj]
+            if missing:
+                raise DataFileError(full, number, f"missing required field(s) {missing}; the line has {sorted(obj)}")
+            lines = number
+    return DataFileSummary(path=full, lines=lines, size=size, crc32=crc)
+
+
+def start_run(core: EngineCore, data_file: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> Run:
+    """Validate ``data_file``, then journal validated + started in one frame; see :meth:`Engine.run`."""
+    core.check_usable()
+    if isinstance(required_fields, str):
+        required_fields = [required_fields]
+    summary = validate_data_file(data_file, required_fields)
+    op = core.new_op_id("run")
+
+    def one_at_a_time(state: EngineState) -> None:
+        for other in state.ops_of("run"):
+            raise ConflictError(f"starting a run over {summary.path}", f"run {other.id} (state {other.state}) over {other.info.get('data_file')}")
+
+    state = core.state
+    latest = state.latest_checkpoint()
+    core.journal_events(
+        RunValidated(op=op, data_file=summary.path, lines=summary.lines, size=summary.size, crc32=summary.crc32, required_fields=list(required_fields)),
+        RunStarted(op=op, start_step=state.global_step, checkpoint=latest.path if latest else None),
+        check=one_at_a_time,
+    )
+    return Run(core, op, summary)
+
+
+class Run:
+    """A started training run.  :meth:`progress` as it goes; as a context manager it finishes or fails.
+
+    ``start_step`` is the global step it started from (the newest committed
+    checkpoint's); ``step`` the last step journaled.
+    """
+
+    def __init__(self, core: EngineCore, op: str, summary: DataFileSummary) -> None:
+        self._core = core
+        self.op = op
+        self.data = summary
+        info = core.state.runs[op]
+        self.start_step = info.start_step
+        self.step = info.step
+        self._ended: str | None = None
+
+    @property
+    def info(self) -> RunInfo:
+        """The run as the engine state has it now."""
+        return self._core.state.runs[self.op]
+
+    def _check(self) -> None:
+        if self._ended is not None:
+            raise ValueError(f"run {self.op} has already {self._ended}")
+
+    def progress(self, step: int) -> None:
+        """Journal that training reached global ``step`` (never below the last one)."""
+        self._check()
+        self._check_step(step)
+        self._core.journal_events(RunProgress(op=self.op, step=step))
+        self.step = step
+
+    def _check_step(self, step: int) -> None:
+        if not isinstance(step, int) or isinstance(step, bool) or step < self.step:
+            raise ValueError(f"run {self.op}: step must be an integer >= {self.step} (the last journaled step), got {step!r}")
+
+    def finish(self, step: int | None = None) -> None:
+        """Journal ``run.finished`` at ``step`` (default: the last step)."""
+        self._check()
+        step = self.step if step is None else step
+        self._check_step(step)
+        self._core.journal_events(RunFinished(op=self.op, step=step))
+        self.step = step
+        self._ended = "finished"
+
+    def fail(self, error: str | BaseException) -> None:
+        """Journal ``run.failed`` with ``error`` at the last step."""
+        self._check()
+        text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+        self._core.journal_events(RunFailed(op=self.op, step=self.step, error=text))
+        self._ended = "failed"
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._ended is not None:
+            return
+        if exc is None:
+            self.finish()
+        elif self._core.broken is None and not self._core.closed:
+            self.fail(exc)
