@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m shipslog bench journal
+	$(PY) -m shipslog bench engine
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff

@@ -130,6 +130,7 @@ class EngineCore:
         self._closed = False
         self._broken: BaseException | None = None
         self._ids = itertools.count(1)
+        self._undelivered: list[EventRecord] = []
 
     # -- state ----------------------------------------------------------------------
 
@@ -182,8 +183,15 @@ class EngineCore:
 
     # -- journaling -----------------------------------------------------------------
 
-    def journal_events(self, *events: Event, check: Callable[[EngineState], None] | None = None) -> list[EventRecord]:
+    def journal_events(
+        self, *events: Event, check: Callable[[EngineState], None] | None = None, sync: bool = True
+    ) -> list[EventRecord]:
         """Durably append ``events`` (one frame: all or none) and apply them; then notify subscribers.
+
+        ``sync=False`` writes the frame without waiting for its fdatasync: it
+        becomes durable with the next synced append (subscribers hear of it
+        then).  Only for intents whose loss in a power cut is harmless because
+        recovery accounts for what they announced (a staging folder).
 
         ``check`` runs under the lock against the current state before anything
         is written, so conflict checks and the append are atomic.  Each event is
@@ -197,7 +205,7 @@ class EngineCore:
             self._reducer.check(events)
             payloads = [self.registry.encode(e) for e in events]
             try:
-                records = self.journal.append_many(payloads)
+                records = self.journal.append_many(payloads, sync=sync)
             except JournalBrokenError as exc:
                 self.mark_broken(exc)
                 raise EngineBrokenError(f"the journal of {self.root} failed to fsync; re-open the root to recover: {exc}") from exc
@@ -210,7 +218,13 @@ class EngineCore:
                 self.mark_broken(exc)
                 raise
             self._state = None
+            if not sync:
+                self._undelivered.extend(typed)
+                return typed
             self._maybe_snapshot()
+            if self._undelivered:
+                self._subscribers.notify(self._undelivered)
+                self._undelivered.clear()
             self._subscribers.notify(typed)
             return typed
 

@@ -89,49 +89,60 @@ class Reducer:
             pending[ev.op] = None if nxt in rule.terminal else nxt
 
     def apply_all(self, records: Iterable[Any]) -> None:
-        """Apply each record in order (records with ``seq``, ``time``, ``session`` and a decoded ``event``)."""
-        apply = self.apply
-        for rec in records:
-            apply(rec)
+        """Apply each record in order (records with ``seq``, ``time``, ``session`` and a decoded ``event``).
+
+        Raises :class:`InvalidTransitionError` at the first record that does
+        not fit; the records before it stay applied, that one and later ones
+        do not.  (One loop with everything in locals: this is replay's hot path.)
+        """
+        b = self._builder
+        rules = self._rules
+        ops = b.ops
+        counts = b.op_counts
+        expected = b.seq + 1
+        try:
+            for rec in records:
+                if rec.seq != expected:
+                    raise SequenceGapError(rec.seq, expected)
+                ev = rec.event
+                rule = rules.get(ev.__class__)
+                if rule is None:
+                    kind = ev.kind if isinstance(ev, RawEvent) else type(ev).__name__
+                    raise UnknownOperationError([kind])
+                op_id = ev.op
+                op = ops.get(op_id)
+                if op is None:
+                    if rule.begins is None:
+                        raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress")
+                    info = _to_builtins(ev)
+                    del info["kind"], info["op"]
+                    op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)
+                    ops[op_id] = op
+                    counts[rule.op_type] = counts.get(rule.op_type, 0) + 1
+                else:
+                    state = op.state
+                    nxt = rule.moves.get(state)
+                    if nxt is None:
+                        raise InvalidTransitionError(expected, op_id, op.type, state, rule.kind)
+                    if nxt != state or nxt in rule.terminal:
+                        info = _to_builtins(ev)
+                        del info["kind"], info["op"]
+                        op = OpRecord(op_id, op.type, nxt, op.first_seq, expected, op.session, rec.time, {**op.info, **info})
+                        if nxt in rule.terminal:
+                            del ops[op_id]
+                        else:
+                            ops[op_id] = op
+                project = rule.project
+                if project is not None:
+                    b.seq = expected - 1
+                    project(b, op, ev, expected, rec.time)
+                expected += 1
+        finally:
+            b.seq = expected - 1
 
     def apply(self, rec: Any) -> None:
         """Apply one record; raise :class:`InvalidTransitionError` (state unchanged) when it does not fit."""
-        b = self._builder
-        seq = rec.seq
-        if seq != b.seq + 1:
-            raise SequenceGapError(seq, b.seq + 1)
-        ev = rec.event
-        rule = self._rules.get(ev.__class__)
-        if rule is None:
-            kind = ev.kind if isinstance(ev, RawEvent) else type(ev).__name__
-            raise UnknownOperationError([kind])
-        ops = b.ops
-        op_id = ev.op
-        op = ops.get(op_id)
-        if op is None:
-            if rule.begins is None:
-                raise InvalidTransitionError(seq, op_id, rule.op_type, None, rule.kind, "no such operation is in progress")
-            info = _to_builtins(ev)
-            del info["kind"], info["op"]
-            op = OpRecord(op_id, rule.op_type, rule.begins, seq, seq, rec.session, rec.time, info)
-            ops[op_id] = op
-            b.op_counts[rule.op_type] = b.op_counts.get(rule.op_type, 0) + 1
-        else:
-            nxt = rule.moves.get(op.state)
-            if nxt is None:
-                raise InvalidTransitionError(seq, op_id, op.type, op.state, rule.kind)
-            if nxt != op.state or nxt in rule.terminal:
-                info = _to_builtins(ev)
-                del info["kind"], info["op"]
-                op = OpRecord(op_id, op.type, nxt, op.first_seq, seq, op.session, rec.time, {**op.info, **info})
-                if nxt in rule.terminal:
-                    del ops[op_id]
-                else:
-                    ops[op_id] = op
-        project = rule.project
-        if project is not None:
-            project(b, op, ev, seq, rec.time)
-        b.seq = seq
+        self.apply_all((rec,))
 
 
 def apply(state: EngineState, record: Any, registry: Registry | None = None) -> EngineState:

@@ -168,14 +168,20 @@ class FileSystem:
             raise
         self.fsync_dir(folder or ".")
 
-    def rename_durable(self, src: PathLike, dst: PathLike) -> None:
-        """Rename ``src`` to ``dst`` and fsync both parent folders."""
+    def rename_durable(self, src: PathLike, dst: PathLike, *, sync_source: bool = True) -> None:
+        """Rename ``src`` to ``dst`` and fsync both parent folders.
+
+        ``sync_source=False`` fsyncs only the destination's folder: the new name
+        is durable, but after a power cut the old name may still be listed too.
+        Only for callers whose recovery treats such a leftover as a copy (the
+        checkpoint protocol does: the final copy wins and staging is cleaned).
+        """
         src, dst = os.fspath(src), os.fspath(dst)
         self.replace(src, dst)
         dst_parent = os.path.dirname(dst) or "."
         src_parent = os.path.dirname(src) or "."
         self.fsync_dir(dst_parent)
-        if os.path.realpath(src_parent) != os.path.realpath(dst_parent):
+        if sync_source and os.path.realpath(src_parent) != os.path.realpath(dst_parent):
             self.fsync_dir(src_parent)
 
     def remove_tree_durable(self, path: PathLike) -> None:

@@ -111,12 +111,13 @@ class OpenReport:
 class _Pending:
     """One append call waiting in the group-commit queue; ``gate`` is held until a leader releases it."""
 
-    __slots__ = ("done", "error", "events", "gate", "records")
+    __slots__ = ("done", "error", "events", "gate", "records", "sync")
 
-    def __init__(self, events: list[msgspec.Raw]) -> None:
+    def __init__(self, events: list[msgspec.Raw], sync: bool = True) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
         self.events = events
+        self.sync = sync
         self.records: list[Record] = []
         self.done = False
         self.error: BaseException | None = None
@@ -380,17 +381,21 @@ class Journal:
         """Append one event (msgpack bytes); return its record once it is durable."""
         return self.append_many((event,))[0]
 
-    def append_many(self, events: Sequence[bytes]) -> list[Record]:
+    def append_many(self, events: Sequence[bytes], *, sync: bool = True) -> list[Record]:
         """Append events as consecutive records in one frame; return them once durable.
 
-        They become durable together or not at all.  Raises
+        They become durable together or not at all.  With ``sync=False`` the
+        frame is written but not fdatasynced: it becomes durable with the next
+        synced append (or at close), and until then :attr:`last_seq` does not
+        count it.  A process crash keeps it (the page cache survives); a power
+        cut may drop it, together with everything written after it.  Raises
         :class:`JournalWriteError` / :class:`InsufficientSpaceError` when the
         write failed (nothing of it is kept, the journal stays usable) and
         :class:`JournalBrokenError` when the fsync failed.
         """
         if not events:
             return []
-        pending = _Pending([msgspec.Raw(e) for e in events])
+        pending = _Pending([msgspec.Raw(e) for e in events], sync)
         with self._mutex:
             self._check_usable()
             self._queue.append(pending)
@@ -501,28 +506,35 @@ class Journal:
                 self._cut_back(start, len(frame))
                 raise self._write_error(exc, len(frame)) from exc
             crash_point(CP_AFTER_WRITE)
-            synced = time.monotonic()
-            try:
-                self._fs.fdatasync(self._fd)
-            except OSError as exc:
-                self._broken = exc
-                raise JournalBrokenError(
-                    exc.errno or errno.EIO,
-                    f"fsync of {self._seg_path} failed ({exc}); the journal is now broken and will not retry. "
-                    "Records appended before this call are safe; close the engine and open the root again",
-                ) from exc
-            crash_point(CP_AFTER_FSYNC)
-            self._sync_seconds = 0.8 * self._sync_seconds + 0.2 * (time.monotonic() - synced)
+            need_sync = any(p.sync for p in batch)
+            if need_sync:
+                synced = time.monotonic()
+                self._sync_segment(self._fd)
+                crash_point(CP_AFTER_FSYNC)
+                self._sync_seconds = 0.8 * self._sync_seconds + 0.2 * (time.monotonic() - synced)
             self._positions.append((records[0].seq, records[-1].seq, Position(self._seg_seq, start, self._crc, records[0].seq)))
             self._offset = start + len(frame)
             self._file_size = max(self._file_size, self._offset)
             self._crc = crc
             self._next_seq = seq
-            self._durable_seq = seq - 1
+            if need_sync:
+                self._durable_seq = seq - 1
         except BaseException as exc:
             for p in batch:
                 p.error = exc
                 p.records = []
+
+    def _sync_segment(self, fd: int) -> None:
+        """fdatasync the segment; a failure breaks the journal (never retried)."""
+        try:
+            self._fs.fdatasync(fd)
+        except OSError as exc:
+            self._broken = exc
+            raise JournalBrokenError(
+                exc.errno or errno.EIO,
+                f"fsync of {self._seg_path} failed ({exc}); the journal is now broken and will not retry. "
+                "Records appended before this call are safe; close the engine and open the root again",
+            ) from exc
 
     def _write_error(self, exc: OSError, size: int) -> OSError:
         if exc.errno == errno.ENOSPC:
@@ -572,6 +584,9 @@ class Journal:
         reads as a clean end).
         """
         old_fd = self._fd
+        if self._durable_seq < self._next_seq - 1:
+            self._sync_segment(old_fd)  # frames written with sync=False become durable before the roll
+            self._durable_seq = self._next_seq - 1
         path = os.path.join(self.journal_dir, segment_name(self._next_seq))
         header = encode_header(self._next_seq, time.time_ns(), self._crc)
         try:
@@ -598,7 +613,7 @@ class Journal:
             self._broken = exc
             raise JournalBrokenError(exc.errno or errno.EIO, f"opening the new segment {path} failed ({exc}); the journal is broken") from exc
         crash_point(CP_ROLL_CREATED)
-        # Every frame of the old segment is already fdatasynced; its unused reservation
+        # Every frame of the old segment is fdatasynced now; its unused reservation
         # (less than one frame) stays, since truncating a file a reader may have
         # mapped would make that reader fault.  Zeros read as a clean end.
         self._fs.close(old_fd)
@@ -662,7 +677,11 @@ class Journal:
     # -- closing --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop appending, release the file and the lock.  Idempotent; waits for an append in flight."""
+        """Stop appending, make frames written with ``sync=False`` durable, release the file and the lock.
+
+        Idempotent; waits for an append in flight.  A failing fdatasync here
+        raises :class:`JournalBrokenError` (the file and lock are released anyway).
+        """
         with self._mutex:
             if self._closed:
                 return
@@ -670,10 +689,13 @@ class Journal:
             while self._leading or self._queue:
                 self._idle.wait()
         try:
+            if self._fd >= 0 and self._broken is None and self._durable_seq < self._next_seq - 1:
+                self._sync_segment(self._fd)
+                self._durable_seq = self._next_seq - 1
+        finally:
             if self._fd >= 0:
                 self._fs.close(self._fd)
                 self._fd = -1
-        finally:
             if self._lock is not None:
                 self._lock.release()
 

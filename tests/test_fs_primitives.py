@@ -186,3 +186,14 @@ def test_open_never_follows_a_final_symlink(tmp_path: Any) -> None:
     with pytest.raises(OSError) as info:
         OS_FS.open(link, os.O_RDONLY)
     assert info.value.errno == errno.ELOOP
+
+
+def test_rename_durable_without_sync_source_fsyncs_only_the_destination(tmp_path: Any) -> None:
+    fs = RecordingFileSystem()
+    a, b = os.path.join(tmp_path, "a"), os.path.join(tmp_path, "b")
+    os.mkdir(a)
+    os.mkdir(b)
+    OS_FS.write_file_atomic(os.path.join(a, "x"), b"1")
+    fs.rename_durable(os.path.join(a, "x"), os.path.join(b, "y"), sync_source=False)
+    assert _read(os.path.join(b, "y")) == b"1"
+    assert [o.path for o in fs.ops if o.op == "fsync"] == [b]

@@ -319,3 +319,39 @@ def test_a_snapshot_saved_after_reopening_is_used_by_the_next_open(root: str) ->
         assert j.report.skipped_snapshots == []
         assert j.snapshot is not None and (j.snapshot.seq, j.snapshot.payload) == (8, b"at-8")
         assert [r.seq for r in j.records(9)] == [9, 10]
+
+
+def test_unsynced_append_becomes_durable_with_the_next_synced_one(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs) as j:
+        j.append(event(1))
+        before = fs.count("fdatasync")
+        lazy = j.append_many([event(2)], sync=False)
+        assert lazy[0].seq == 2
+        assert fs.count("fdatasync") == before
+        assert j.last_seq == 1
+        assert [r.seq for r in j.records()] == [1]
+        j.append(event(3))
+        assert fs.count("fdatasync") == before + 1
+        assert j.last_seq == 3
+        assert [event_index(r.event) for r in j.records()] == [1, 2, 3]
+
+
+def test_close_makes_an_unsynced_append_durable(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs) as j:
+        j.append_many([event(1)], sync=False)
+        before = fs.count("fdatasync")
+    assert fs.count("fdatasync") == before + 1
+    assert [event_index(r.event) for r in JournalReader(os.path.join(root, "journal")).records()] == [1]
+
+
+def test_roll_makes_unsynced_frames_of_the_old_segment_durable(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs, segment_bytes=HEADER_SIZE + 200, preallocate=False) as j:
+        j.append_many([event(1)], sync=False)
+        j.append_many([event(2)], sync=False)
+        j.append_many([event(3)], sync=False)
+        assert len(segments(root)) > 1
+        assert j.last_seq >= 1
+    assert [event_index(r.event) for r in JournalReader(os.path.join(root, "journal")).records()] == [1, 2, 3]

@@ -124,6 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="appender threads for group commit (default: 8)",
     )
     journal.set_defaults(func=_cmd_bench_journal, parser=journal)
+
+    engine = benches.add_parser(
+        "engine",
+        parents=[sub_flags],
+        help="reducer replay, open time with long histories, and an empty checkpoint vs one fsync",
+        description=(
+            "Measure full reducer replay of a long lifecycle history, Engine.open of roots with 10,000 "
+            "and with --records records of history (snapshots on), and an empty checkpoint beside one "
+            "write+fsync, in a temporary folder under --dir that is removed afterwards."
+        ),
+    )
+    engine.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    engine.add_argument(
+        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder)"
+    )
+    engine.add_argument(
+        "--records",
+        type=_positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="records of history for replay and open_ms_1m (default: 1000000)",
+    )
+    engine.set_defaults(func=_cmd_bench_engine, parser=engine)
     return parser
 
 
@@ -193,6 +216,48 @@ def _cmd_bench_journal(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         sys.stdout.write(_format_bench_journal(result))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- bench engine -------------------------------------------------------------------
+
+
+def _format_bench_engine(result: dict[str, Any]) -> str:
+    """The readable table of a ``run_engine_bench`` result."""
+    t = result["targets"]
+
+    def verdict(key: str) -> str:
+        return "PASS" if t[key] else "MISS"
+
+    lines = [
+        f"shipslog bench engine in {result['dir']}: {result['replay_events']:,} records of history",
+        "",
+        f"  {'measure':<34} {'value':>12}   {'wanted':<22} result",
+        f"  {'replay (events/s)':<34} {result['replay_events_per_s']:>12,}   {'>= 1,000,000':<22} {verdict('replay_ge_1m')}",
+        f"  {'open, 10k records (ms)':<34} {result['open_ms_10k']:>12.2f}",
+        f"  {'open, long history (ms)':<34} {result['open_ms_1m']:>12.2f}   {'<= 50':<22} {verdict('open_ms_1m_le_50')}",
+        f"  {'open long / open 10k':<34} {result['ratios']['open_1m_vs_10k']:>12.3f}   {'<= 1.5':<22} {verdict('open_1m_le_1_5x_10k')}",
+        f"  {'empty checkpoint (ms)':<34} {result['checkpoint_empty_ms']:>12.3f}",
+        f"  {'one write + fsync (ms)':<34} {result['fsync_ms']:>12.3f}",
+        f"  {'checkpoint / fsync':<34} {result['ratios']['checkpoint_vs_fsync']:>12.3f}   {'<= 6':<22} {verdict('checkpoint_le_6x_fsync')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    """``shipslog bench engine``: run the engine benchmark and print its result."""
+    from ._bench_engine import run_engine_bench
+
+    if not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    if args.records < 20_000:
+        args.parser.error(f"--records must be at least 20000 (the short history has 10000), got {args.records}")
+    result = run_engine_bench(args.dir, records=args.records)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_bench_engine(result))
     sys.stdout.flush()
     return EXIT_OK
 

@@ -1,0 +1,187 @@
+"""``shipslog bench engine``: replay, open time and the cost of an empty checkpoint, beside their baselines.
+
+One run, in one temporary folder on the disk under test:
+
+* ``replay_events_per_s``: :func:`shipslog.engine.replay` (read, crc-check,
+  decode and reduce every record, no snapshot) of a history of lifecycle
+  records written one record per frame, as the engine writes them: runs with
+  progress, checkpoints, pointer moves and retention;
+* ``open_ms_10k`` / ``open_ms_1m``: ``Engine.open`` (lock, journal verify,
+  newest snapshot, replay of the rest, the new session's fsynced record) of a
+  root with 10,000 and with ``--records`` records of history, snapshots on;
+* ``checkpoint_empty_ms``: an empty checkpoint, begun to committed, fsync on;
+  ``fsync_ms``: one 4 KiB append + fsync to a file on the same disk.
+
+Medians are reported.  Nothing here prints; progress is logged at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from shipslog._engine import Engine
+from shipslog.engine import (
+    ArtifactBegun,
+    ArtifactCommitted,
+    ArtifactDurable,
+    Event,
+    PointerIntended,
+    PointerSet,
+    Registry,
+    RetentionDeleted,
+    RetentionIntended,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    RunValidated,
+    SessionClosed,
+    SessionOpened,
+    replay,
+)
+from shipslog.journal import Journal
+
+__all__ = ["lifecycle_history", "run_engine_bench", "write_history"]
+
+_log = logging.getLogger("shipslog.tools.bench")
+
+PROGRESS_PER_RUN = 50
+KEEP_CHECKPOINTS = 3
+
+
+def lifecycle_history(records: int, session: str = "bench") -> Iterator[Event]:
+    """A valid history of about ``records`` lifecycle events: each cycle is a run with progress,
+    a checkpoint, a pointer move, the run's end, and a retention pass."""
+    yield SessionOpened(op=f"session-{session}", pid=1, host="bench")
+    n = 1
+    step = 0
+    cycle = 0
+    while n < records - 1:
+        cycle += 1
+        run, ck, ptr, gc = (f"{t}-{session}-{cycle}" for t in ("run", "checkpoint", "pointer", "retention"))
+        events: list[Event] = [
+            RunValidated(op=run, data_file="/data/train.jsonl", lines=1000, size=100_000, crc32=cycle),
+            RunStarted(op=run, start_step=step, checkpoint=f"checkpoints/step-{step}" if cycle > 1 else None),
+        ]
+        for _ in range(PROGRESS_PER_RUN):
+            step += 1
+            events.append(RunProgress(op=run, step=step))
+        events += [
+            ArtifactBegun(op=ck, name=f"step-{step}", step=step, staging=f"staging/{ck}"),
+            ArtifactDurable(op=ck, files=3, bytes=1 << 20, manifest_crc=cycle),
+            ArtifactCommitted(op=ck, path=f"checkpoints/step-{step}"),
+            PointerIntended(op=ptr, name="current", old=f"checkpoints/step-{step - PROGRESS_PER_RUN}" if cycle > 1 else None, new=f"checkpoints/step-{step}"),
+            PointerSet(op=ptr),
+            RunFinished(op=run, step=step),
+        ]
+        if cycle > KEEP_CHECKPOINTS:
+            old = step - KEEP_CHECKPOINTS * PROGRESS_PER_RUN
+            events += [RetentionIntended(op=gc, paths=[f"checkpoints/step-{old}"]), RetentionDeleted(op=gc)]
+        for ev in events:
+            yield ev
+            n += 1
+    yield SessionClosed(op=f"session-{session}")
+
+
+def write_history(root: str, records: int) -> int:
+    """Write about ``records`` lifecycle records into a new journal at ``root`` (one per frame, fsync off)."""
+    registry = Registry()
+    encode = registry.encode
+    with Journal.open(root, fsync=False, session="bench") as journal:
+        append = journal.append
+        for ev in lifecycle_history(records):
+            append(encode(ev))
+        return journal.last_seq
+
+
+def _median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def _open_ms(root: str, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine = Engine.open(root)
+        samples.append(time.perf_counter() - t0)
+        engine.close()
+    return _median_ms(samples)
+
+
+def _fsync_ms(folder: str, repeats: int) -> float:
+    path = os.path.join(folder, "fsync-probe")
+    block = os.urandom(4096)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    samples = []
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    return _median_ms(samples)
+
+
+def _checkpoint_empty_ms(root: str, repeats: int) -> float:
+    samples = []
+    with Engine.open(root) as engine:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            with engine.checkpoint(f"empty-{i}", step=i):
+                pass
+            samples.append(time.perf_counter() - t0)
+    return _median_ms(samples)
+
+
+def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20) -> dict[str, Any]:
+    """Run every measurement in a temporary folder under ``folder``; return the result object."""
+    work = tempfile.mkdtemp(prefix="shipslog-bench-engine-", dir=folder)
+    try:
+        big = os.path.join(work, "big")
+        small = os.path.join(work, "small")
+        _log.info("writing %d records of history", records)
+        big_seq = write_history(big, records)
+        small_seq = write_history(small, 10_000)
+        _log.info("replaying %d records", big_seq)
+        t0 = time.perf_counter()
+        state = replay(big)
+        replay_s = time.perf_counter() - t0
+        assert state.seq == big_seq
+        for root in (big, small):  # the first open replays everything and leaves a snapshot
+            Engine.open(root).close()
+        _log.info("timing opens")
+        open_1m = _open_ms(big, 5)
+        open_10k = _open_ms(small, 5)
+        _log.info("timing empty checkpoints and fsync")
+        ck_ms = _checkpoint_empty_ms(os.path.join(work, "ck"), repeats)
+        fsync_ms = _fsync_ms(work, repeats)
+        replay_rate = int(big_seq / replay_s)
+        return {
+            "replay_events": big_seq,
+            "replay_events_per_s": replay_rate,
+            "open_ms_10k": open_10k,
+            "open_ms_1m": open_1m,
+            "checkpoint_empty_ms": ck_ms,
+            "fsync_ms": fsync_ms,
+            "ratios": {
+                "open_1m_vs_10k": round(open_1m / open_10k, 3),
+                "checkpoint_vs_fsync": round(ck_ms / fsync_ms, 3),
+            },
+            "targets": {
+                "replay_ge_1m": replay_rate >= 1_000_000,
+                "open_ms_1m_le_50": open_1m <= 50,
+                "open_1m_le_1_5x_10k": open_1m <= 1.5 * open_10k,
+                "checkpoint_le_6x_fsync": ck_ms <= 6 * fsync_ms,
+            },
+            "dir": os.path.abspath(folder),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
