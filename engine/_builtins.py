@@ -53,6 +53,7 @@ __all__ = [
     "SessionState",
 ]
 
+_replace = msgspec.structs.replace
 _FORWARD = RecoveryAction.ROLL_FORWARD
 _BACK = RecoveryAction.ROLL_BACK
 
@@ -69,9 +70,8 @@ class CheckpointState(str, enum.Enum):
     ABORTED = "aborted"
 
 
-def _project_checkpoint(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
-    if not isinstance(ev, ArtifactCommitted):
-        return
+def _checkpoint_committed(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, ArtifactCommitted)
     info = op.info
     art = ArtifactInfo(
         name=info["name"],
@@ -116,7 +116,7 @@ CHECKPOINT = OperationType(
             "otherwise quarantine it and journal aborted",
         ),
     },
-    project=_project_checkpoint,
+    projections={"checkpoint.committed": _checkpoint_committed},
 )
 
 
@@ -131,10 +131,9 @@ class PointerState(str, enum.Enum):
     ABORTED = "aborted"
 
 
-def _project_pointer(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
-    if isinstance(ev, PointerSet):
-        name = op.info["name"]
-        b.pointers[name] = PointerInfo(name=name, target=op.info["new"], op=op.id, seq=seq, time=time)
+def _pointer_set(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    name = op.info["name"]
+    b.pointers[name] = PointerInfo(name=name, target=op.info["new"], op=op.id, seq=seq, time=time)
 
 
 POINTER = OperationType(
@@ -154,7 +153,7 @@ POINTER = OperationType(
             "if the new target verifies, make the pointer file name it and journal set; otherwise keep the old one and journal aborted",
         ),
     },
-    project=_project_pointer,
+    projections={"pointer.set": _pointer_set},
 )
 
 
@@ -168,22 +167,24 @@ class RetentionState(str, enum.Enum):
     DELETED = "deleted"
 
 
-def _project_retention(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
-    if isinstance(ev, RetentionIntended):
-        for path in ev.paths:
-            b.retiring[path] = op.id
-        return
-    if isinstance(ev, RetentionDeleted):
-        paths = set(op.info.get("paths", ()))
-        for path in paths:
-            b.retiring.pop(path, None)
-        lost_latest = False
-        for table in (b.checkpoints, b.models):
-            for name in [n for n, a in table.items() if a.path in paths]:
-                del table[name]
-                lost_latest = lost_latest or (table is b.checkpoints and name == b.latest)
-        if lost_latest:
-            b.recompute_latest()
+def _retention_intended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RetentionIntended)
+    for path in ev.paths:
+        b.retiring[path] = op.id
+
+
+def _retention_deleted(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    paths = set(op.info.get("paths", ()))
+    lost_latest = False
+    for path in paths:
+        b.retiring.pop(path, None)
+        folder, _, name = path.partition("/")
+        table = b.checkpoints if folder == "checkpoints" else b.models if folder == "models" else None
+        if table is not None and name in table and table[name].path == path:
+            del table[name]
+            lost_latest = lost_latest or (table is b.checkpoints and name == b.latest)
+    if lost_latest:
+        b.recompute_latest()
 
 
 RETENTION = OperationType(
@@ -195,7 +196,7 @@ RETENTION = OperationType(
     transitions={(RetentionState.INTENDED, "retention.deleted"): RetentionState.DELETED},
     terminal=frozenset({RetentionState.DELETED}),
     recovery={RetentionState.INTENDED: Recovery(_FORWARD, "redo the deletes (idempotent) and journal deleted")},
-    project=_project_retention,
+    projections={"retention.intended": _retention_intended, "retention.deleted": _retention_deleted},
 )
 
 
@@ -212,27 +213,29 @@ class RunState(str, enum.Enum):
     INTERRUPTED = "interrupted"
 
 
-def _project_run(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+def _run_validated(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RunValidated)
+    b.runs[op.id] = RunInfo(op=op.id, data_file=ev.data_file, state="validated", session=op.session, first_seq=seq, last_seq=seq)
+
+
+def _run_started(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RunStarted)
+    b.runs[op.id] = _replace(b.runs[op.id], state="started", start_step=ev.start_step, step=ev.start_step, last_seq=seq)
+
+
+def _run_progress(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
     runs = b.runs
-    if isinstance(ev, RunProgress):
-        run = runs[op.id]
-        if ev.step < run.step:
-            raise InvalidTransitionError(seq, op.id, "run", run.state, "run.progress", f"step {ev.step} is below the run's step {run.step}")
-        runs[op.id] = msgspec.structs.replace(run, step=ev.step, last_seq=seq)
-        return
-    if isinstance(ev, RunValidated):
-        runs[op.id] = RunInfo(op=op.id, data_file=ev.data_file, state="validated", session=op.session, first_seq=seq, last_seq=seq)
-        return
     run = runs[op.id]
-    if isinstance(ev, RunStarted):
-        runs[op.id] = msgspec.structs.replace(run, state="started", start_step=ev.start_step, step=ev.start_step, last_seq=seq)
-        return
-    if isinstance(ev, RunFinished):
-        runs[op.id] = msgspec.structs.replace(run, state="finished", step=ev.step, last_seq=seq)
-    elif isinstance(ev, RunFailed):
-        runs[op.id] = msgspec.structs.replace(run, state="failed", step=ev.step, error=ev.error, last_seq=seq)
-    elif isinstance(ev, RunInterrupted):
-        runs[op.id] = msgspec.structs.replace(run, state="interrupted", step=ev.step, error=ev.reason or None, last_seq=seq)
+    step = ev.step  # type: ignore[attr-defined]
+    if step < run.step:
+        raise InvalidTransitionError(seq, op.id, "run", run.state, "run.progress", f"step {step} is below the run's step {run.step}")
+    runs[op.id] = _replace(run, step=step, last_seq=seq)
+
+
+def _run_ended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    state = op.state
+    error = ev.error if isinstance(ev, RunFailed) else (ev.reason or None) if isinstance(ev, RunInterrupted) else None
+    b.runs[op.id] = _replace(b.runs[op.id], state=state, step=ev.step, error=error, last_seq=seq)  # type: ignore[attr-defined]
     b.trim_runs()
 
 
@@ -258,7 +261,14 @@ RUN = OperationType(
             _BACK, "its session is gone: journal interrupted; resume from the newest committed checkpoint", "run.interrupted"
         ),
     },
-    project=_project_run,
+    projections={
+        "run.validated": _run_validated,
+        "run.started": _run_started,
+        "run.progress": _run_progress,
+        "run.finished": _run_ended,
+        "run.failed": _run_ended,
+        "run.interrupted": _run_ended,
+    },
 )
 
 
@@ -273,21 +283,23 @@ class SessionState(str, enum.Enum):
     CRASHED = "crashed"
 
 
-def _project_session(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
-    if isinstance(ev, SessionOpened):
-        if ev.schema > EVENT_SCHEMA_VERSION:
-            raise UnsupportedFormatError(f"journal record seq {seq}", "event schema", ev.schema, EVENT_SCHEMA_VERSION)
-        if b.session is not None:
-            b.previous_session = b.session
-        b.session = SessionInfo(id=op.id, pid=ev.pid, host=ev.host, opened_seq=seq, state="opened")
-        return
-    state = "closed" if isinstance(ev, SessionClosed) else "crashed"
+def _session_opened(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, SessionOpened)
+    if ev.schema > EVENT_SCHEMA_VERSION:
+        raise UnsupportedFormatError(f"journal record seq {seq}", "event schema", ev.schema, EVENT_SCHEMA_VERSION)
+    if b.session is not None:
+        b.previous_session = b.session
+    b.session = SessionInfo(id=op.id, pid=ev.pid, host=ev.host, opened_seq=seq, state="opened")
+
+
+def _session_ended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    state = op.state
     if state == "crashed":
         b.unclean_sessions += 1
     for attr in ("session", "previous_session"):
         current: SessionInfo | None = getattr(b, attr)
         if current is not None and current.id == op.id:
-            setattr(b, attr, msgspec.structs.replace(current, state=state, ended_seq=seq))
+            setattr(b, attr, _replace(current, state=state, ended_seq=seq))
 
 
 SESSION = OperationType(
@@ -302,7 +314,7 @@ SESSION = OperationType(
     },
     terminal=frozenset({SessionState.CLOSED, SessionState.CRASHED}),
     recovery={SessionState.OPENED: Recovery(_FORWARD, "it ended without closing: journal the unclean shutdown", "session.crashed")},
-    project=_project_session,
+    projections={"session.opened": _session_opened, "session.closed": _session_ended, "session.crashed": _session_ended},
 )
 
 BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN)

@@ -58,8 +58,9 @@ class OperationType:
     its first state; ``transitions`` maps ``(state, event kind)`` to the next
     state (a state may move to itself, e.g. progress).  ``terminal`` states have
     no way out; every other state needs a :class:`Recovery` rule in
-    ``recovery``.  ``project`` (optional) applies an event's effect on the rest
-    of the engine state.  The declaration is checked when it is made, so a
+    ``recovery``.  ``projections`` (optional) maps an event kind to the function
+    that applies its effect on the rest of the engine state (checkpoints,
+    pointers, runs).  The declaration is checked when it is made, so a
     table with a hole is a programming error at import time, not at 3 a.m.
     """
 
@@ -70,7 +71,7 @@ class OperationType:
     transitions: Mapping[tuple[enum.Enum, str], enum.Enum]
     terminal: frozenset[enum.Enum]
     recovery: Mapping[enum.Enum, Recovery]
-    project: Projection | None = None
+    projections: Mapping[str, Projection] = field(default_factory=dict)
     description: str = ""
     kinds: frozenset[str] = field(init=False)
 
@@ -90,6 +91,9 @@ class OperationType:
         states = set(self.states)
         if not self.begins:
             yield "no event kind begins it"
+        for kind in self.projections:
+            if kind not in kinds:
+                yield f"projection for {kind!r}, which is not one of its events"
         for kind, state in self.begins.items():
             if kind not in kinds:
                 yield f"begins with {kind!r}, which is not one of its events"

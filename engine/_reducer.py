@@ -79,7 +79,7 @@ class Reducer:
                 state = op.state if op is not None else None
             if state is None:
                 if rule.begins is None:
-                    raise InvalidTransitionError(seq, ev.op, rule.op_type, None, rule.kind, "no such operation is in progress")
+                    raise InvalidTransitionError(seq, ev.op, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
                 nxt = rule.begins
             else:
                 found = rule.moves.get(state)
@@ -113,7 +113,7 @@ class Reducer:
                 op = ops.get(op_id)
                 if op is None:
                     if rule.begins is None:
-                        raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress")
+                        raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
                     info = _to_builtins(ev)
                     del info["kind"], info["op"]
                     op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)
@@ -124,7 +124,7 @@ class Reducer:
                     nxt = rule.moves.get(state)
                     if nxt is None:
                         raise InvalidTransitionError(expected, op_id, op.type, state, rule.kind)
-                    if nxt != state or nxt in rule.terminal:
+                    if nxt is not state:  # a move to itself (progress) changes nothing in the table
                         info = _to_builtins(ev)
                         del info["kind"], info["op"]
                         op = OpRecord(op_id, op.type, nxt, op.first_seq, expected, op.session, rec.time, {**op.info, **info})

@@ -138,5 +138,5 @@ def _rule(op_type: OperationType, kind: str) -> KindRule:
         begins=value(begins) if begins is not None else None,
         moves=moves,
         terminal=frozenset(value(s) for s in op_type.terminal),
-        project=op_type.project,
+        project=op_type.projections.get(kind),
     )
