@@ -1,0 +1,34 @@
+"""The README's embedding example runs as written (with its root moved to a temporary folder)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _example() -> str:
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Embedding the engine"):]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "the README lost its embedding example"
+    return match.group(1)
+
+
+@pytest.mark.subprocess
+def test_readme_embedding_example_runs_and_leaves_what_it_says(tmp_path: str) -> None:
+    root = os.path.join(tmp_path, "host")
+    code = _example().replace('"/srv/host"', repr(root))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "step-300"
+    assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-200", "step-300"]
+    with open(os.path.join(root, "pointers", "current"), encoding="utf-8") as f:
+        assert '"checkpoints/step-300"' in f.read()
+    assert os.listdir(os.path.join(root, "staging")) == []
