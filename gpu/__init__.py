@@ -1,6 +1,98 @@
-"""shipslog.gpu: the torch compute core (tensor files, LoRA merge, async checkpoints).
+"""shipslog.gpu: the torch compute core (tensor files, device-to-host snapshots, LoRA merge, benchmarks).
 
 The only package of shipslog that imports torch; nothing else imports it.
+Importing it without torch installed raises
+:class:`shipslog.engine.MissingDependencyError` naming the ``gpu`` extra.
+
+Public surface:
+
+* tensor files (safetensors, written directly, CRC-32 computed while
+  writing): :func:`save_state_dict`, :func:`load_state_dict`,
+  :func:`save_tensor_file`, :func:`load_tensor_file`, :func:`tensor_file_metadata`;
+* :class:`HostSnapshot`: device-to-host copies into reused (pinned) buffers;
+* :func:`merge_lora` -> :class:`MergeResult`, :func:`load_adapter`,
+  :func:`parse_adapter_config`;
+* errors: :class:`PickleRefusedError`, :class:`TensorFileError`,
+  :class:`TensorFileNotFoundError`, :class:`StateDictError`,
+  :class:`AdapterError`, :class:`NonFiniteError` (and the engine's
+  :class:`IntegrityError` for checksum mismatches).
 """
 
-__all__: list[str] = []
+from shipslog.engine import IntegrityError, MissingDependencyError
+
+try:
+    import torch as _torch  # noqa: F401  (probe: everything below needs it)
+except ImportError as _exc:
+    raise MissingDependencyError("torch", "gpu") from _exc
+
+from ._bench import bench_checkpoint
+from ._errors import (
+    AdapterError,
+    GpuError,
+    MergeOutOfMemoryError,
+    NonFiniteError,
+    PickleRefusedError,
+    StateDictError,
+    TensorFileError,
+    TensorFileNotFoundError,
+)
+from ._hostcopy import HostSnapshot
+from ._lora import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    DEFAULT_MERGE_BUDGET_BYTES,
+    PEFT_PREFIX,
+    LoraConfig,
+    MergeResult,
+    load_adapter,
+    merge_lora,
+    parse_adapter_config,
+)
+from ._tensorfile import (
+    DEFAULT_SHARD_BYTES,
+    DTYPES,
+    INDEX_SUFFIX,
+    SAFETENSORS_SUFFIX,
+    TREE_SUFFIX,
+    load_state_dict,
+    load_tensor_file,
+    save_state_dict,
+    save_tensor_file,
+    shard_file_name,
+    tensor_file_metadata,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "DEFAULT_MERGE_BUDGET_BYTES",
+    "DEFAULT_SHARD_BYTES",
+    "DTYPES",
+    "INDEX_SUFFIX",
+    "PEFT_PREFIX",
+    "SAFETENSORS_SUFFIX",
+    "TREE_SUFFIX",
+    "AdapterError",
+    "GpuError",
+    "HostSnapshot",
+    "IntegrityError",
+    "LoraConfig",
+    "MergeOutOfMemoryError",
+    "MergeResult",
+    "MissingDependencyError",
+    "NonFiniteError",
+    "PickleRefusedError",
+    "StateDictError",
+    "TensorFileError",
+    "TensorFileNotFoundError",
+    "bench_checkpoint",
+    "load_adapter",
+    "load_state_dict",
+    "load_tensor_file",
+    "merge_lora",
+    "parse_adapter_config",
+    "save_state_dict",
+    "save_tensor_file",
+    "shard_file_name",
+    "tensor_file_metadata",
+]

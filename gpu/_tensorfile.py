@@ -1,0 +1,922 @@
+"""Tensor files in the safetensors format, written directly and checksummed in the same pass.
+
+Format of one file (the safetensors format, readable by ``safetensors.torch.load_file``)::
+
+    u64 little-endian N | N bytes of JSON header (padded with spaces so 8 + N is a multiple of 8) | data
+
+The header maps ``"__metadata__"`` to a ``{str: str}`` dict and every tensor
+name to ``{"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}``
+(offsets relative to the start of the data section).  The data section holds
+each tensor's raw little-endian bytes, back to back with no gaps, ordered by
+element size (largest first) so that every tensor starts at an offset aligned
+to its element size; the header keeps the caller's order of names.
+
+What :func:`save_state_dict` writes into ``folder`` (``P`` is ``prefix``):
+
+* ``P.safetensors`` when every tensor fits one shard of ``shard_bytes``;
+  otherwise ``P-00001-of-0000N.safetensors`` ... plus ``P.safetensors.index.json``
+  (the Hugging Face layout: ``{"metadata": {"total_size": ...},
+  "weight_map": {tensor name: shard file}}``);
+* ``P.tree.json`` only when the state is not a flat ``{str: Tensor}`` dict: it
+  records the whole nested structure (dicts and OrderedDicts with str or int
+  keys, lists, tuples, None/bool/int/float/str leaves, numpy arrays), with each tensor
+  replaced by a reference to its flat name, so that :func:`load_state_dict`
+  returns the same structure.  A flat model state dict therefore gives a
+  folder any safetensors tool can read (it loads back as a plain dict in the
+  saved order, even when it was an OrderedDict).
+
+Flat tensor names join the keys of the path with ``"."`` (list and tuple items
+by their index); two paths that give the same name are refused before
+anything is written.  Every file written is returned as a
+:class:`shipslog.engine.FileEntry` whose size and CRC-32 were computed from
+the bytes as they were written (a second thread checksums each block while the
+writing thread writes it), ready for a manifest.
+
+Only little-endian hosts are supported (the format is little-endian and the
+bytes are written straight from the tensors' memory).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import pickle
+import queue
+import sys
+import threading
+import warnings
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+import torch
+from shipslog.engine import FileEntry, IntegrityError, crc32_file
+from shipslog.journal import OS_FS, FileSystem
+
+from ._errors import PickleRefusedError, StateDictError, TensorFileError, TensorFileNotFoundError
+
+__all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "DTYPES",
+    "INDEX_SUFFIX",
+    "SAFETENSORS_SUFFIX",
+    "TREE_SUFFIX",
+    "load_state_dict",
+    "load_tensor_file",
+    "save_state_dict",
+    "save_tensor_file",
+    "shard_file_name",
+    "tensor_file_metadata",
+]
+
+_log = logging.getLogger("shipslog.gpu.tensorfile")
+
+DEFAULT_SHARD_BYTES = 2 << 30
+SAFETENSORS_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".safetensors.index.json"
+TREE_SUFFIX = ".tree.json"
+TREE_FORMAT = "shipslog.state-tree"
+TREE_VERSION = 1
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+_MAX_HEADER_BYTES = 100 << 20
+_BLOCK = 16 << 20
+_METADATA_KEY = "__metadata__"
+
+
+def _dtype_table() -> dict[str, torch.dtype]:
+    names = {
+        "F64": "float64",
+        "F32": "float32",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "I64": "int64",
+        "I32": "int32",
+        "I16": "int16",
+        "I8": "int8",
+        "U64": "uint64",
+        "U32": "uint32",
+        "U16": "uint16",
+        "U8": "uint8",
+        "BOOL": "bool",
+        "C64": "complex64",
+        "F8_E4M3": "float8_e4m3fn",
+        "F8_E5M2": "float8_e5m2",
+    }
+    table: dict[str, torch.dtype] = {}
+    for code, attr in names.items():
+        dtype = getattr(torch, attr, None)
+        if isinstance(dtype, torch.dtype):
+            table[code] = dtype
+    return table
+
+
+DTYPES: dict[str, torch.dtype] = _dtype_table()
+"""safetensors dtype code -> torch dtype, for every dtype these files may hold."""
+
+_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def shard_file_name(prefix: str, index: int, count: int) -> str:
+    """The file name of shard ``index`` (1-based) of ``count``: ``P-00001-of-00003.safetensors``.
+
+    A single shard is named ``P.safetensors``.
+    """
+    if count == 1:
+        return f"{prefix}{SAFETENSORS_SUFFIX}"
+    return f"{prefix}-{index:05d}-of-{count:05d}{SAFETENSORS_SUFFIX}"
+
+
+def _check_host() -> None:
+    if sys.byteorder != "little":
+        raise TensorFileError(
+            "<host>", "a little-endian host", f"a {sys.byteorder}-endian host",
+            hint="safetensors bytes are little-endian and are written straight from memory; use a little-endian host",
+        )
+
+
+def _check_prefix(prefix: str) -> None:
+    if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith(".") or "\x00" in prefix:
+        raise StateDictError(
+            "<prefix>", "a plain file name prefix (no separators, not starting with '.')", repr(prefix),
+            hint="pass a prefix such as 'model' or 'optimizer'",
+        )
+
+
+# --------------------------------------------------------------------------- flattening
+
+
+class _Flattened:
+    """A state split into its tensors (by flat name, in order) and the tree that rebuilds it."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.numpy_names: set[str] = set()
+        self.flat = True
+
+
+def _key_part(key: object, path: str) -> str:
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise StateDictError(
+            f"{path}[{key!r}]" if path else repr(key), "dict keys that are str or int", f"a key of type {type(key).__name__}",
+            hint="use str or int keys",
+        )
+    return str(key)
+
+
+def _add_tensor(flat: _Flattened, name: str, tensor: torch.Tensor) -> None:
+    if name == "" or name == _METADATA_KEY:
+        raise StateDictError(name, "a tensor name that is not empty and not '__metadata__'", repr(name))
+    if name in flat.tensors:
+        raise StateDictError(
+            name, "each tensor to flatten to a distinct name",
+            "two entries whose keys joined with '.' give the same name",
+            hint="rename one of the keys (a key containing '.' collides with a nested dict of the same path)",
+        )
+    if tensor.layout != torch.strided:
+        raise StateDictError(name, "a dense (strided) tensor", f"a tensor with layout {tensor.layout}", hint="convert it with .to_dense() before saving")
+    if tensor.dtype not in _CODES:
+        raise StateDictError(
+            name, f"a tensor of one of the dtypes {', '.join(str(d) for d in _CODES)}", f"dtype {tensor.dtype}",
+            hint="convert the tensor to a supported dtype before saving",
+        )
+    if tensor.device.type == "meta":
+        raise StateDictError(name, "a tensor with data", "a tensor on the meta device", hint="materialize the tensor before saving")
+    flat.tensors[name] = tensor
+
+
+def _encode(value: Any, parts: list[str], flat: _Flattened) -> Any:
+    name = ".".join(parts)
+    if isinstance(value, torch.Tensor):
+        _add_tensor(flat, name, value)
+        return {"T": name}
+    if isinstance(value, np.ndarray):
+        if value.dtype.byteorder == ">" or value.dtype.kind not in "biufc":
+            raise StateDictError(name, "a numeric numpy array in native byte order", f"a numpy array of dtype {value.dtype}")
+        _add_tensor(flat, name, torch.from_numpy(np.ascontiguousarray(value)))
+        flat.numpy_names.add(name)
+        return {"N": name}
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            part = _key_part(key, name)
+            items.append([key, _encode(item, [*parts, part], flat)])
+        return {"O": items} if isinstance(value, OrderedDict) else {"D": items}
+    if isinstance(value, (list, tuple)):
+        nodes = [_encode(item, [*parts, str(i)], flat) for i, item in enumerate(value)]
+        return {"U": nodes} if isinstance(value, tuple) else {"L": nodes}
+    if value is None or isinstance(value, (bool, str)):
+        return {"S": value}
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 64):
+            raise StateDictError(name, "an int that fits 64 bits", f"{value}", hint="store it as a string or a tensor")
+        return {"S": value}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return {"S": value}
+        return {"F": repr(value)}
+    raise StateDictError(
+        name or "<root>",
+        "a tensor, numpy array, dict, list, tuple, None, bool, int, float or str",
+        f"a value of type {type(value).__module__}.{type(value).__qualname__}",
+    )
+
+
+def _flatten(state: Mapping[str, Any]) -> tuple[_Flattened, Any]:
+    if not isinstance(state, Mapping):
+        raise StateDictError("<root>", "a mapping (a state dict)", f"a value of type {type(state).__name__}")
+    flat = _Flattened()
+    tree = _encode(state, [], flat)
+    flat.flat = not flat.numpy_names and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    )
+    return flat, tree
+
+
+def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str) -> Any:
+    if not isinstance(node, dict) or len(node) != 1:
+        raise TensorFileError(path, "a tree node (an object with one key)", repr(node)[:200])
+    ((kind, body),) = node.items()
+    if kind == "T" or kind == "N":
+        if not isinstance(body, str) or body not in tensors:
+            raise TensorFileError(path, "a reference to a tensor the tensor files hold", f"a reference to {body!r}")
+        tensor = tensors[body]
+        return tensor.cpu().numpy() if kind == "N" else tensor
+    if kind == "D" or kind == "O":
+        out: dict[Any, Any] = OrderedDict() if kind == "O" else {}
+        for pair in body:
+            if not isinstance(pair, list) or len(pair) != 2 or isinstance(pair[0], bool) or not isinstance(pair[0], (str, int)):
+                raise TensorFileError(path, "a [key, node] pair with a str or int key", repr(pair)[:200])
+            out[pair[0]] = _decode(pair[1], tensors, path)
+        return out
+    if kind == "L" or kind == "U":
+        if not isinstance(body, list):
+            raise TensorFileError(path, "a list of tree nodes", repr(body)[:200])
+        items = [_decode(item, tensors, path) for item in body]
+        return tuple(items) if kind == "U" else items
+    if kind == "S":
+        if body is not None and not isinstance(body, (bool, int, float, str)):
+            raise TensorFileError(path, "a JSON scalar", repr(body)[:200])
+        return body
+    if kind == "F":
+        if body not in ("nan", "inf", "-inf"):
+            raise TensorFileError(path, "'nan', 'inf' or '-inf'", repr(body)[:200])
+        return float(body)
+    raise TensorFileError(path, "a tree node of kind T, N, D, O, L, U, S or F", f"kind {kind!r}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _CrcPipe:
+    """Computes zlib.crc32 of the blocks fed to it, in order, on a second thread.
+
+    zlib.crc32 and os.write both release the GIL, so checksumming overlaps the
+    writing.  The queue is bounded, so at most a few blocks are held.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=8)
+        self._crc = 0
+        self._thread = threading.Thread(target=self._run, name="shipslog-crc32", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        crc = 0
+        while True:
+            block = self._queue.get()
+            if block is None:
+                break
+            crc = zlib.crc32(block, crc)
+        self._crc = crc
+
+    def feed(self, block: memoryview) -> None:
+        self._queue.put(block)
+
+    def finish(self) -> int:
+        self._queue.put(None)
+        self._thread.join()
+        return self._crc
+
+
+def _byte_view(tensor: torch.Tensor) -> memoryview:
+    """The bytes of ``tensor`` as stored in safetensors: CPU, contiguous, little-endian."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return t.view(torch.uint8).numpy().data.cast("B")
+
+
+def _header_bytes(names: Sequence[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[str]]:
+    """The padded header (with its u64 length prefix) and the order of the data section."""
+    order = sorted(names, key=lambda n: -tensors[n].element_size())
+    offsets: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for name in order:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        offsets[name] = (pos, pos + size)
+        pos += size
+    header: dict[str, Any] = {_METADATA_KEY: dict(metadata)}
+    for name in names:
+        t = tensors[name]
+        header[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": list(offsets[name])}
+    body = _json_encoder.encode(header)
+    body += b" " * (-(8 + len(body)) % 8)
+    return len(body).to_bytes(8, "little") + body, order
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    out = {"format": "pt"}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise StateDictError(
+                f"metadata[{key!r}]", "str keys and str values (safetensors metadata)", f"{type(key).__name__}: {type(value).__name__}",
+                hint="put other values into the state itself",
+            )
+        out[key] = value
+    return out
+
+
+def _write_file(fs: FileSystem, path: str, blocks: Sequence[bytes | memoryview], *, fsync: bool) -> tuple[int, int]:
+    """Write ``blocks`` to a new file at ``path``; return ``(size, crc32)`` computed while writing."""
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    size = 0
+    crc = 0
+    try:
+        for block in blocks:
+            crc = zlib.crc32(block, crc)
+            fs.write_all(fd, block)
+            size += len(block)
+        if fsync:
+            fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    return size, crc
+
+
+def _write_shard(fs: FileSystem, path: str, names: Sequence[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *, fsync: bool) -> tuple[int, int]:
+    header, order = _header_bytes(names, tensors, metadata)
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pipe = _CrcPipe()
+    size = 0
+    try:
+        try:
+            pipe.feed(memoryview(header))
+            fs.write_all(fd, header)
+            size += len(header)
+            for name in order:
+                view = _byte_view(tensors[name])
+                for start in range(0, len(view), _BLOCK):
+                    block = view[start : start + _BLOCK]
+                    pipe.feed(block)
+                    fs.write_all(fd, block)
+                size += len(view)
+        finally:
+            crc = pipe.finish()
+        if fsync:
+            fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    return size, crc
+
+
+def _plan_shards(names: Sequence[str], tensors: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        if shards[-1] and used + size > shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def save_state_dict(
+    state: Mapping[str, Any],
+    folder: str | os.PathLike[str],
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    prefix: str = "model",
+    metadata: dict[str, str] | None = None,
+    fsync: bool = True,
+    fs: FileSystem | None = None,
+) -> list[FileEntry]:
+    """Write ``state`` (a possibly nested state dict) into ``folder`` as safetensors shards.
+
+    Guarantee: when it returns, every file it lists was written completely
+    and (with ``fsync=True``) fsynced, as was ``folder`` itself; each returned
+    :class:`FileEntry` (path relative to ``folder``, size, CRC-32) describes the
+    bytes exactly as written, computed in the same pass as the write.  The
+    files are only the results of this call; writing the manifest that makes
+    the folder complete is the caller's job.  Tensors on any device are copied
+    to the CPU one at a time.  Invalid input (an unsupported value, a name
+    collision, a bad prefix or metadata) raises :class:`StateDictError` before
+    any file is written.  Files of the same names are overwritten; pass a
+    fresh (staging) folder.  See the module docstring for the layout.
+    """
+    _check_host()
+    _check_prefix(prefix)
+    if shard_bytes <= 0:
+        raise StateDictError("<shard_bytes>", "a positive shard size in bytes", str(shard_bytes))
+    fs = fs or OS_FS
+    meta = _check_metadata(metadata)
+    flat, tree = _flatten(state)
+    folder = os.fspath(folder)
+    fs.ensure_dir(folder)
+
+    names = list(flat.tensors)
+    shards = _plan_shards(names, flat.tensors, shard_bytes)
+    entries: list[FileEntry] = []
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, shard in enumerate(shards, start=1):
+        fname = shard_file_name(prefix, i, len(shards))
+        size, crc = _write_shard(fs, os.path.join(folder, fname), shard, flat.tensors, meta, fsync=fsync)
+        entries.append(FileEntry(fname, size, crc))
+        for name in shard:
+            weight_map[name] = fname
+            t = flat.tensors[name]
+            total += t.numel() * t.element_size()
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total, **meta}, "weight_map": weight_map}
+        fname = f"{prefix}{INDEX_SUFFIX}"
+        size, crc = _write_file(fs, os.path.join(folder, fname), [_json_encoder.encode(index)], fsync=fsync)
+        entries.append(FileEntry(fname, size, crc))
+    if not flat.flat:
+        doc = {"format": TREE_FORMAT, "version": TREE_VERSION, "tree": tree}
+        fname = f"{prefix}{TREE_SUFFIX}"
+        size, crc = _write_file(fs, os.path.join(folder, fname), [_json_encoder.encode(doc)], fsync=fsync)
+        entries.append(FileEntry(fname, size, crc))
+    if fsync:
+        fs.fsync_dir(folder)
+    _log.debug("saved %d tensors (%d bytes) into %s as %s", len(names), total, folder, [e.path for e in entries])
+    return entries
+
+
+def save_tensor_file(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: dict[str, str] | None = None,
+    fsync: bool = True,
+    fs: FileSystem | None = None,
+) -> FileEntry:
+    """Write one safetensors file holding the flat ``{name: tensor}`` dict ``tensors``.
+
+    Guarantee: as :func:`save_state_dict` for one file (complete and fsynced
+    when it returns; the folder is not fsynced); the returned entry's path is
+    the file's base name.
+    """
+    _check_host()
+    fs = fs or OS_FS
+    meta = _check_metadata(metadata)
+    flat = _Flattened()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise StateDictError(str(name), "a str name mapped to a tensor", f"{type(name).__name__} -> {type(tensor).__name__}")
+        _add_tensor(flat, name, tensor)
+    path = os.fspath(path)
+    size, crc = _write_shard(fs, path, list(flat.tensors), flat.tensors, meta, fsync=fsync)
+    return FileEntry(os.path.basename(path), size, crc)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_read(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TensorFileError(path, "a regular file", "a symlink", hint="shipslog never follows symlinks in its folders") from None
+        raise
+
+
+def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
+    """Fill ``view`` from ``fd`` at ``offset`` (pread, in blocks)."""
+    done = 0
+    total = len(view)
+    while done < total:
+        block = view[done : min(total, done + _BLOCK)]
+        got = 0
+        while got < len(block):
+            n = os.preadv(fd, [block[got:]], offset + done + got)
+            if n <= 0:
+                raise TensorFileError(path, f"{total} bytes at offset {offset}", f"the file ending after {offset + done + got} bytes", hint="the file is truncated or shrank while it was read")
+            got += n
+        done += len(block)
+
+
+_Spec = tuple[str, torch.dtype, list[int], int, int]
+
+
+def _parse_header(path: str, file_size: int, fd: int) -> tuple[bytes, dict[str, str], list[_Spec], list[str]]:
+    """Read and validate the header.
+
+    Returns its raw bytes (with the length prefix), the metadata, the tensors
+    in data order (name, dtype, shape, begin, end) and the names in header order.
+    """
+    if file_size < 8:
+        raise TensorFileError(path, "at least 8 bytes (the header length)", f"a file of {file_size} bytes", hint="the file is truncated; restore it from a good copy")
+    raw_len = os.pread(fd, 8, 0)
+    n = int.from_bytes(raw_len, "little")
+    if n > file_size - 8:
+        raise TensorFileError(path, f"a header of at most {file_size - 8} bytes (the file is {file_size} bytes)", f"a header length of {n} bytes, past the end of the file", hint="the file is truncated or its first 8 bytes are damaged")
+    if n > _MAX_HEADER_BYTES:
+        raise TensorFileError(path, f"a header of at most {_MAX_HEADER_BYTES} bytes", f"a header length of {n} bytes")
+    raw = bytearray(n)
+    _read_into(fd, memoryview(raw), 8, path)
+    try:
+        header = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise TensorFileError(path, "a JSON header", f"bytes that do not parse as JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise TensorFileError(path, "a JSON object as header", f"a JSON {type(header).__name__}")
+    metadata = header.pop(_METADATA_KEY, None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TensorFileError(path, "__metadata__ as an object of strings", repr(metadata)[:200])
+    data_len = file_size - 8 - n
+    specs: list[tuple[str, torch.dtype, list[int], int, int]] = []
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise TensorFileError(path, "an object with dtype, shape and data_offsets", repr(info)[:200], tensor=name)
+        code = info.get("dtype")
+        if code not in DTYPES:
+            raise TensorFileError(path, f"a dtype among {', '.join(DTYPES)}", f"dtype {code!r}", tensor=name, hint="this build cannot read that dtype; convert the file")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise TensorFileError(path, "a shape that is a list of non-negative ints", repr(shape), tensor=name)
+        offs = info.get("data_offsets")
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+            or not 0 <= offs[0] <= offs[1] <= data_len
+        ):
+            raise TensorFileError(path, f"data_offsets [begin, end] with 0 <= begin <= end <= {data_len} (the data section)", repr(offs), tensor=name)
+        dtype = DTYPES[code]
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if offs[1] - offs[0] != nbytes:
+            raise TensorFileError(path, f"{nbytes} bytes for shape {shape} of {code}", f"data_offsets {offs} ({offs[1] - offs[0]} bytes)", tensor=name)
+        specs.append((name, dtype, shape, offs[0], offs[1]))
+    by_offset = sorted(specs, key=lambda s: (s[3], s[4]))
+    pos = 0
+    for name, _dtype, _shape, begin, end in by_offset:
+        if begin != pos:
+            what = "overlapping another tensor" if begin < pos else f"a gap of {begin - pos} bytes before it"
+            raise TensorFileError(path, f"data that starts at offset {pos}, right after the previous tensor", f"offset {begin}, {what}", tensor=name)
+        pos = end
+    if pos != data_len:
+        raise TensorFileError(path, f"tensors covering the whole data section of {data_len} bytes", f"{data_len - pos} bytes after the last tensor")
+    return bytes(raw_len) + bytes(raw), metadata, by_offset, [s[0] for s in specs]
+
+
+class _FileCrc:
+    """Computes the CRC-32 of a whole open file on a second thread, reading it into one reused buffer.
+
+    It runs while the loading thread copies the same bytes into the tensors:
+    both read the same page-cache pages, and the caller checks with ``fstat``
+    that the file did not change in between, so the checksum covers the bytes
+    that were loaded.  On this kind of VM, checksumming freshly faulted tensor
+    memory does not overlap with the copying, while this does.
+    """
+
+    def __init__(self, fd: int, size: int, path: str) -> None:
+        self._fd = fd
+        self._size = size
+        self._path = path
+        self._crc = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shipslog-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            buf = bytearray(min(self._size, 4 << 20) or 1)
+            view = memoryview(buf)
+            crc = 0
+            pos = 0
+            while pos < self._size:
+                n = os.preadv(self._fd, [view[: min(len(buf), self._size - pos)]], pos)
+                if n <= 0:
+                    raise TensorFileError(self._path, f"{self._size} bytes", f"the file ending after {pos} bytes", hint="the file shrank while it was read")
+                crc = zlib.crc32(view[:n], crc)
+                pos += n
+            self._crc = crc
+        except BaseException as exc:  # noqa: BLE001  (not swallowed: finish() re-raises it in the loading thread)
+            self._error = exc
+
+    def finish(self) -> int:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._crc
+
+
+def _stat_key(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _read_tensor_file(path: str, entry: FileEntry | None) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """Read one safetensors file, checking ``entry`` (size, crc32) when given.
+
+    Returns the tensors (in header order), the metadata and the header's
+    names.  With ``entry`` the whole file's CRC-32 is computed concurrently
+    with the copy into the tensors and checked, with the file unchanged
+    between the start and the end of the read, before anything is returned.
+    """
+    fd = _open_read(path)
+    try:
+        before = _stat_key(fd)
+        file_size = before[1]
+        if entry is not None and file_size != entry.size:
+            raise IntegrityError(path, f"{entry.size} bytes", f"{file_size} bytes")
+        try:
+            header_raw, metadata, specs, header_names = _parse_header(path, file_size, fd)
+        except TensorFileError as exc:
+            if entry is not None:
+                size, crc = crc32_file(path)
+                if crc != entry.crc32:
+                    raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {size} bytes ({exc.found})") from exc
+            raise
+        checker = _FileCrc(fd, file_size, path) if entry is not None else None
+        tensors: dict[str, torch.Tensor] = {}
+        data_start = len(header_raw)
+        try:
+            for name, dtype, shape, begin, end in specs:
+                tensor = torch.empty(shape, dtype=dtype)
+                if end > begin:
+                    view = tensor.reshape(-1).view(torch.uint8).numpy().data.cast("B")
+                    _read_into(fd, view, data_start + begin, path)
+                tensors[name] = tensor
+        finally:
+            crc = checker.finish() if checker is not None else None
+        if entry is not None:
+            if crc != entry.crc32:
+                raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {file_size} bytes")
+            if _stat_key(fd) != before:
+                raise IntegrityError(path, "a file that does not change while it is loaded", "a file modified during the load", hint="stop whatever writes to it and load again")
+    finally:
+        os.close(fd)
+    ordered = {name: tensors[name] for name in header_names}
+    return ordered, metadata, header_names
+
+
+def _read_small(path: str, entry: FileEntry | None) -> bytes:
+    fd = _open_read(path)
+    try:
+        size = os.fstat(fd).st_size
+        if entry is not None and size != entry.size:
+            raise IntegrityError(path, f"{entry.size} bytes", f"{size} bytes")
+        data = bytearray(size)
+        _read_into(fd, memoryview(data), 0, path)
+    finally:
+        os.close(fd)
+    if entry is not None:
+        crc = zlib.crc32(data)
+        if crc != entry.crc32:
+            raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {size} bytes")
+    return bytes(data)
+
+
+def _plain_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not name.startswith(".")
+    )
+
+
+def _entry_for(folder: str, fname: str, listed: Mapping[str, FileEntry] | None) -> FileEntry | None:
+    if listed is None:
+        return None
+    entry = listed.get(fname)
+    if entry is None:
+        raise IntegrityError(os.path.join(folder, fname), "a file listed in the manifest entries", "a file the entries do not list", hint="do not load it; the folder does not match its manifest")
+    return entry
+
+
+def _verify_others(folder: str, listed: Mapping[str, FileEntry], reads: set[str]) -> None:
+    """Verify every listed file this load does not read itself (size, then CRC-32)."""
+    for rel, entry in listed.items():
+        if rel in reads:
+            continue
+        path = os.path.join(folder, *rel.split("/"))
+        if not os.path.isfile(path):
+            raise IntegrityError(path, f"a file of {entry.size} bytes", "no file")
+        size = os.stat(path).st_size
+        if size != entry.size:
+            raise IntegrityError(path, f"{entry.size} bytes", f"{size} bytes")
+        size, crc = crc32_file(path)
+        if size != entry.size or crc != entry.crc32:
+            raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {size} bytes")
+
+
+def _load_pickle(folder: str, fnames: list[str], prefix: str, listed: Mapping[str, FileEntry] | None, device: torch.device, allow_pickle: bool) -> dict[Any, Any]:
+    paths = [os.path.join(folder, f) for f in fnames]
+    if not allow_pickle:
+        raise PickleRefusedError(
+            paths[0] if len(paths) == 1 else f"{folder} ({', '.join(fnames)})",
+            "it is a pickle file and allow_pickle was not given",
+        )
+    preferred = [f for f in fnames if os.path.splitext(f)[0] == prefix]
+    if len(preferred) == 1:
+        fname = preferred[0]
+    elif len(fnames) == 1:
+        fname = fnames[0]
+    else:
+        raise TensorFileNotFoundError(folder, f"{prefix}{SAFETENSORS_SUFFIX} or exactly one pickle file", fnames)
+    path = os.path.join(folder, fname)
+    if listed is not None:
+        _entry_for(folder, fname, listed)
+        _verify_others(folder, listed, set())
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = torch.load(path, map_location=device, weights_only=True)
+        for warning in caught:
+            _log.warning("torch.load(%s): %s", path, warning.message)
+    except pickle.UnpicklingError as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise PickleRefusedError(
+            path, f"torch.load(weights_only=True) rejected it ({first[:300]})",
+            hint="the file holds objects other than tensors and plain containers (its unpickling could run code); "
+            "do not load it; convert it with a trusted tool if you know where it came from",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise TensorFileError(path, "a torch.save file", f"a file torch.load cannot read ({type(exc).__name__}: {str(exc)[:300]})") from exc
+    if not isinstance(loaded, dict):
+        raise TensorFileError(path, "a state dict (a dict)", f"a {type(loaded).__name__}")
+    _log.info("loaded pickle file %s with torch.load(weights_only=True)", path)
+    return loaded
+
+
+def _read_json(path: str, entry: FileEntry | None, what: str) -> Any:
+    raw = _read_small(path, entry)
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise TensorFileError(path, what, f"bytes that do not parse as JSON ({exc})") from None
+
+
+def load_state_dict(
+    folder: str | os.PathLike[str],
+    *,
+    entries: Sequence[FileEntry] | None = None,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    prefix: str = "model",
+) -> dict[Any, Any]:
+    """Load the state saved by :func:`save_state_dict` (prefix ``prefix``) from ``folder``.
+
+    Guarantee: nothing is returned unless every check passed.  With
+    ``entries`` (a manifest's file list), every listed file's size and CRC-32
+    is verified over all its bytes, and every file read must be listed, before
+    anything is returned; a mismatch raises :class:`IntegrityError` naming the
+    file.  The safetensors headers are validated (truncation, header length,
+    JSON, dtypes, offsets) and a bad one raises :class:`TensorFileError`.
+    Returns the same nested structure that was saved (a flat ``{name: tensor}``
+    dict, in saved order, when no ``P.tree.json`` exists) with tensors on
+    ``device``; each tensor has its own storage.
+
+    Without a safetensors file for the prefix, a ``.pt``/``.pth``/``.bin``
+    file is loaded only when ``allow_pickle=True``, and then only with
+    ``torch.load(weights_only=True)``; otherwise, or when that load rejects
+    the file, :class:`PickleRefusedError` is raised.
+    """
+    _check_host()
+    _check_prefix(prefix)
+    folder = os.fspath(folder)
+    dev = torch.device(device)
+    listed = {e.path: e for e in entries} if entries is not None else None
+    try:
+        present = set(os.listdir(folder))
+    except FileNotFoundError:
+        raise TensorFileNotFoundError(folder, "a folder of tensor files", []) from None
+    index_name = f"{prefix}{INDEX_SUFFIX}"
+    single_name = f"{prefix}{SAFETENSORS_SUFFIX}"
+    tree_name = f"{prefix}{TREE_SUFFIX}"
+
+    weight_map: dict[str, str] = {}
+    if index_name in present:
+        index_path = os.path.join(folder, index_name)
+        index = _read_json(index_path, _entry_for(folder, index_name, listed), "a JSON shard index")
+        found_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(found_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in found_map.items()):
+            raise TensorFileError(index_path, "an object with a 'weight_map' of tensor name -> shard file", repr(index)[:200])
+        weight_map = found_map
+        shard_names = list(dict.fromkeys(weight_map.values()))
+        for shard in shard_names:
+            if not _plain_name(shard):
+                raise TensorFileError(index_path, "shard files named by plain file names inside the folder", repr(shard), hint="the index is damaged or crafted; do not load it")
+    elif single_name in present:
+        shard_names = [single_name]
+    else:
+        pickles = sorted(f for f in present if f.endswith(_PICKLE_SUFFIXES))
+        if not pickles:
+            raise TensorFileNotFoundError(folder, f"{single_name} or {index_name}", sorted(present))
+        return _load_pickle(folder, pickles, prefix, listed, dev, allow_pickle)
+
+    has_tree = tree_name in present
+    if listed is not None:
+        reads = {index_name, *shard_names} if weight_map else set(shard_names)
+        if has_tree:
+            reads.add(tree_name)
+        for rel in sorted(reads):
+            _entry_for(folder, rel, listed)
+        _verify_others(folder, listed, reads)
+
+    tree: Any = None
+    if has_tree:
+        tree_path = os.path.join(folder, tree_name)
+        doc = _read_json(tree_path, _entry_for(folder, tree_name, listed), "a JSON state tree")
+        if not isinstance(doc, dict) or doc.get("format") != TREE_FORMAT or "tree" not in doc:
+            raise TensorFileError(tree_path, f"a {TREE_FORMAT!r} document", repr(doc)[:200])
+        if doc.get("version") != TREE_VERSION:
+            raise TensorFileError(tree_path, f"state tree version {TREE_VERSION}", f"version {doc.get('version')!r}", hint="use the shipslog release that wrote it")
+        tree = doc["tree"]
+
+    tensors: dict[str, torch.Tensor] = {}
+    order: list[str] = list(weight_map)
+    for shard in shard_names:
+        path = os.path.join(folder, shard)
+        if not os.path.lexists(path):
+            if listed is not None:
+                raise IntegrityError(path, f"a file of {listed[shard].size} bytes", "no file")
+            raise TensorFileError(os.path.join(folder, index_name), f"shard file {shard} to exist", "no such file", hint="the checkpoint is incomplete; restore it from a good copy")
+        got, _meta, names = _read_tensor_file(path, _entry_for(folder, shard, listed))
+        for name in names:
+            if weight_map and weight_map.get(name) != shard:
+                raise TensorFileError(path, f"only tensors the index maps to {shard}", f"tensor {name!r} (mapped to {weight_map.get(name)!r})", tensor=name)
+            tensors[name] = got[name]
+        if not weight_map:
+            order = names
+    missing = [name for name in order if name not in tensors]
+    if missing:
+        raise TensorFileError(os.path.join(folder, index_name), "every tensor of the index in its shard", f"{len(missing)} missing, first {missing[0]!r}")
+    tensors = {name: tensors[name] for name in order}
+
+    if dev.type != "cpu":
+        tensors = {name: t.to(dev) for name, t in tensors.items()}
+    if tree is None:
+        return tensors
+    tree_path = os.path.join(folder, tree_name)
+    result = _decode(tree, tensors, tree_path)
+    if not isinstance(result, dict):
+        raise TensorFileError(tree_path, "a dict at the root of the state tree", f"a {type(result).__name__}")
+    return result
+
+
+def load_tensor_file(
+    path: str | os.PathLike[str],
+    *,
+    entry: FileEntry | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Load one safetensors file as a flat ``{name: tensor}`` dict (in header order) on ``device``.
+
+    Guarantee: with ``entry``, the file's size and CRC-32 are verified over
+    every byte before anything is returned (:class:`IntegrityError`); a
+    malformed file raises :class:`TensorFileError`.  Each tensor has its own
+    storage (no view into a shared buffer).
+    """
+    _check_host()
+    path = os.fspath(path)
+    tensors, _meta, _names = _read_tensor_file(path, entry)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        tensors = {name: t.to(dev) for name, t in tensors.items()}
+    return tensors
+
+
+def tensor_file_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (header validated, data not read or verified)."""
+    path = os.fspath(path)
+    fd = _open_read(path)
+    try:
+        _raw, metadata, _specs, _names = _parse_header(path, os.fstat(fd).st_size, fd)
+    finally:
+        os.close(fd)
+    return dict(metadata)
