@@ -18,16 +18,18 @@ A failure before the commit removes staging and journals ``checkpoint.aborted``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import stat
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shipslog.journal import crash_point, register_crash_point
+from shipslog.journal import InsufficientSpaceError, crash_point, register_crash_point
 
 from ._errors import ConflictError, IntegrityError, InvalidNameError
 from ._events import ArtifactAborted, ArtifactBegun, ArtifactCommitted, ArtifactDurable
@@ -121,6 +123,17 @@ def begin_artifact(
     return writer
 
 
+@contextlib.contextmanager
+def _space_errors(core: EngineCore, path: str, size: int) -> Iterator[None]:
+    """Turn ``ENOSPC`` from a write into :class:`InsufficientSpaceError` (needed vs free)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or isinstance(exc, InsufficientSpaceError):
+            raise
+        raise InsufficientSpaceError(path, size, core.fs.free_bytes(core.root), "the disk filled while writing a checkpoint file") from exc
+
+
 class CheckpointWriter:
     """A checkpoint (or model) in progress: write files into :attr:`path`, then :meth:`commit` or :meth:`abort`.
 
@@ -162,6 +175,7 @@ class CheckpointWriter:
     # -- writing files ---------------------------------------------------------------
 
     def _check_open(self) -> None:
+        self._core.check_usable()
         if self._done is not None:
             raise ValueError(f"{self.artifact} {self.name!r} is already {self._done}")
 
@@ -180,7 +194,8 @@ class CheckpointWriter:
         fs = self._core.fs
         fd = fs.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            fs.write_all(fd, data)
+            with _space_errors(self._core, full, len(data)):
+                fs.write_all(fd, data)
             fs.fsync(fd)
         finally:
             fs.close(fd)
@@ -211,7 +226,8 @@ class CheckpointWriter:
                     if not n:
                         break
                     chunk = view[:n]
-                    fs.write_all(fd, chunk)
+                    with _space_errors(self._core, full, n):
+                        fs.write_all(fd, chunk)
                     crc = zlib.crc32(chunk, crc)
                     size += n
                 fs.fsync(fd)

@@ -239,10 +239,12 @@ class EngineCore:
         snapshots make opening fast, they are not needed for correctness.
         """
         with self._mutex:
+            self.check_usable()
             seq = self._reducer.seq
             if seq == 0:
                 return
             try:
+                self.journal.sync()  # records written without their own fsync become durable first
                 self.journal.save_snapshot(seq, encode_state(self.state))
             except JournalBrokenError as exc:
                 self.mark_broken(exc)
@@ -292,7 +294,7 @@ class EngineCore:
             try:
                 if self._broken is None and final:
                     self.journal_events(*final)
-                    if self._reducer.seq - self._last_snapshot >= max(1, self.snapshot_every // 10):
+                    if self.snapshot_every and self._reducer.seq - self._last_snapshot >= max(1, self.snapshot_every // 10):
                         self.save_snapshot()
             finally:
                 self._closed = True
@@ -343,7 +345,7 @@ class EngineCore:
         src = os.path.abspath(os.fspath(source))
         if not os.path.isdir(src) or os.path.islink(src):
             raise NotFoundError("folder to adopt", src, "expected an existing folder (not a symlink)")
-        name = name if name is not None else os.path.basename(src.rstrip(os.sep))
+        name = check_name(artifact, name if name is not None else os.path.basename(src.rstrip(os.sep)))
         if artifact == "checkpoint" and step is None:
             tail = name.rsplit("-", 1)[-1]
             step = int(tail) if tail.isdigit() else None

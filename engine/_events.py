@@ -173,7 +173,7 @@ class RunFailed(Event, tag="run.failed"):
 class RunInterrupted(Event, tag="run.interrupted"):
     """The run's session ended without finishing it (a crash); recorded by a later session."""
 
-    step: int
+    step: int = 0
     reason: str = ""
 
 
@@ -196,4 +196,4 @@ class SessionClosed(Event, tag="session.closed"):
 class SessionCrashed(Event, tag="session.crashed"):
     """The session ended without closing (an unclean shutdown), found by session ``found_by``."""
 
-    found_by: str
+    found_by: str = ""

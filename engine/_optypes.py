@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._events import Event
 
 if TYPE_CHECKING:
@@ -113,6 +115,10 @@ class OperationType:
             if state in self.terminal:
                 yield f"terminal state {state.value!r} has a recovery rule"
             if rule.close_with is not None:
+                cls = next((c for c in self.events if _tag_of(c) == rule.close_with), None)
+                required = [f.name for f in msgspec.structs.fields(cls) if f.required and f.name != "op"] if cls else []
+                if required:
+                    yield f"recovery of {state.value!r} closes with {rule.close_with!r}, whose fields {required} need defaults (it is built from the op id alone)"
                 if rule.close_with not in kinds:
                     yield f"recovery of {state.value!r} closes with {rule.close_with!r}, not one of its events"
                 elif (state, rule.close_with) not in self.transitions:

@@ -124,7 +124,7 @@ class Reducer:
                     nxt = rule.moves.get(state)
                     if nxt is None:
                         raise InvalidTransitionError(expected, op_id, op.type, state, rule.kind)
-                    if nxt is not state:  # a move to itself (progress) changes nothing in the table
+                    if nxt != state:  # a move to itself (progress) changes nothing in the table
                         info = _to_builtins(ev)
                         del info["kind"], info["op"]
                         op = OpRecord(op_id, op.type, nxt, op.first_seq, expected, op.session, rec.time, {**op.info, **info})

@@ -69,7 +69,7 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
                 raise DataFileError(full, number, "the line is blank; every line must be one JSON object")
             try:
                 obj = _decode_line(text)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise DataFileError(full, number, f"the line is not JSON ({exc})") from None
             if not isinstance(obj, dict):
                 raise DataFileError(full, number, f"expected a JSON object, found {type(obj).__name__}")

@@ -524,6 +524,16 @@ class Journal:
                 p.error = exc
                 p.records = []
 
+    def sync(self) -> None:
+        """Make every record written so far durable (those appended with ``sync=False``); a no-op when they are."""
+        self._check_usable()
+        with self._mutex:
+            while self._leading:
+                self._idle.wait()
+            if self._durable_seq < self._next_seq - 1:
+                self._sync_segment(self._fd)
+                self._durable_seq = self._next_seq - 1
+
     def _sync_segment(self, fd: int) -> None:
         """fdatasync the segment; a failure breaks the journal (never retried)."""
         try:
