@@ -355,3 +355,16 @@ def test_roll_makes_unsynced_frames_of_the_old_segment_durable(root: str) -> Non
         assert len(segments(root)) > 1
         assert j.last_seq >= 1
     assert [event_index(r.event) for r in JournalReader(os.path.join(root, "journal")).records()] == [1, 2, 3]
+
+
+def test_sync_makes_unsynced_records_durable_and_then_does_nothing(root: str) -> None:
+    fs = RecordingFileSystem()
+    with Journal.open(root, fs=fs) as j:
+        j.append_many([event(1)], sync=False)
+        assert j.last_seq == 0
+        before = fs.count("fdatasync")
+        j.sync()
+        assert (j.last_seq, fs.count("fdatasync")) == (1, before + 1)
+        j.sync()
+        assert fs.count("fdatasync") == before + 1
+        assert [event_index(r.event) for r in j.records()] == [1]
