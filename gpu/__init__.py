@@ -10,11 +10,15 @@ Public surface:
   writing): :func:`save_state_dict`, :func:`load_state_dict`,
   :func:`save_tensor_file`, :func:`load_tensor_file`, :func:`tensor_file_metadata`;
 * :class:`HostSnapshot`: device-to-host copies into reused (pinned) buffers;
+* :class:`AsyncCheckpointer` -> :class:`SaveHandle`: one save in flight,
+  snapshot on the caller's thread, persisted through the engine's checkpoint
+  operation on one worker thread;
 * :func:`merge_lora` -> :class:`MergeResult`, :func:`load_adapter`,
   :func:`parse_adapter_config`;
 * errors: :class:`PickleRefusedError`, :class:`TensorFileError`,
   :class:`TensorFileNotFoundError`, :class:`StateDictError`,
-  :class:`AdapterError`, :class:`NonFiniteError` (and the engine's
+  :class:`AdapterError`, :class:`NonFiniteError`, :class:`AsyncSaveError`,
+  :class:`CheckpointerClosedError`, :class:`SaveTimeoutError` (and the engine's
   :class:`IntegrityError` for checksum mismatches).
 """
 
@@ -25,6 +29,14 @@ try:
 except ImportError as _exc:
     raise MissingDependencyError("torch", "gpu") from _exc
 
+from ._async import (
+    EXPECTED_BYTES_MARGIN,
+    AsyncCheckpointer,
+    AsyncSaveError,
+    CheckpointerClosedError,
+    SaveHandle,
+    SaveTimeoutError,
+)
 from ._bench import bench_checkpoint
 from ._errors import (
     AdapterError,
@@ -68,11 +80,15 @@ __all__ = [
     "DEFAULT_MERGE_BUDGET_BYTES",
     "DEFAULT_SHARD_BYTES",
     "DTYPES",
+    "EXPECTED_BYTES_MARGIN",
     "INDEX_SUFFIX",
     "PEFT_PREFIX",
     "SAFETENSORS_SUFFIX",
     "TREE_SUFFIX",
     "AdapterError",
+    "AsyncCheckpointer",
+    "AsyncSaveError",
+    "CheckpointerClosedError",
     "GpuError",
     "HostSnapshot",
     "IntegrityError",
@@ -82,6 +98,8 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteError",
     "PickleRefusedError",
+    "SaveHandle",
+    "SaveTimeoutError",
     "StateDictError",
     "TensorFileError",
     "TensorFileNotFoundError",

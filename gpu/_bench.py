@@ -29,7 +29,16 @@ import torch
 from ._lora import merge_lora
 from ._tensorfile import load_state_dict, save_state_dict
 
-__all__ = ["bench_checkpoint", "make_bench_state", "peak_extra_bytes"]
+__all__ = [
+    "bench_checkpoint",
+    "bench_merge",
+    "make_bench_state",
+    "peak_extra_bytes",
+    "torch_save_fsync",
+    "touch_every_byte",
+    "trim_heap",
+    "write_raw_fsync",
+]
 
 _log = logging.getLogger("shipslog.gpu.bench")
 
@@ -72,8 +81,12 @@ def _rss_now() -> int | None:
     return None
 
 
-def _trim_heap() -> None:
-    """Give freed heap memory back to the system (glibc only), so that a peak measured next is not hidden."""
+def trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc only), so that a peak measured next is not hidden.
+
+    Also used before each timed load, so that every load pays for faulting in
+    fresh memory, as a load in a freshly started process does.
+    """
     try:
         libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
@@ -92,7 +105,7 @@ def peak_extra_bytes(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     are not counted again.
     """
     gc.collect()
-    _trim_heap()
+    trim_heap()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -106,8 +119,11 @@ def peak_extra_bytes(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     return result, max(0, peak - before)
 
 
-def _touch(value: Any) -> int:
-    """Read every byte of every tensor in ``value`` (an integer sum over their bytes)."""
+def touch_every_byte(value: Any) -> int:
+    """Read every byte of every tensor in ``value`` (nested dicts, lists, tuples); return an integer sum over them.
+
+    Loads that map files lazily are only comparable after this.
+    """
     total = 0
     if isinstance(value, torch.Tensor):
         if value.numel():
@@ -116,11 +132,36 @@ def _touch(value: Any) -> int:
             total += int(flat[:whole].view(torch.int64).sum()) + int(flat[whole:].sum())
     elif isinstance(value, dict):
         for item in value.values():
-            total += _touch(item)
+            total += touch_every_byte(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            total += _touch(item)
+            total += touch_every_byte(item)
     return total
+
+
+def write_raw_fsync(state: dict[str, torch.Tensor], path: str) -> None:
+    """Write the raw bytes of every tensor of ``state`` into a new file at ``path`` with plain writes, then fsync.
+
+    The floor any checkpoint format is measured against: no header, no checksum.
+    """
+    fd = os.open(_fresh(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for t in state.values():
+            view = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data.cast("B")
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def torch_save_fsync(state: Any, path: str) -> None:
+    """``torch.save(state)`` into a new file at ``path``, flushed and fsynced."""
+    with open(_fresh(path), "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _best(repeats: int, fn: Callable[[], object]) -> float:
@@ -171,7 +212,7 @@ def _run(work: str, *, mib: int, repeats: int, rank: int, merge_dim: int, seed: 
     out: dict[str, Any] = {"mib": mib, "repeats": repeats}
     out.update(_bench_files(work, make_bench_state(mib, seed=seed), repeats))
     gc.collect()
-    out.update(_bench_merge(mib=mib, repeats=repeats, rank=rank, merge_dim=merge_dim, seed=seed))
+    out.update(bench_merge(mib=mib, repeats=repeats, rank=rank, merge_dim=merge_dim, seed=seed))
     out["save_vs_raw"] = out["tensorfile_save_s"] / out["raw_write_fsync_s"]
     out["save_vs_torch_save"] = out["tensorfile_save_s"] / out["torch_save_fsync_s"]
     out["load_vs_torch_load"] = out["tensorfile_load_verify_s"] / out["torch_load_s"]
@@ -186,24 +227,12 @@ def _bench_files(work: str, state: dict[str, torch.Tensor], repeats: int) -> dic
     raw_path = os.path.join(work, "raw.bin")
 
     def raw() -> None:
-        fd = os.open(_fresh(raw_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for t in state.values():
-                view = t.reshape(-1).view(torch.uint8).numpy().data.cast("B")
-                done = 0
-                while done < len(view):
-                    done += os.write(fd, view[done:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_raw_fsync(state, raw_path)
 
     pt_path = os.path.join(work, "state.pt")
 
     def tsave() -> None:
-        with open(_fresh(pt_path), "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        torch_save_fsync(state, pt_path)
 
     st_dir = os.path.join(work, "tensorfile")
     entries_box: list[Any] = []
@@ -223,17 +252,17 @@ def _bench_files(work: str, state: dict[str, torch.Tensor], repeats: int) -> dic
     _fresh(raw_path)
 
     def tfload() -> None:
-        _touch(load_state_dict(st_dir, entries=entries_box))
+        touch_every_byte(load_state_dict(st_dir, entries=entries_box))
 
     def tload() -> None:
-        _touch(torch.load(pt_path, weights_only=True))
+        touch_every_byte(torch.load(pt_path, weights_only=True))
 
     # Each load starts from a trimmed heap, so both pay for fresh memory as a load at start-up does.
     load_times = {"tensorfile": float("inf"), "torch": float("inf")}
     for _ in range(repeats):
-        _trim_heap()
+        trim_heap()
         load_times["tensorfile"] = min(load_times["tensorfile"], _best(1, tfload))
-        _trim_heap()
+        trim_heap()
         load_times["torch"] = min(load_times["torch"], _best(1, tload))
     out["tensorfile_load_verify_s"] = load_times["tensorfile"]
     out["torch_load_s"] = load_times["torch"]
@@ -242,7 +271,15 @@ def _bench_files(work: str, state: dict[str, torch.Tensor], repeats: int) -> dic
     return out
 
 
-def _bench_merge(*, mib: int, repeats: int, rank: int, merge_dim: int, seed: int) -> dict[str, Any]:
+def bench_merge(*, mib: int, repeats: int = 3, rank: int = 16, merge_dim: int = 2048, seed: int = 0) -> dict[str, Any]:
+    """Time :func:`merge_lora` beside a plain per-tensor ``W + scale * B @ A`` loop on a model of ``mib`` MiB.
+
+    The model is made of ``merge_dim`` x ``merge_dim`` float32 layers with a
+    rank-``rank`` adapter on each.  Returns ``merge_s``, ``merge_reference_s``
+    (best of ``repeats``), ``merge_peak_extra_bytes``,
+    ``merge_reference_peak_extra_bytes`` (None where not measurable),
+    ``merge_max_abs_diff``, ``merge_layers``, ``merge_dim`` and ``rank``.
+    """
     out: dict[str, Any] = {}
     # A model of the same size made of merge_dim x merge_dim linear layers, a rank-`rank` adapter on each.
     gen = torch.Generator().manual_seed(seed + 1)

@@ -147,6 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="records of history for replay and open_ms_1m (default: 1000000)",
     )
     engine.set_defaults(func=_cmd_bench_engine, parser=engine)
+
+    checkpoint = benches.add_parser(
+        "checkpoint",
+        parents=[sub_flags],
+        help="full checkpoint save/load, async save and LoRA merge vs raw write, torch.save/load",
+        description=(
+            "Measure, with the same N MiB of float32 tensors: a raw write+fsync, torch.save+fsync, the full "
+            "engine checkpoint operation (fsync on), a verified load beside torch.load(weights_only=True), how "
+            "long AsyncCheckpointer.save blocks its caller, and merge_lora beside a plain merge loop, in a "
+            "temporary folder under --dir that is removed afterwards.  Needs torch (pip install 'shipslog[gpu]')."
+        ),
+    )
+    checkpoint.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    checkpoint.add_argument(
+        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder; /tmp may be tmpfs)"
+    )
+    checkpoint.add_argument(
+        "--mib",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="MiB of float32 tensors to save, load and merge (default: 512)",
+    )
+    checkpoint.set_defaults(func=_cmd_bench_checkpoint, parser=checkpoint)
     return parser
 
 
@@ -258,6 +282,59 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         sys.stdout.write(_format_bench_engine(result))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- bench checkpoint ---------------------------------------------------------------
+
+
+def _format_bench_checkpoint(result: dict[str, Any]) -> str:
+    """The readable table of a ``run_checkpoint_bench`` result."""
+    t, r = result["targets"], result["ratios"]
+
+    def verdict(key: str) -> str:
+        return "PASS" if t[key] else "MISS"
+
+    def mib(value: int | None) -> str:
+        return "n/a" if value is None else f"{value / (1 << 20):.0f} MiB"
+
+    lines = [
+        f"shipslog bench checkpoint in {result['dir']}: {result['mib']} MiB of float32, {result['statistic']}",
+        "",
+        f"  {'measure':<40} {'seconds':>10}",
+        f"  {'raw write + fsync':<40} {result['raw_write_fsync_s']:>10.4f}",
+        f"  {'torch.save + fsync':<40} {result['torch_save_fsync_s']:>10.4f}",
+        f"  {'shipslog checkpoint (full operation)':<40} {result['shipslog_save_s']:>10.4f}",
+        f"  {'shipslog load, verified':<40} {result['shipslog_load_verify_s']:>10.4f}",
+        f"  {'torch.load(weights_only=True)':<40} {result['torch_load_s']:>10.4f}",
+        f"  {'async save, blocking part':<40} {result['async_blocking_s']:>10.4f}",
+        f"  {'async save, first (allocates buffers)':<40} {result['async_blocking_first_s']:>10.4f}",
+        f"  {'async save, background part':<40} {result['async_persist_s']:>10.4f}",
+        f"  {'merge_lora':<40} {result['merge_s']:>10.4f}   peak extra {mib(result['merge_peak_extra_bytes'])}",
+        f"  {'plain merge loop':<40} {result['merge_reference_s']:>10.4f}   peak extra {mib(result['merge_reference_peak_extra_bytes'])}",
+        "",
+        f"  {'target':<40} {'value':>10}   {'wanted':<10} result",
+        f"  {'checkpoint / raw write':<40} {r['save_vs_raw']:>10.3f}   {'<= 1.1':<10} {verdict('save_le_1_1x_raw')}",
+        f"  {'checkpoint / torch.save':<40} {r['save_vs_torch_save']:>10.3f}   {'<= 1':<10} {verdict('save_le_torch_save')}",
+        f"  {'verified load / torch.load':<40} {r['load_vs_torch_load']:>10.3f}   {'<= 1':<10} {verdict('load_le_torch_load')}",
+        f"  {'async blocking / checkpoint':<40} {r['async_blocking_vs_save']:>10.3f}   {'<= 0.1':<10} {verdict('async_blocking_le_0_1x_save')}",
+        f"  {'merge_lora / plain merge':<40} {r['merge_vs_reference']:>10.3f}   {'<= 1.2':<10} {verdict('merge_le_1_2x_reference')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
+    """``shipslog bench checkpoint``: run the checkpoint benchmark and print its result."""
+    if not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    from ._bench_checkpoint import run_checkpoint_bench
+
+    result = run_checkpoint_bench(args.dir, mib=args.mib)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_bench_checkpoint(result))
     sys.stdout.flush()
     return EXIT_OK
 
