@@ -24,6 +24,10 @@ from ._events import (
     PointerAborted,
     PointerIntended,
     PointerSet,
+    RecoveryBegun,
+    RecoveryDone,
+    RecoveryStep,
+    RecoverySuperseded,
     RetentionDeleted,
     RetentionIntended,
     RunFailed,
@@ -43,11 +47,13 @@ __all__ = [
     "BUILTIN_OPERATIONS",
     "CHECKPOINT",
     "POINTER",
+    "RECOVERY",
     "RETENTION",
     "RUN",
     "SESSION",
     "CheckpointState",
     "PointerState",
+    "RecoveryState",
     "RetentionState",
     "RunState",
     "SessionState",
@@ -317,7 +323,37 @@ SESSION = OperationType(
     projections={"session.opened": _session_opened, "session.closed": _session_ended, "session.crashed": _session_ended},
 )
 
-BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN)
+# -- recovery ---------------------------------------------------------------------------
+
+
+class RecoveryState(str, enum.Enum):
+    """States of one start-up recovery."""
+
+    RUNNING = "running"
+    DONE = "done"
+    SUPERSEDED = "superseded"
+
+
+RECOVERY = OperationType(
+    name="recovery",
+    description="start-up recovery: each action journaled before its effect",
+    states=RecoveryState,
+    events=(RecoveryBegun, RecoveryStep, RecoveryDone, RecoverySuperseded),
+    begins={"recovery.begun": RecoveryState.RUNNING},
+    transitions={
+        (RecoveryState.RUNNING, "recovery.step"): RecoveryState.RUNNING,
+        (RecoveryState.RUNNING, "recovery.done"): RecoveryState.DONE,
+        (RecoveryState.RUNNING, "recovery.superseded"): RecoveryState.SUPERSEDED,
+    },
+    terminal=frozenset({RecoveryState.DONE, RecoveryState.SUPERSEDED}),
+    recovery={
+        RecoveryState.RUNNING: Recovery(
+            _FORWARD, "it was cut off: journal it superseded; the next recovery plans again from the journal", "recovery.superseded"
+        )
+    },
+)
+
+BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY)
 """Every built-in operation type, always registered."""
 
 

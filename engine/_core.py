@@ -20,6 +20,7 @@ import msgspec
 
 from shipslog.journal import (
     FileSystem,
+    PathLike,
     InsufficientSpaceError,
     Journal,
     JournalBrokenError,
@@ -81,22 +82,58 @@ def decode_state(payload: bytes) -> EngineState:
 
 
 class WatchedFileSystem(FileSystem):
-    """The durable primitives, reporting a failed fsync to the engine (which then refuses every call)."""
+    """The durable primitives of ``inner``, reporting a failed fsync to the engine (which then refuses every call).
 
-    def __init__(self, *, sync: bool, on_failure: Callable[[BaseException], None]) -> None:
-        super().__init__(sync=sync)
+    Every single-call primitive is delegated to ``inner`` (the real file system,
+    or a recording one in tests); the composite operations of
+    :class:`FileSystem` are built on them, so ``inner`` sees every effect.
+    """
+
+    def __init__(self, inner: FileSystem, *, on_failure: Callable[[BaseException], None]) -> None:
+        super().__init__(sync=inner.sync)
+        self.inner = inner
         self._on_failure = on_failure
+
+    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
+        return self.inner.open(path, flags, mode)
+
+    def close(self, fd: int) -> None:
+        self.inner.close(fd)
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        self.inner.write_all(fd, data, offset)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.inner.truncate(fd, size)
+
+    def preallocate(self, fd: int, size: int) -> bool:
+        return self.inner.preallocate(fd, size)
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        self.inner.replace(src, dst)
+
+    def mkdir(self, path: PathLike) -> None:
+        self.inner.mkdir(path)
+
+    def unlink(self, path: PathLike) -> None:
+        self.inner.unlink(path)
+
+    def rmdir(self, path: PathLike) -> None:
+        self.inner.rmdir(path)
+
+    def free_bytes(self, path: PathLike) -> int:
+        return self.inner.free_bytes(path)
 
     def fsync(self, fd: int) -> None:
         try:
-            super().fsync(fd)
+            self.inner.fsync(fd)
         except OSError as exc:
             self._on_failure(exc)
             raise
 
     def fdatasync(self, fd: int) -> None:
         try:
-            super().fdatasync(fd)
+            self.inner.fdatasync(fd)
         except OSError as exc:
             self._on_failure(exc)
             raise

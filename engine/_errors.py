@@ -92,15 +92,23 @@ class UnknownOperationError(EngineError, LookupError):
 
 
 class CutOffOperationsError(EngineError, RuntimeError):
-    """Operations were cut off by a crash and need recovery before the engine can run."""
+    """Operations were cut off by a crash (or entries are unaccounted for) and the engine will not settle them itself.
 
-    def __init__(self, root: str, ops: Sequence[tuple[str, str, str]]) -> None:
+    Raised by ``Engine.open`` for operation types that declare no automatic
+    recovery for their state, and for any recovery work when opened with
+    ``recover=False``.  Nothing was changed.
+    """
+
+    def __init__(self, root: str, ops: Sequence[tuple[str, str, str]], paths: Sequence[str] = ()) -> None:
         self.root = root
         self.ops = tuple(ops)
-        listed = "; ".join(f"{op_type} {op!r} in state {state!r}" for op, op_type, state in self.ops)
+        self.paths = tuple(paths)
+        parts = [f"{op_type} {op!r} in state {state!r}" for op, op_type, state in self.ops]
+        parts += [f"unaccounted {path}" for path in self.paths]
         super().__init__(
-            f"{root} has {len(self.ops)} operation(s) cut off by a crash: {listed}; "
-            f"run 'shipslog recover {root}' (or Engine.open with recovery) to finish or roll them back"
+            f"{root} has {len(parts)} thing(s) left by a crash that need recovery: {'; '.join(parts)}; "
+            f"run 'shipslog recover {root}' to see the plan and carry it out (operations of your own types "
+            "need their recovery declared with close_with, or settling by hand)"
         )
 
 

@@ -24,6 +24,10 @@ __all__ = [
     "ArtifactDurable",
     "Event",
     "PointerAborted",
+    "RecoveryBegun",
+    "RecoveryDone",
+    "RecoveryStep",
+    "RecoverySuperseded",
     "PointerIntended",
     "PointerSet",
     "RawEvent",
@@ -175,6 +179,40 @@ class RunInterrupted(Event, tag="run.interrupted"):
 
     step: int = 0
     reason: str = ""
+
+
+# -- recovery ----------------------------------------------------------------------------
+
+
+class RecoveryBegun(Event, tag="recovery.begun"):
+    """Start-up recovery found ``actions`` things to finish or roll back (``found`` says what, one line each)."""
+
+    actions: int
+    found: list[str] = []
+
+
+class RecoveryStep(Event, tag="recovery.step"):
+    """Recovery is about to carry out ``action`` on ``target`` (an op id or a root-relative path), because ``reason``.
+
+    Journaled before the effect; the effect's own record (e.g. ``checkpoint.aborted``)
+    follows it, so a crash in between is recovered by planning again.
+    """
+
+    index: int
+    target: str
+    action: str
+    reason: str = ""
+
+
+class RecoveryDone(Event, tag="recovery.done"):
+    """Every action was carried out; ``quarantined`` lists what was moved to ``quarantine/``."""
+
+    done: int
+    quarantined: list[str] = []
+
+
+class RecoverySuperseded(Event, tag="recovery.superseded"):
+    """A recovery that was itself cut off; the next one planned again from the journal."""
 
 
 # -- sessions ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ._crashpoints import (
     crash_point,
     register_crash_point,
     registered_crash_points,
+    set_crash_hook,
 )
 from ._errors import (
     CorruptJournalError,
@@ -28,7 +29,7 @@ from ._errors import (
     UnsupportedFormatError,
 )
 from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, Record, segment_name
-from ._fs import OS_FS, FileSystem, is_temp_name
+from ._fs import OS_FS, FileSystem, PathLike, is_temp_name
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -71,6 +72,7 @@ __all__ = [
     "JournalReader",
     "JournalWriteError",
     "OpenReport",
+    "PathLike",
     "Position",
     "Record",
     "RecordingFileSystem",
@@ -88,4 +90,5 @@ __all__ = [
     "register_crash_point",
     "registered_crash_points",
     "segment_name",
+    "set_crash_hook",
 ]

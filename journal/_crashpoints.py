@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 __all__ = [
     "CRASH_AT_ENV",
@@ -27,6 +28,7 @@ __all__ = [
     "crash_point",
     "register_crash_point",
     "registered_crash_points",
+    "set_crash_hook",
 ]
 
 CRASH_AT_ENV = "SHIPSLOG_CRASH_AT"
@@ -72,6 +74,18 @@ _armed = _parse_armed(os.environ.pop(CRASH_AT_ENV, None))
 _mode = os.environ.pop(CRASH_MODE_ENV, "kill")
 _trace_path = os.environ.pop(CRASH_TRACE_ENV, None)
 _hits: dict[str, int] = {}
+_hook: Callable[[str], None] | None = None
+
+
+def set_crash_hook(hook: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Call ``hook(name)`` at every crash point hit in this process (None removes it); returns the previous hook.
+
+    For in-process crash simulation in tests: the hook may raise to stop the
+    operation at that point.  Independent of the environment-variable arming.
+    """
+    global _hook
+    previous, _hook = _hook, hook
+    return previous
 
 
 def crash_point(name: str) -> None:
@@ -79,7 +93,7 @@ def crash_point(name: str) -> None:
 
     Otherwise do nothing.  The name must be registered.
     """
-    if _armed is None and _trace_path is None:
+    if _armed is None and _trace_path is None and _hook is None:
         return
     _hit(name)
 
@@ -93,6 +107,8 @@ def _hit(name: str) -> None:
             os.write(fd, (name + "\n").encode())
         finally:
             os.close(fd)
+    if _hook is not None:
+        _hook(name)
     if _armed is None or _armed[0] != name:
         return
     seen = _hits.get(name, 0) + 1

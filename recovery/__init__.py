@@ -1,3 +1,27 @@
-"""shipslog.recovery: start-up recovery planning and execution, invariants and the crash harness."""
+"""shipslog.recovery: the start-up recovery planner and executor, and the invariants.
 
-__all__: list[str] = []
+``plan(state, listing)`` is pure and table-driven; ``execute`` journals each
+action's intent before its effect, so a crash during recovery is itself
+recovered.  ``check_invariants`` is used after every recovery and by
+``shipslog verify``.  Never imports torch.
+"""
+
+from ._execute import ActionResult, RecoveryReport, execute, register_executor
+from ._invariants import INVARIANTS, Violation, check_invariants
+from ._plan import ENGINE_FOLDERS, Action, RootListing, list_root, plan, quarantine_name
+
+__all__ = [
+    "ENGINE_FOLDERS",
+    "INVARIANTS",
+    "Action",
+    "ActionResult",
+    "RecoveryReport",
+    "RootListing",
+    "Violation",
+    "check_invariants",
+    "execute",
+    "list_root",
+    "plan",
+    "quarantine_name",
+    "register_executor",
+]

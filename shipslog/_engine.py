@@ -22,17 +22,24 @@ from shipslog.engine import (
     CutOffOperationsError,
     EngineLockedError,
     EngineState,
-    Event,
     OperationType,
     Registry,
-    RunInterrupted,
     SessionClosed,
-    SessionCrashed,
     SessionOpened,
 )
 from shipslog.engine._core import CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, STAGING_DIR, EngineCore, WatchedFileSystem, decode_state
 from shipslog.engine._reducer import Reducer
-from shipslog.journal import DEFAULT_SEGMENT_BYTES, QUARANTINE_DIR, Journal, JournalLockedError, JournalReader
+from shipslog.journal import (
+    DEFAULT_SEGMENT_BYTES,
+    OS_FS,
+    QUARANTINE_DIR,
+    FileSystem,
+    Journal,
+    JournalLockedError,
+    JournalReader,
+)
+from shipslog.recovery import ActionResult, RecoveryReport, Violation, check_invariants, execute, list_root, plan
+from shipslog.recovery._execute import close_event
 
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "Engine"]
 
@@ -55,6 +62,10 @@ class Engine(EngineCore):
     """Records replayed at open (after the snapshot, if one was used)."""
     settled: list[Any]
     """Records journaled at open to settle what the previous session left (crashed session, interrupted runs)."""
+    recovery: RecoveryReport
+    """What start-up recovery found and did (empty when the root was clean)."""
+    violations: list[Violation]
+    """Invariants that did not hold after recovery (logged as errors; empty when all hold)."""
 
     @classmethod
     def open(
@@ -66,17 +77,25 @@ class Engine(EngineCore):
         fsync: bool = True,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         preallocate: bool = True,
+        recover: bool = True,
+        fs: FileSystem | None = None,
     ) -> Engine:
         """Lock ``root`` (creating it when new), replay its journal, settle the previous session, and start a new one.
 
         ``operations`` registers the caller's own operation types beside the
         built-ins.  ``snapshot_every`` (records) bounds how much opening
         replays; 0 turns snapshots off.  ``fsync=False`` is for tests and
-        benchmarks only.  Raises :class:`EngineLockedError` when another engine
-        holds the root, :class:`UnknownOperationError` when the journal holds
-        events of unregistered types, :class:`CutOffOperationsError` when
-        operations were cut off in the middle of their file effects, and
-        :class:`CorruptJournalError` for damage that is not a torn tail.
+        benchmarks only.  Operations a crash cut off are finished or rolled back
+        (``recover=False`` refuses such a root instead), entries no journal
+        record accounts for are moved to ``quarantine/``, and the invariants
+        are checked; :attr:`recovery` and :attr:`violations` say what was found
+        and done.  ``fs`` replaces the file-system primitives (tests).  Raises
+        :class:`EngineLockedError` when another engine holds the root,
+        :class:`UnknownOperationError` when the journal holds events of
+        unregistered types, :class:`CutOffOperationsError` for cut-off
+        operations whose type declares no automatic recovery, and
+        :class:`CorruptJournalError` for damage that is not a torn tail
+        (nothing is changed then).
         """
         if not isinstance(snapshot_every, int) or snapshot_every < 0:
             raise ValueError(f"snapshot_every must be 0 (off) or a positive number of records, got {snapshot_every!r}")
@@ -87,28 +106,46 @@ class Engine(EngineCore):
             if holder:
                 holder[0].mark_broken(exc)
 
-        fs = WatchedFileSystem(sync=fsync, on_failure=on_fsync_failure)
+        base = fs if fs is not None else (OS_FS if fsync else FileSystem(sync=False))
+        watched = WatchedFileSystem(base, on_failure=on_fsync_failure)
         try:
-            journal = Journal.open(root, fs=fs, segment_bytes=segment_bytes, preallocate=preallocate)
+            journal = Journal.open(root, fs=watched, segment_bytes=segment_bytes, preallocate=preallocate)
         except JournalLockedError as exc:
             raise EngineLockedError(exc.root, exc.holder) from exc
         try:
             for path, why in journal.report.skipped_snapshots:
                 _log.warning("snapshot %s was not used (%s); replaying more of the journal instead", path, why)
             state, replayed = _load_state(journal, registry)
-            cut = [op for op in state.ops.values() if _close_kind(registry, op.type, op.state) is None]
-            if cut:
-                raise CutOffOperationsError(journal.root, [(op.id, op.type, op.state) for op in sorted(cut, key=lambda o: o.first_seq)])
+            actions = plan(state, list_root(journal.root), registry)
+            refused = [a for a in actions if a.kind == "manual" or (not recover and a.kind != "close")]
+            if refused:
+                ops = [(a.target, a.op_type or "", a.state or "") for a in refused if a.op_type is not None]
+                paths = [a.target for a in refused if a.op_type is None]
+                raise CutOffOperationsError(journal.root, ops, paths)
             for folder in (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, QUARANTINE_DIR):
-                fs.ensure_dir(os.path.join(journal.root, folder))
-            engine = cls(journal, registry, state, fs=fs, snapshot_every=snapshot_every)
+                watched.ensure_dir(os.path.join(journal.root, folder))
+            engine = cls(journal, registry, state, fs=watched, snapshot_every=snapshot_every)
             holder.append(engine)
             engine.replayed = replayed
-            engine.settled = engine.journal_events(*_settling_events(registry, state, journal.session), SessionOpened(
-                op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version()
-            ))[:-1]
-            for rec in engine.settled:
-                _log.warning("%s: settled after an unclean shutdown: %s %s", journal.root, rec.event.__struct_config__.tag, rec.event.op)
+            closes = [a for a in actions if a.kind == "close"]
+            opened = SessionOpened(op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version())
+            engine.settled = engine.journal_events(*(close_event(state, registry, a, journal.session) for a in closes), opened)[:-1]
+            report = execute(engine, [a for a in actions if a.kind != "close"])
+            engine.recovery = RecoveryReport(
+                report.op,
+                [a.describe() for a in actions],
+                [ActionResult(a, f"journaled {a.event}") for a in closes] + report.results,
+                report.quarantined,
+            )
+            for line in engine.recovery.found:
+                _log.warning("%s: recovered after an unclean shutdown: %s", journal.root, line)
+            engine.violations = []
+            if actions:
+                engine.violations = check_invariants(
+                    journal.root, engine.state, registry=registry, live_session=journal.session, check_journal=False
+                )
+                for violation in engine.violations:
+                    _log.error("%s: after recovery, invariant %s", journal.root, violation)
             if snapshot_every and replayed >= snapshot_every:
                 engine.save_snapshot()
         except BaseException:
@@ -160,28 +197,3 @@ def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]
             reducer.apply_all(batch)
             replayed += len(batch)
     return reducer.state(), replayed
-
-
-def _close_kind(registry: Registry, op_type: str, state: str) -> str | None:
-    """The event kind that settles an op cut off in ``state`` without file work, if its type declares one."""
-    declared = registry.op_type(op_type)
-    if declared is None:
-        return None
-    rule = declared.recovery.get(declared.state(state))
-    return rule.close_with if rule is not None else None
-
-
-def _settling_events(registry: Registry, state: EngineState, session: str) -> list[Event]:
-    """Events that settle every op whose recovery is journal-only, previous sessions first."""
-    events: list[Event] = []
-    ops = sorted(state.ops.values(), key=lambda o: (o.type != "session", o.first_seq))
-    for op in ops:
-        kind = _close_kind(registry, op.type, op.state)
-        if kind == "session.crashed":
-            events.append(SessionCrashed(op=op.id, found_by=session))
-        elif kind == "run.interrupted":
-            run = state.runs.get(op.id)
-            events.append(RunInterrupted(op=op.id, step=run.step if run else 0, reason=f"its session ended without finishing it; found by session {session}"))
-        elif kind is not None:
-            events.append(registry.event_classes[kind](op=op.id))
-    return events

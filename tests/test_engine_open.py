@@ -280,22 +280,37 @@ def events_for(root: str, op: str) -> list[str]:
 # -- cut-off operations ---------------------------------------------------------------------------
 
 
-def test_a_checkpoint_left_begun_is_refused_as_cut_off(root: str) -> None:
+def test_a_checkpoint_left_begun_is_rolled_back_at_open(root: str) -> None:
     e = open_engine(root)
     ck = e.checkpoint("step-5", step=5)
     ck.write_bytes("model.bin", b"half")
     crash(e)
+    assert os.path.isdir(ck.path)
+    with open_engine(root) as again:
+        assert [r.action.kind for r in again.recovery.results] == ["close", "checkpoint.roll-back"]
+        assert again.violations == []
+        assert ck.op not in again.state.ops and "step-5" not in again.state.checkpoints
+    assert not os.path.exists(ck.path) and os.listdir(os.path.join(root, "staging")) == []
+    assert events_for(root, ck.op) == ["checkpoint.begun", "checkpoint.aborted"]
+    assert kinds(root)[-6:] == ["session.opened", "recovery.begun", "recovery.step", "checkpoint.aborted", "recovery.done", "session.closed"]
+
+
+def test_a_root_needing_recovery_is_refused_with_recover_false_and_nothing_changes(root: str) -> None:
+    e = open_engine(root)
+    ck = e.checkpoint("step-5", step=5)
+    crash(e)
     before = journal_records(root)
     with pytest.raises(CutOffOperationsError) as info:
-        open_engine(root)
+        open_engine(root, recover=False)
     assert info.value.ops == ((ck.op, "checkpoint", "begun"),)
     assert ck.op in str(info.value) and "'begun'" in str(info.value) and "shipslog recover" in str(info.value)
     assert journal_records(root) == before, "a refused open wrote to the journal"
+    assert os.path.isdir(ck.path)
     with pytest.raises(CutOffOperationsError):  # the lock was released: the same error again, not EngineLockedError
-        open_engine(root)
+        open_engine(root, recover=False)
 
 
-def test_a_checkpoint_left_durable_is_refused_as_cut_off(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_left_durable_is_rolled_forward_at_open(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     e = open_engine(root)
     ck = e.checkpoint("step-5", step=5)
     ck.write_bytes("model.bin", b"whole")
@@ -304,12 +319,16 @@ def test_a_checkpoint_left_durable_is_refused_as_cut_off(root: str, monkeypatch:
         ck.commit()
     crash(e)
     monkeypatch.undo()
-    with pytest.raises(CutOffOperationsError) as info:
-        open_engine(root)
-    assert info.value.ops == ((ck.op, "checkpoint", "durable"),)
+    with open_engine(root) as again:
+        assert again.state.checkpoints["step-5"].path == "checkpoints/step-5"
+        assert again.latest_checkpoint(deep=True) is not None
+        assert again.violations == []
+    with open(os.path.join(root, "checkpoints", "step-5", "model.bin"), "rb") as f:
+        assert f.read() == b"whole"
+    assert events_for(root, ck.op) == ["checkpoint.begun", "checkpoint.durable", "checkpoint.committed"]
 
 
-def test_every_cut_off_operation_is_listed_oldest_first(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_cut_off_operation_is_recovered_oldest_first(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     e = open_engine(root)
     for i in range(1, 4):
         commit_checkpoint(e, f"c{i}", step=i)
@@ -322,10 +341,13 @@ def test_every_cut_off_operation_is_listed_oldest_first(root: str, monkeypatch: 
     ck = e.checkpoint("c4", step=4)
     crash(e)
     monkeypatch.undo()
-    with pytest.raises(CutOffOperationsError) as info:
-        open_engine(root)
-    assert [(t, s) for _op, t, s in info.value.ops] == [("pointer", "intended"), ("retention", "intended"), ("checkpoint", "begun")]
-    assert info.value.ops[-1][0] == ck.op
+    with open_engine(root) as again:
+        kinds_done = [r.action.kind for r in again.recovery.results]
+        assert kinds_done == ["close", "pointer.settle", "retention.redo", "checkpoint.roll-back"]
+        assert again.recovery.results[-1].action.target == ck.op
+        assert again.pointer("best").endswith(os.path.join("checkpoints", "c3"))
+        assert sorted(again.state.checkpoints) == ["c3"]
+        assert again.violations == []
 
 
 # -- the lock ------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ from shipslog.engine import (
     PointerIntended,
     PointerSet,
     RawEvent,
+    RecoveryBegun,
+    RecoveryDone,
+    RecoveryStep,
+    RecoverySuperseded,
     Reducer,
     Registry,
     RetentionDeleted,
@@ -68,6 +72,10 @@ FACTORIES: dict[str, Callable[[str], Event]] = {
     "session.opened": lambda op: SessionOpened(op=op, pid=123, host="host-a"),
     "session.closed": lambda op: SessionClosed(op=op),
     "session.crashed": lambda op: SessionCrashed(op=op, found_by="s2"),
+    "recovery.begun": lambda op: RecoveryBegun(op=op, actions=1, found=["close: x"]),
+    "recovery.step": lambda op: RecoveryStep(op=op, index=0, target="x", action="close"),
+    "recovery.done": lambda op: RecoveryDone(op=op, done=1),
+    "recovery.superseded": lambda op: RecoverySuperseded(op=op),
 }
 
 TYPES = {t.name: t for t in BUILTIN_OPERATIONS}
