@@ -137,8 +137,8 @@ class Engine(EngineCore):
                 [ActionResult(a, f"journaled {a.event}") for a in closes] + report.results,
                 report.quarantined,
             )
-            for line in engine.recovery.found:
-                _log.warning("%s: recovered after an unclean shutdown: %s", journal.root, line)
+            for action in closes:
+                _log.warning("%s: recovered after an unclean shutdown: %s -> journaled %s", journal.root, action.describe(), action.event)
             engine.violations = []
             if actions:
                 engine.violations = check_invariants(
