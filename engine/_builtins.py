@@ -353,7 +353,9 @@ RECOVERY = OperationType(
     },
 )
 
-BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY)
+from ._workers import WORKER  # noqa: E402
+
+BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY, WORKER)
 """Every built-in operation type, always registered."""
 
 

@@ -47,6 +47,7 @@ from shipslog.journal import (
     ShipslogError,
     UnsupportedFormatError,
 )
+from shipslog.engine import Supervisor, WorkerSpec
 
 __version__ = "0.1.0"
 
@@ -90,4 +91,6 @@ __all__ = [
     "UnsupportedFormatError",
     "replay",
     "__version__",
+    "Supervisor",
+    "WorkerSpec",
 ]

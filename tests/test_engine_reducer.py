@@ -50,6 +50,18 @@ from shipslog.engine import (
     apply,
 )
 from shipslog.journal import UnsupportedFormatError
+from shipslog.engine import (
+    WorkerAdopted,
+    WorkerDied,
+    WorkerExited,
+    WorkerFailed,
+    WorkerReleased,
+    WorkerSpawnFailed,
+    WorkerStarted,
+    WorkerStarting,
+    WorkerStopped,
+    WorkerSupervised,
+)
 
 SESSION = "s1"
 
@@ -76,6 +88,16 @@ FACTORIES: dict[str, Callable[[str], Event]] = {
     "recovery.step": lambda op: RecoveryStep(op=op, index=0, target="x", action="close"),
     "recovery.done": lambda op: RecoveryDone(op=op, done=1),
     "recovery.superseded": lambda op: RecoverySuperseded(op=op),
+    "worker.supervised": lambda op: WorkerSupervised(op=op, name="loader", policy="on-failure", max_restarts=3, restart_window=60.0),
+    "worker.failed": lambda op: WorkerFailed(op=op, reason="budget spent", restarts=3),
+    "worker.released": lambda op: WorkerReleased(op=op),
+    "worker.starting": lambda op: WorkerStarting(op=op, slot="worker-s-1", name="loader", attempt=1, delay=0.2),
+    "worker.started": lambda op: WorkerStarted(op=op, pid=4242, create_time=1234.5, pgid=4242, start_ticks=99, boot_id="b"),
+    "worker.adopted": lambda op: WorkerAdopted(op=op, slot="worker-s2-1", session="s2"),
+    "worker.spawn-failed": lambda op: WorkerSpawnFailed(op=op, error="FileNotFoundError: x"),
+    "worker.exited": lambda op: WorkerExited(op=op, code=1),
+    "worker.died": lambda op: WorkerDied(op=op, signal=9),
+    "worker.stopped": lambda op: WorkerStopped(op=op, how="terminated", signal=15),
 }
 
 TYPES = {t.name: t for t in BUILTIN_OPERATIONS}

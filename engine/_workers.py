@@ -1,0 +1,246 @@
+"""The ``worker`` operation type: supervised worker processes, declared as data.
+
+Two kinds of operation share the type, told apart by their states:
+
+* a **supervision** (one per worker name and :class:`~shipslog.engine.Supervisor`):
+  ``worker.supervised`` -> ``worker.failed`` (its restart budget ran out, or
+  its policy does not restart a failed worker) | ``worker.released`` (the
+  supervisor stopped, or the worker finished and its policy does not restart
+  it).  It owns no process, so a supervision cut off by a crash is settled by
+  the journal alone (``worker.released``).
+* an **incarnation** (one per process started): ``worker.starting`` (name,
+  attempt, the backoff delay before it) -> ``worker.started`` (pid, create
+  time) -> ``worker.exited`` (code) | ``worker.died`` (signal, or "gone at
+  recovery") | ``worker.stopped`` (terminated or killed by the supervisor, or
+  cancelled before it started); a start that fails is ``worker.spawn-failed``.
+  A restart is a new incarnation whose ``attempt`` and ``delay`` say which
+  restart it is and how long it waited.
+
+An incarnation that is not terminal owns (or may own) a process, so its
+recovery rule has no ``close_with``: the recovery package executes it with
+:func:`shipslog.engine._supervisor.recover_worker` (probe by pid *and* create
+time, stop a live one, journal a gone one as died).
+
+The worker view is derived from ``EngineState.ops`` alone: every incarnation
+in progress holds ``name``, ``slot`` (its supervision's op id), ``attempt``,
+``delay`` and, once started, ``pid``, ``create_time``, ``start_ticks`` and
+``boot_id`` in its ``info`` (see :func:`worker_incarnations`).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._events import Event
+from ._optypes import OperationType, Recovery, RecoveryAction
+from ._state import EngineState, OpRecord
+
+__all__ = [
+    "INCARNATION_STATES",
+    "SUPERVISION_STATES",
+    "WORKER",
+    "WORKER_OP_ENV",
+    "WorkerAdopted",
+    "WorkerDied",
+    "WorkerExited",
+    "WorkerFailed",
+    "WorkerReleased",
+    "WorkerSpawnFailed",
+    "WorkerStarted",
+    "WorkerStarting",
+    "WorkerState",
+    "WorkerStopped",
+    "WorkerSupervised",
+    "worker_incarnations",
+    "worker_supervisions",
+]
+
+WORKER_OP_ENV = "SHIPSLOG_WORKER_OP"
+"""Environment variable every worker process (and its children) is started with: its incarnation's op id.
+
+Recovery uses it to find a process whose start was cut off before its pid was
+journaled, and to check that a process-group member really is one of ours.
+"""
+
+
+# -- supervision events ------------------------------------------------------------------
+
+
+class WorkerSupervised(Event, tag="worker.supervised"):
+    """A supervisor took charge of worker ``name`` with restart ``policy`` and its budget."""
+
+    name: str
+    policy: str
+    max_restarts: int
+    restart_window: float
+    command: list[str] = []
+
+
+class WorkerFailed(Event, tag="worker.failed"):
+    """Worker ``name`` will not be restarted: ``reason`` (budget exceeded, or policy ``never``); ``restarts`` made."""
+
+    reason: str
+    restarts: int = 0
+
+
+class WorkerReleased(Event, tag="worker.released"):
+    """The supervision ended without failure: the supervisor stopped, the worker finished, or its session is gone."""
+
+    reason: str = ""
+    restarts: int = 0
+
+
+# -- incarnation events ------------------------------------------------------------------
+
+
+class WorkerStarting(Event, tag="worker.starting"):
+    """Incarnation ``attempt`` (0: first start, n: n-th restart) of worker ``name`` starts after ``delay`` seconds.
+
+    ``slot`` is the op id of its supervision; ``reason`` why it (re)starts;
+    ``stop_timeout`` how long a stop waits after SIGTERM before SIGKILL
+    (recovery honours it too).
+    """
+
+    slot: str
+    name: str
+    attempt: int
+    delay: float
+    reason: str = ""
+    stop_timeout: float = 10.0
+
+
+class WorkerStarted(Event, tag="worker.started"):
+    """The process runs: ``pid``, ``create_time`` (psutil, seconds since the epoch), ``start_ticks`` and ``boot_id``.
+
+    ``start_ticks`` (clock ticks after boot, from /proc/<pid>/stat) and
+    ``boot_id`` identify the process exactly on Linux; ``create_time`` is the
+    portable identity, compared within a small tolerance.  ``pgid`` is the
+    process group the worker leads (its own children are in it too).
+    """
+
+    pid: int
+    create_time: float
+    pgid: int = 0
+    start_ticks: int | None = None
+    boot_id: str = ""
+
+
+class WorkerAdopted(Event, tag="worker.adopted"):
+    """A supervisor of session ``session`` took over this running process (found alive after a crash) for supervision ``slot``."""
+
+    slot: str
+    session: str
+
+
+class WorkerSpawnFailed(Event, tag="worker.spawn-failed"):
+    """The process could not be started (``error``: executable missing, permission, ...)."""
+
+    error: str
+
+
+class WorkerExited(Event, tag="worker.exited"):
+    """The process exited by itself with ``code``."""
+
+    code: int
+
+
+class WorkerDied(Event, tag="worker.died"):
+    """The process was killed by ``signal`` (not by its supervisor), or ``reason`` says how it was found gone."""
+
+    signal: int | None = None
+    reason: str = ""
+
+
+class WorkerStopped(Event, tag="worker.stopped"):
+    """The supervisor (or recovery) ended it: ``how`` is terminated, killed, cancelled (never started) or gone.
+
+    ``code`` or ``signal`` is its exit status when the stopper could read it.
+    """
+
+    how: str
+    code: int | None = None
+    signal: int | None = None
+
+
+class WorkerState(str, enum.Enum):
+    """States of a ``worker`` operation: a supervision or an incarnation (one process)."""
+
+    SUPERVISED = "supervised"
+    FAILED = "failed"
+    RELEASED = "released"
+    STARTING = "starting"
+    STARTED = "started"
+    EXITED = "exited"
+    DIED = "died"
+    STOPPED = "stopped"
+    SPAWN_FAILED = "spawn-failed"
+
+
+SUPERVISION_STATES = frozenset({WorkerState.SUPERVISED.value, WorkerState.FAILED.value, WorkerState.RELEASED.value})
+"""State names of a supervision op (all others are an incarnation's)."""
+INCARNATION_STATES = frozenset(s.value for s in WorkerState) - SUPERVISION_STATES
+"""State names of an incarnation op."""
+
+_W = WorkerState
+_FORWARD = RecoveryAction.ROLL_FORWARD
+
+WORKER = OperationType(
+    name="worker",
+    description="supervised worker processes: a supervision per worker name, an incarnation per process started",
+    states=WorkerState,
+    events=(
+        WorkerSupervised,
+        WorkerFailed,
+        WorkerReleased,
+        WorkerStarting,
+        WorkerStarted,
+        WorkerAdopted,
+        WorkerSpawnFailed,
+        WorkerExited,
+        WorkerDied,
+        WorkerStopped,
+    ),
+    begins={"worker.supervised": _W.SUPERVISED, "worker.starting": _W.STARTING},
+    transitions={
+        (_W.SUPERVISED, "worker.failed"): _W.FAILED,
+        (_W.SUPERVISED, "worker.released"): _W.RELEASED,
+        (_W.STARTING, "worker.started"): _W.STARTED,
+        (_W.STARTING, "worker.spawn-failed"): _W.SPAWN_FAILED,
+        (_W.STARTING, "worker.stopped"): _W.STOPPED,
+        (_W.STARTING, "worker.died"): _W.DIED,
+        (_W.STARTED, "worker.adopted"): _W.STARTED,
+        (_W.STARTED, "worker.exited"): _W.EXITED,
+        (_W.STARTED, "worker.died"): _W.DIED,
+        (_W.STARTED, "worker.stopped"): _W.STOPPED,
+    },
+    terminal=frozenset({_W.FAILED, _W.RELEASED, _W.EXITED, _W.DIED, _W.STOPPED, _W.SPAWN_FAILED}),
+    recovery={
+        _W.SUPERVISED: Recovery(
+            _FORWARD, "a supervision owns no process; its supervisor is gone: journal released", "worker.released"
+        ),
+        _W.STARTING: Recovery(
+            _FORWARD,
+            "its start was cut off before the pid was journaled: a process carrying the op id in its environment "
+            "is stopped (journal stopped); none found: journal died 'gone at recovery'",
+        ),
+        _W.STARTED: Recovery(
+            _FORWARD,
+            "probe pid and create time: a live worker is stopped (or adopted), a gone one is journaled died",
+        ),
+    },
+)
+"""The ``worker`` operation type (a built-in)."""
+
+
+def worker_incarnations(state: EngineState) -> list[OpRecord]:
+    """The worker incarnations in progress (``starting`` or ``started``), oldest first.
+
+    Each one's ``info`` holds ``name``, ``slot``, ``attempt``, ``delay`` and,
+    once started, ``pid``, ``create_time``, ``pgid``, ``start_ticks``, ``boot_id``.
+    """
+    return [op for op in state.ops.values() if op.type == WORKER.name and op.state in INCARNATION_STATES]
+
+
+def worker_supervisions(state: EngineState) -> list[OpRecord]:
+    """The supervisions in progress (a supervisor is, or was until a crash, in charge of them), oldest first."""
+    return [op for op in state.ops.values() if op.type == WORKER.name and op.state in SUPERVISION_STATES]
