@@ -48,6 +48,7 @@ ARTIFACT_FOLDERS = {"checkpoint": "checkpoints", "model": "models"}
 _COPY_CHUNK = 8 << 20
 
 CP_BEGUN = register_crash_point("checkpoint.after_begun", "checkpoint.begun is durable; the staging folder may not exist yet")
+CP_FILE = register_crash_point("checkpoint.after_file", "one more file is written and fsynced in staging; others may follow; no manifest")
 CP_FILES = register_crash_point("checkpoint.after_files", "every file is fsynced in staging; no manifest yet")
 CP_MANIFEST = register_crash_point("checkpoint.after_manifest", "the manifest is durable in staging; checkpoint.durable is not journaled")
 CP_DURABLE = register_crash_point("checkpoint.after_durable", "checkpoint.durable is journaled; the folder is still in staging")
@@ -202,6 +203,7 @@ class CheckpointWriter:
         entry = FileEntry(relpath, len(data), zlib.crc32(data))
         self._entries[relpath] = entry
         self._synced.add(relpath)
+        crash_point(CP_FILE)
         return entry
 
     def write_json(self, relpath: str, obj: Any) -> FileEntry:
@@ -236,6 +238,7 @@ class CheckpointWriter:
         entry = FileEntry(relpath, size, crc)
         self._entries[relpath] = entry
         self._synced.add(relpath)
+        crash_point(CP_FILE)
         return entry
 
     def add_file(self, entry: FileEntry) -> None:

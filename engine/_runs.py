@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from shipslog.journal import crash_point, register_crash_point
+
 from ._errors import ConflictError, DataFileError
 from ._events import RunFailed, RunFinished, RunProgress, RunStarted, RunValidated
 from ._state import EngineState, RunInfo
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["DataFileSummary", "Run", "start_run", "validate_data_file"]
 
 _decode_line = msgspec.json.decode
+
+CP_STARTED = register_crash_point("run.after_started", "run.validated and run.started are durable; no progress is journaled")
+CP_PROGRESS = register_crash_point("run.after_progress", "a run.progress is durable; the run is still started")
 
 
 class DataFileSummary(msgspec.Struct, frozen=True):
@@ -99,6 +104,7 @@ def start_run(core: EngineCore, data_file: str | os.PathLike[str], required_fiel
         RunStarted(op=op, start_step=state.global_step, checkpoint=latest.path if latest else None),
         check=one_at_a_time,
     )
+    crash_point(CP_STARTED)
     return Run(core, op, summary)
 
 
@@ -133,6 +139,7 @@ class Run:
         self._check_step(step)
         self._core.journal_events(RunProgress(op=self.op, step=step))
         self.step = step
+        crash_point(CP_PROGRESS)
 
     def _check_step(self, step: int) -> None:
         if not isinstance(step, int) or isinstance(step, bool) or step < self.step:

@@ -48,12 +48,16 @@ class RootLock:
             raise JournalLockedError(self.root, read_lock_holder(self.root)) from None
         since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         info = f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info, 0)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._lock.release(force=True)  # the caller sees the error and never releases it: do not keep the root locked
+            raise
 
     @property
     def held(self) -> bool:

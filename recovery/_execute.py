@@ -34,6 +34,7 @@ from shipslog.engine import (
     SessionCrashed,
     verify_folder,
 )
+from shipslog.engine import settle_cut_off_worker
 from shipslog.engine._pointers import read_pointer_file, write_pointer_file
 from shipslog.engine._retention import delete_paths
 from shipslog.journal import crash_point, register_crash_point
@@ -194,7 +195,9 @@ def _checkpoint_roll_forward(core: EngineCore, action: Action, moved: list[str])
         core.journal_events(ArtifactCommitted(op=action.target, path=final_rel))
         return f"{final_rel} verifies: journaled committed"
     staged_problem = _verifies(core, staging_rel, crc) if staging_rel else "no staging folder"
-    if staged_problem is None and final_problem == "missing":
+    if staged_problem is None:
+        if final_problem != "missing":
+            _quarantine(core, final_rel, moved)  # a final folder that does not verify is kept aside, never deleted
         core.fs.ensure_dir(core.path(folder))
         core.fs.rename_durable(core.path(*staging_rel.split("/")), core.path(*final_rel.split("/")), sync_source=False)
         crash_point(CP_EFFECT)
@@ -246,6 +249,7 @@ def _retention_redo(core: EngineCore, action: Action, moved: list[str]) -> str:
         return "already settled"
     paths = list(op.info.get("paths", ()))
     delete_paths(core, paths)
+    crash_point(CP_EFFECT)
     core.journal_events(RetentionDeleted(op=op.id))
     return f"deleted {len(paths)} path(s) again, journaled deleted"
 
@@ -265,3 +269,4 @@ register_executor("pointer.settle", _pointer_settle)
 register_executor("retention.redo", _retention_redo)
 register_executor("quarantine", _quarantine_action)
 register_executor("manual", _manual)
+register_executor("worker.settle", lambda core, action, moved: settle_cut_off_worker(core, action.target))

@@ -78,6 +78,7 @@ _BUILTIN_ACTIONS = {
     ("pointer", "intended"): "pointer.settle",
     ("retention", "intended"): "retention.redo",
     ("worker", "started"): "worker.settle",
+    ("worker", "starting"): "worker.settle",
 }
 
 

@@ -37,6 +37,8 @@ from shipslog.journal import (
     Journal,
     JournalLockedError,
     JournalReader,
+    crash_point,
+    register_crash_point,
 )
 from shipslog.recovery import ActionResult, RecoveryReport, Violation, check_invariants, execute, list_root, plan
 from shipslog.recovery._execute import close_event
@@ -44,6 +46,11 @@ from shipslog.recovery._execute import close_event
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "Engine"]
 
 _log = logging.getLogger("shipslog.engine")
+
+CP_OPENED = register_crash_point(
+    "session.after_opened",
+    "session.opened (with the previous session's crash and its runs' interruptions) is durable; cut-off operations are not yet recovered",
+)
 
 DEFAULT_SNAPSHOT_EVERY = 10_000
 """Records between snapshots: opening replays at most about this many records."""
@@ -130,6 +137,7 @@ class Engine(EngineCore):
             closes = [a for a in actions if a.kind == "close"]
             opened = SessionOpened(op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version())
             engine.settled = engine.journal_events(*(close_event(state, registry, a, journal.session) for a in closes), opened)[:-1]
+            crash_point(CP_OPENED)
             report = execute(engine, [a for a in actions if a.kind != "close"])
             engine.recovery = RecoveryReport(
                 report.op,

@@ -171,6 +171,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="MiB of float32 tensors to save, load and merge (default: 512)",
     )
     checkpoint.set_defaults(func=_cmd_bench_checkpoint, parser=checkpoint)
+
+    workers = benches.add_parser(
+        "workers",
+        parents=[sub_flags],
+        help="supervised workers: death journaled, replacement running",
+        description=(
+            "Kill a supervised worker process with SIGKILL --rounds times and measure the time to its durable "
+            "worker.died record (detect_death_ms) and to its replacement's durable worker.started record "
+            "(restart_ms, which includes the policy's backoff), in a temporary folder under --dir that is "
+            "removed afterwards."
+        ),
+    )
+    workers.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    workers.add_argument(
+        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder)"
+    )
+    workers.add_argument(
+        "--rounds", type=_positive_int, default=20, metavar="N", help="worker kills to measure (default: 20)"
+    )
+    workers.set_defaults(func=_cmd_bench_workers, parser=workers)
+
+    torture = commands.add_parser(
+        "torture",
+        parents=[sub_flags],
+        help="kill a realistic workload at every crash point, recover, and check every invariant",
+        description=(
+            "For every registered crash point, run a workload (checkpoints, pointer moves, runs, retention, "
+            "sessions) in a child process that dies there without clean-up, then recover the root in a fresh "
+            "process, check every invariant, open it again and check that nothing is left to recover; also "
+            "crash recovery itself at each point it reaches.  Exit 0 when there are no violations (and every "
+            "point that counts was crashed at), 1 otherwise."
+        ),
+    )
+    torture.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    torture.add_argument(
+        "--ops",
+        default=None,
+        metavar="OP,...",
+        help="only these operations (checkpoint, pointer, retention, run, session) and their crash points "
+        "(the journal's and recovery's always count); default: all",
+    )
+    torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
+    torture.add_argument(
+        "--quick",
+        action="store_true",
+        help="first hit of each point only, and recovery crashed after a few crashes only (what 'make test' runs)",
+    )
+    torture.add_argument("--jobs", type=_positive_int, default=2, metavar="N", help="child processes at a time (default: 2)")
+    torture.add_argument(
+        "--dir", default=None, metavar="DIR", help="folder for the temporary roots (default: the system's temporary folder)"
+    )
+    torture.add_argument("--keep", action="store_true", help="keep the temporary roots for inspection")
+    torture.set_defaults(func=_cmd_torture, parser=torture)
+
+    recover = commands.add_parser(
+        "recover",
+        parents=[sub_flags],
+        help="show what recovery would do to a root, and do it",
+        description=(
+            "Replay ROOT's journal read-only and print the recovery plan (operation, state, action, reason); "
+            "then, unless --dry-run, open the root, which carries the plan out, and print what was done and "
+            "any invariant that still does not hold.  Exit 0 when there was nothing to do or it was done with "
+            "no violations, 1 when violations remain, 2 for an unreadable root (corrupt journal, locked by "
+            "another process, not a shipslog root)."
+        ),
+    )
+    recover.add_argument("root", metavar="ROOT", help="the folder an Engine was opened on")
+    recover.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    recover.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    recover.set_defaults(func=_cmd_recover, parser=recover)
     return parser
 
 
@@ -337,6 +407,187 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
         sys.stdout.write(_format_bench_checkpoint(result))
     sys.stdout.flush()
     return EXIT_OK
+
+
+# -- bench workers ------------------------------------------------------------------
+
+
+def _format_bench_workers(result: dict[str, Any]) -> str:
+    """The readable table of a ``run_workers_bench`` result."""
+    t = result["targets"]
+
+    def verdict(key: str) -> str:
+        return "PASS" if t[key] else "MISS"
+
+    lines = [
+        f"shipslog bench workers in {result['dir']}: {result['rounds']} kills, {result['statistic']} (max)",
+        "",
+        f"  {'measure':<34} {'ms':>10} {'max':>10}   {'wanted':<10} result",
+        f"  {'death -> worker.died journaled':<34} {result['detect_death_ms']:>10.2f} {result['detect_death_ms_max']:>10.2f}   {'<= 50':<10} {verdict('detect_death_le_50ms')}",
+        f"  {'death -> replacement running':<34} {result['restart_ms']:>10.2f} {result['restart_ms_max']:>10.2f}",
+        f"  {'  of which backoff':<34} {result['backoff_ms']:>10.2f}",
+        f"  {'  restart minus backoff':<34} {result['restart_overhead_ms']:>10.2f} {result['restart_overhead_ms_max']:>10.2f}   {'<= 250':<10} {verdict('restart_overhead_le_250ms')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_workers(args: argparse.Namespace) -> int:
+    """``shipslog bench workers``: run the worker supervisor benchmark and print its result."""
+    from ._bench_workers import run_workers_bench
+
+    if not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    result = run_workers_bench(args.dir, rounds=args.rounds)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_bench_workers(result))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- torture ------------------------------------------------------------------------
+
+EXIT_VIOLATIONS = 1
+
+
+def _format_torture(result: dict[str, Any]) -> str:
+    """The readable summary of a ``run_torture`` result."""
+    title = (
+        f"shipslog torture ({'quick' if result['quick'] else 'full'}, ops {','.join(result['ops'])}, seed {result['seed']}): "
+        f"{result['runs']} crash runs ({result['crashes']} in the workload, {result['recovery_crashes']} during recovery), "
+        f"{result['processes']} processes, {result['seconds']:.1f} s"
+    )
+    lines = [title, f"  crash points: {len(result['covered'])} of {len(result['crash_points'])} covered"]
+    for point in result["uncovered"]:
+        lines.append(f"  uncovered: {point}")
+    if result["violations"]:
+        lines.append(f"  {len(result['violations'])} violation(s):")
+        for v in result["violations"]:
+            lines.append(f"    {v['point']}: {v['invariant']}: {v['message']}")
+    else:
+        lines.append("  violations: none")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_torture(args: argparse.Namespace) -> int:
+    """``shipslog torture``: the crash harness; exit 1 when any violation (or uncovered point) is found."""
+    from shipslog.recovery._torture import run_torture
+    from shipslog.recovery._workload import parse_ops
+
+    try:
+        ops = parse_ops(args.ops)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    if args.dir is not None and not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
+    result = run_torture(ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_torture(result))
+    sys.stdout.flush()
+    return EXIT_OK if not result["violations"] else EXIT_VIOLATIONS
+
+
+# -- recover ------------------------------------------------------------------------
+
+
+class _NotARootError(ShipslogError, FileNotFoundError):
+    """``shipslog recover`` was given a folder that holds no journal."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _plan_rows(actions: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "operation": a.target,
+            "type": a.op_type or "path",
+            "state": a.state or "-",
+            "action": a.kind if a.event is None else f"{a.kind} ({a.event})",
+            "reason": a.reason,
+        }
+        for a in actions
+    ]
+
+
+def _format_recover(result: dict[str, Any]) -> str:
+    """The readable table of a recovery plan, and what was done."""
+    rows = result["plan"]
+    root = result["root"]
+    if not rows:
+        lines = [f"{root}: nothing to recover"]
+    else:
+        lines = [f"{root}: {len(rows)} thing(s) to recover{' (dry run: nothing was changed)' if result['dry_run'] else ''}", ""]
+        width = max(len("operation"), *(len(r["operation"]) for r in rows))
+        action_width = max(len("action"), *(len(r["action"]) for r in rows))
+        lines.append(f"  {'operation':<{width}}  {'type':<10}  {'state':<10}  {'action':<{action_width}}  reason")
+        for r in rows:
+            lines.append(f"  {r['operation']:<{width}}  {r['type']:<10}  {r['state']:<10}  {r['action']:<{action_width}}  {r['reason']}")
+    if not result["dry_run"]:
+        if result["done"]:
+            lines += ["", "done:"]
+            lines += [f"  {d['operation']}: {d['action']}: {d['outcome']}" for d in result["done"]]
+        for path in result["quarantined"]:
+            lines.append(f"  quarantined: {path}")
+        if result["violations"]:
+            lines += ["", f"{len(result['violations'])} violation(s) remain:"]
+            lines += [f"  {v['invariant']}: {v['message']}" + (f" ({v['path']})" if v["path"] else "") for v in result["violations"]]
+        else:
+            lines += ["", "every invariant holds"]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    """``shipslog recover ROOT``: print the recovery plan, then (unless --dry-run) carry it out."""
+    from shipslog import Engine
+    from shipslog.engine import EngineLockedError, replay
+    from shipslog.journal import JOURNAL_DIR, JournalLockedError
+    from shipslog.journal._lock import RootLock
+    from shipslog.recovery import check_invariants, list_root, plan
+
+    root = os.path.abspath(args.root)
+    if not os.path.isdir(os.path.join(root, JOURNAL_DIR)):
+        why = "it does not exist" if not os.path.exists(root) else f"it has no {JOURNAL_DIR}/ folder"
+        raise _NotARootError(f"{root} is not a shipslog root ({why}); nothing was created or changed there")
+    lock = RootLock(root)
+    try:
+        lock.acquire()  # the plan of a root another engine has open would be wrong: refuse it
+    except JournalLockedError as exc:
+        raise EngineLockedError(root, exc.holder) from None
+    try:
+        state = replay(root)
+        actions = plan(state, list_root(root))
+    finally:
+        lock.release()
+    result: dict[str, Any] = {
+        "root": root,
+        "dry_run": bool(args.dry_run),
+        "plan": _plan_rows(actions),
+        "done": [],
+        "quarantined": [],
+        "violations": [],
+    }
+    if not args.dry_run:
+        engine = Engine.open(root)
+        try:
+            result["done"] = [
+                {"operation": r.action.target, "action": r.action.kind, "outcome": r.outcome} for r in engine.recovery.results
+            ]
+            result["quarantined"] = list(engine.recovery.quarantined)
+            found = check_invariants(engine.root, engine.state, registry=engine.registry, live_session=engine.session)
+            result["violations"] = [{"invariant": v.invariant, "message": v.message, "path": v.path} for v in found]
+        finally:
+            engine.close()
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_recover(result))
+    sys.stdout.flush()
+    return EXIT_VIOLATIONS if result["violations"] else EXIT_OK
 
 
 # -- entry point --------------------------------------------------------------------

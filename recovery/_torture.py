@@ -1,0 +1,500 @@
+"""The crash harness behind ``shipslog torture``: kill a realistic workload at every crash point, recover, check.
+
+1. A coverage run of the workload (:mod:`shipslog.recovery._workload`) with
+   ``SHIPSLOG_CRASH_TRACE`` learns which crash points it reaches and how often
+   (and, from a fresh process, which points are registered).
+2. For every registered point ``P`` that counts for the chosen operations and
+   each chosen hit ``k`` of it (the first, the last, and in a full run one in
+   the middle), a child runs the workload armed with ``SHIPSLOG_CRASH_AT=P@k``
+   and dies there without clean-up (SIGKILL, or ``os._exit`` every other run).
+3. A fresh checker process (``python -m shipslog.recovery._torture check``)
+   opens the root, so recovery runs; it records ``engine.violations`` and
+   :func:`check_invariants` (deep), checks the report is consistent and that
+   nothing the workload was told is done (a committed checkpoint, a pointer
+   set, a finished run) was lost; closes, opens again, and checks that this
+   second open recovers nothing and finds the same checkpoints, models and
+   pointers.  It prints one JSON line.
+4. Crashes during recovery: for each crash whose recovery carried out actions,
+   the crashed root is copied and recovery is killed at each point (and hit)
+   it reaches -- the ``recovery.*`` points, the journal's, the session's --
+   then a clean checker recovers and checks as above.
+
+A point is *covered* when some child actually died there.  Registered points
+that count but were never covered are reported in ``uncovered`` and as
+violations of invariant ``covered``, so a run passes when ``violations`` is
+empty.  :func:`run_torture` returns the result as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipslog.journal import (
+    CRASH_AT_ENV,
+    CRASH_EXIT_CODE,
+    CRASH_MODE_ENV,
+    CRASH_TRACE_ENV,
+    JournalReader,
+)
+
+from ._workload import ENGINE_OPTIONS, WORKLOAD_OPS, parse_ops, points_for_ops
+
+__all__ = ["TortureResult", "check_root", "run_torture"]
+
+TortureResult = dict[str, Any]
+
+_WORKLOAD_MODULE = "shipslog.recovery._workload"
+_CHECK_MODULE = "shipslog.recovery._torture"
+_OPENED_MARK = "=opened"
+_CHILD_TIMEOUT_S = 120
+_QUICK_PAIRS = ("checkpoint.after_durable", "pointer.after_intended", "retention.after_delete")
+"""In a quick run, the crashes whose recovery is itself crashed (one of each kind of recovery work)."""
+_EVERY_HIT = ("journal.before_write", "journal.after_fsync")
+"""During recovery these are crashed at every hit (each of recovery's few appends, before and after it)."""
+_SAME_AS_FSYNC = "journal.after_write"
+"""Not crashed during recovery: with fsync off (a process crash keeps the page cache) it leaves the same
+bytes as ``journal.after_fsync``; the workload's crashes cover it."""
+
+
+# -- the checker (runs in a fresh child process) ----------------------------------------------
+
+
+def _acked_problems(root: str, state: Any, acks_path: str | None) -> list[dict[str, str]]:
+    """Everything the workload was told is done must still be so (unless a retention deleted it)."""
+    from shipslog.engine import Registry, RetentionIntended
+
+    if not acks_path or not os.path.exists(acks_path):
+        return []
+    with open(acks_path, encoding="utf-8") as f:
+        acks = [json.loads(line) for line in f if line.endswith("\n")]
+    retired: set[str] = set()
+    reg = Registry()
+    for rec in JournalReader(os.path.join(root, "journal")).records():
+        ev = reg.typed(rec).event
+        if isinstance(ev, RetentionIntended):
+            retired.update(ev.paths)
+    found = []
+    for ack in acks:
+        kind = ack["kind"]
+        if kind == "artifact":
+            table = state.checkpoints if ack["artifact"] == "checkpoint" else state.models
+            art = table.get(ack["name"])
+            if (art is None or art.path != ack["path"]) and ack["path"] not in retired:
+                found.append({"invariant": "no-acked-loss", "message": f"committed {ack['artifact']} {ack['path']} was acknowledged and is gone"})
+        elif kind == "pointer":
+            ptr = state.pointers.get(ack["name"])
+            if ptr is None or ptr.seq < ack["seq"]:
+                now = f"names {ptr.target} (set at seq {ptr.seq})" if ptr else "is unset"
+                found.append(
+                    {"invariant": "no-acked-loss", "message": f"pointer {ack['name']!r} was set to {ack['target']} at seq {ack['seq']} and now {now}"}
+                )
+        elif kind == "run":
+            run = state.runs.get(ack["op"])
+            if run is None or run.state != ack["state"]:
+                found.append({"invariant": "no-acked-loss", "message": f"run {ack['op']} was {ack['state']} and is now {run.state if run else 'gone'}"})
+        elif kind == "retention":
+            for path in ack["paths"]:
+                folder, _, name = path.partition("/")
+                table = state.checkpoints if folder == "checkpoints" else state.models
+                if name in table and table[name].path == path or os.path.lexists(os.path.join(root, *path.split("/"))):
+                    found.append({"invariant": "no-acked-loss", "message": f"{path} was deleted by an acknowledged retention and is back"})
+    return found
+
+
+def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -> dict[str, Any]:
+    """Open ``root`` (recovery runs), check every invariant, close, open again and check nothing is left to do.
+
+    ``mark`` names the crash trace file: a line is appended to it when the
+    first open has returned, so the harness can tell recovery's crash points
+    from the rest.  Returns ``{"violations": [...], "recovered": [...]}``.
+    """
+    from shipslog.engine import replay
+    from shipslog.recovery import check_invariants
+
+    from shipslog import Engine
+
+    out: list[dict[str, str]] = []
+
+    def add(invariant: str, message: str) -> None:
+        out.append({"invariant": invariant, "message": message})
+
+    try:
+        e = Engine.open(root, **ENGINE_OPTIONS)
+    except Exception as exc:  # noqa: BLE001  (any failure to recover is the finding)
+        add("open", f"the first open after the crash failed: {type(exc).__name__}: {exc}")
+        return {"violations": out, "recovered": []}
+    if mark:
+        with open(mark, "a", encoding="utf-8") as f:
+            f.write(_OPENED_MARK + "\n")
+    report = e.recovery
+    try:
+        for v in e.violations:
+            add(v.invariant, f"reported by Engine.open: {v}")
+        for v in check_invariants(e.root, e.state, registry=e.registry, live_session=e.session, deep=True):
+            add(v.invariant, str(v))
+        if len(report.results) != len(report.found):
+            add("recovery-report", f"recovery found {len(report.found)} thing(s) and reports {len(report.results)} result(s)")
+        leftover = [op.id for op in e.state.ops.values() if op.session != e.session]
+        if leftover:
+            add("ops-terminal", f"operations still in progress after recovery: {leftover}")
+        for problem in _acked_problems(root, e.state, acks):
+            add(problem["invariant"], problem["message"])
+        first = e.state
+    finally:
+        e.close()
+    try:
+        again = Engine.open(root, **ENGINE_OPTIONS)
+    except Exception as exc:  # noqa: BLE001
+        add("recovery-idempotent", f"the second open failed: {type(exc).__name__}: {exc}")
+        return {"violations": out, "recovered": report.found}
+    try:
+        if again.recovery.found:
+            add("recovery-idempotent", f"a second open still recovered: {again.recovery.found}")
+        for v in again.violations:
+            add(v.invariant, f"after the second open: {v}")
+
+        def view(state: Any) -> dict[str, Any]:
+            return {
+                "checkpoints": {n: a.path for n, a in state.checkpoints.items()},
+                "models": {n: a.path for n, a in state.models.items()},
+                "pointers": {n: p.target for n, p in state.pointers.items()},
+            }
+
+        if view(again.state) != view(first):
+            add("recovery-idempotent", f"the second open sees {view(again.state)}, the first {view(first)}")
+    finally:
+        again.close()
+    if replay(root) != again.state:
+        add("replay", "a read-only replay of the journal differs from the engine's state")
+    return {"violations": out, "recovered": report.found}
+
+
+# -- the harness (runs in the parent) -------------------------------------------------------------
+
+
+@dataclass
+class _Scenario:
+    """One crash (``point`` = ``P@k``), optionally followed by a crash of its recovery (``then`` = ``B@j``)."""
+
+    label: str
+    point: str
+    then: str | None = None
+    crashed_root: str | None = None
+    index: int = 0
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+def _child_env(pycache: str | None, **extra: str) -> dict[str, str]:
+    """This process's environment without any crash-point arming, plus ``extra``.
+
+    Children keep compiled bytecode under ``pycache`` (the harness's temporary
+    folder, never the source tree): hundreds of children each compiling every
+    module from source would double the run time.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
+    if pycache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    env.update(extra)
+    return env
+
+
+def _died(rc: int) -> bool:
+    return rc in (-signal.SIGKILL, CRASH_EXIT_CODE)
+
+
+def _trace_counts(path: str) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """Hits before the checker's mark (the first open: recovery) and after it."""
+    before: collections.Counter[str] = collections.Counter()
+    after: collections.Counter[str] = collections.Counter()
+    if not os.path.exists(path):
+        return before, after
+    current = before
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name = line.strip()
+            if name == _OPENED_MARK:
+                current = after
+            elif name:
+                current[name] += 1
+    return before, after
+
+
+def _hits(count: int, full: bool) -> list[int]:
+    """Which hits of a point reached ``count`` times to crash at: first, (middle,) last."""
+    chosen = {1, count}
+    if full and count > 2:
+        chosen.add((count + 1) // 2)
+    return sorted(chosen)
+
+
+class _Harness:
+    def __init__(self, workdir: str, ops: tuple[str, ...], seed: int, full: bool, log: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.ops = ops
+        self.seed = seed
+        self.full = full
+        self.log = log
+        self.children = 0
+        self.pycache = os.path.join(workdir, "pycache")
+        self._ids = iter(range(1, 1 << 30))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return _child_env(self.pycache, **extra)
+
+    def _slot(self) -> str:
+        path = os.path.join(self.workdir, f"r{next(self._ids):05d}")
+        os.makedirs(path)
+        return path
+
+    def _run(self, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        self.children += 1
+        return subprocess.run(
+            [sys.executable, *args], env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False
+        )
+
+    def workload(self, slot: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["-m", _WORKLOAD_MODULE, os.path.join(slot, "root"), "--seed", str(self.seed), "--acks", os.path.join(slot, "acks")]
+        if self.ops != WORKLOAD_OPS:
+            args += ["--ops", ",".join(self.ops)]
+        return self._run(args + list(extra), env)
+
+    def check(self, slot: str, trace: str | None = None, armed: str | None = None, mode: str = "kill") -> subprocess.CompletedProcess[str]:
+        env = self.env()
+        args = ["-m", _CHECK_MODULE, "check", os.path.join(slot, "root"), "--acks", os.path.join(slot, "acks")]
+        if trace:
+            env[CRASH_TRACE_ENV] = trace
+            args += ["--mark", trace]
+        if armed:
+            env[CRASH_AT_ENV] = armed
+            env[CRASH_MODE_ENV] = mode
+        return self._run(args, env)
+
+    def coverage(self) -> tuple[dict[str, str], collections.Counter[str]]:
+        slot = self._slot()
+        trace = os.path.join(slot, "trace")
+        points = os.path.join(slot, "points.json")
+        proc = self.workload(slot, self.env(**{CRASH_TRACE_ENV: trace}), "--list-points", points)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the workload failed without any crash (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        with open(points, encoding="utf-8") as f:
+            registered: dict[str, str] = json.load(f)
+        counts, _ = _trace_counts(trace)
+        return registered, counts
+
+    def _checked(self, sc: _Scenario, slot: str, trace: str | None) -> dict[str, Any]:
+        proc = self.check(slot, trace=trace)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            return {"violations": [{"invariant": "checker", "message": f"the checker exited {proc.returncode}: {proc.stderr.strip()[-1500:]}"}]}
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+    def crash(self, sc: _Scenario) -> None:
+        """Kill the workload at ``sc.point``, keep a copy of the crashed root, recover and check it."""
+        slot = self._slot()
+        mode = "exit" if sc.index % 2 else "kill"
+        proc = self.workload(slot, self.env(**{CRASH_AT_ENV: sc.point, CRASH_MODE_ENV: mode}))
+        if not _died(proc.returncode):
+            sc.outcome = {"died": False, "rc": proc.returncode, "stderr": proc.stderr.strip()[-1500:]}
+            return
+        keep = os.path.join(slot, "crashed")
+        shutil.copytree(slot, keep, symlinks=True, ignore=shutil.ignore_patterns("crashed"))
+        sc.crashed_root = keep
+        trace = os.path.join(slot, "trace")
+        result = self._checked(sc, slot, trace)
+        recovery_hits, _ = _trace_counts(trace)
+        sc.outcome = {"died": True, "result": result, "recovery_hits": dict(recovery_hits)}
+
+    def _copy_crashed(self, sc: _Scenario) -> str:
+        assert sc.crashed_root is not None
+        slot = self._slot()
+        for name in os.listdir(sc.crashed_root):
+            src, dst = os.path.join(sc.crashed_root, name), os.path.join(slot, name)
+            if os.path.isdir(src):
+                shutil.copytree(src, dst, symlinks=True)
+            else:
+                shutil.copy2(src, dst)
+        return slot
+
+    def with_stray(self, sc: _Scenario) -> _Scenario:
+        """The crashed root of ``sc`` plus what a power cut can leave beside it (a temporary file in
+        staging/), so that recovery has file work to do even after a crash that left none."""
+        slot = self._copy_crashed(sc)
+        staging = os.path.join(slot, "root", "staging")
+        os.makedirs(staging, exist_ok=True)
+        with open(os.path.join(staging, ".torture.tmp-00000000"), "wb") as f:
+            f.write(b"half-written by a process that died")
+        keep = os.path.join(slot, "crashed")
+        shutil.copytree(slot, keep, symlinks=True, ignore=shutil.ignore_patterns("crashed"))
+        planted = _Scenario(label=f"{sc.label}+stray", point=sc.point, crashed_root=keep, index=sc.index)
+        trace = os.path.join(slot, "trace")
+        result = self._checked(planted, slot, trace)
+        recovery_hits, _ = _trace_counts(trace)
+        planted.outcome = {"died": True, "result": result, "recovery_hits": dict(recovery_hits)}
+        return planted
+
+    def crash_recovery(self, sc: _Scenario) -> None:
+        """Copy the crashed root of ``sc.point``, kill its recovery at ``sc.then``, recover cleanly and check."""
+        assert sc.crashed_root is not None and sc.then is not None
+        slot = self._copy_crashed(sc)
+        mode = "exit" if sc.index % 2 else "kill"
+        proc = self.check(slot, armed=sc.then, mode=mode)
+        if not _died(proc.returncode):
+            sc.outcome = {"died": False, "rc": proc.returncode, "stderr": proc.stderr.strip()[-1500:]}
+            return
+        sc.outcome = {"died": True, "result": self._checked(sc, slot, None)}
+
+
+def run_torture(
+    *,
+    ops: Sequence[str] | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    workdir: str | None = None,
+    jobs: int = 2,
+    keep: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TortureResult:
+    """Run the crash harness; return ``{"crash_points", "covered", "uncovered", "runs", "violations", "seconds", ...}``.
+
+    ``ops`` restricts the workload and the points that count (default: every
+    built-in operation).  The full run crashes the workload at the first,
+    middle and last hit of every point, and crashes the recovery of every
+    crash that left file work to recover (one per point and kind of work) at
+    every point recovery reaches: the first, middle and last hit, and every
+    one of recovery's journal appends.  ``quick`` (for ``make test``) crashes
+    the workload at the first hit of each point, and the recovery of a few
+    crashes at each recovery point's first hit.  ``jobs`` children run at a
+    time.  ``workdir`` (default: the system's temporary folder) holds the
+    roots, in a new folder removed afterwards unless ``keep``.
+    """
+    started = time.monotonic()
+    chosen = tuple(ops) if ops else WORKLOAD_OPS
+    parse_ops(",".join(chosen))
+    say = log or (lambda _msg: None)
+    base = tempfile.mkdtemp(prefix="shipslog-torture-", dir=workdir)
+    harness = _Harness(base, chosen, seed, not quick, say)
+    try:
+        registered, counts = harness.coverage()
+        considered = points_for_ops(list(registered), None if chosen == WORKLOAD_OPS else chosen)
+        say(f"{len(considered)} crash point(s) count; the workload reaches {len(counts)} of the registered ones")
+        scenarios: list[_Scenario] = []
+        extra: list[_Scenario] = []
+        for point in considered:
+            for k in (_hits(counts[point], harness.full) if harness.full else [1]) if counts.get(point) else []:
+                scenarios.append(_Scenario(label=f"{point}@{k}", point=f"{point}@{k}", index=len(scenarios)))
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(harness.crash, scenarios))
+        say(f"{len(scenarios)} workload crash(es) done in {time.monotonic() - started:.1f} s")
+        pairs: list[_Scenario] = []
+        shapes: set[tuple[str, ...]] = set()
+        sources = list(scenarios)
+        if not any("recovery.after_begun" in (sc.outcome.get("recovery_hits") or {}) for sc in scenarios):
+            # Crashes of these operations leave recovery no file work (runs and sessions are settled by
+            # journal records alone): crash the recovery of a stray file left beside the first crash instead.
+            first = next((sc for sc in scenarios if sc.outcome.get("died")), None)
+            if first is not None:
+                planted = harness.with_stray(first)
+                sources.append(planted)
+                extra.append(planted)
+        for sc in sources:
+            hits = sc.outcome.get("recovery_hits") or {}
+            if not sc.outcome.get("died") or "recovery.after_begun" not in hits:
+                continue
+            base_point = sc.point.partition("@")[0]
+            if not harness.full and sc not in extra and (base_point not in _QUICK_PAIRS or not sc.point.endswith("@1")):
+                continue
+            # Another hit of the same point that leaves the same file work to recover adds nothing new.
+            work = [line.split(":")[0] for line in sc.outcome["result"].get("recovered", [])]
+            shape = (base_point, *(kind for kind in work if kind != "close"))
+            if shape in shapes:
+                continue
+            shapes.add(shape)
+            for b, count in sorted(hits.items()):
+                if b not in considered and not b.startswith("recovery."):
+                    continue
+                if not harness.full:
+                    wanted = [1] if b.startswith(("recovery.", "session.")) else []
+                elif b == _SAME_AS_FSYNC:
+                    wanted = []
+                elif b in _EVERY_HIT:
+                    wanted = list(range(1, count + 1)) if count <= 8 else _hits(count, True)
+                else:
+                    wanted = _hits(count, True)
+                for j in wanted:
+                    pairs.append(
+                        _Scenario(label=f"{sc.label} then {b}@{j}", point=sc.point, then=f"{b}@{j}", crashed_root=sc.crashed_root, index=len(pairs))
+                    )
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(harness.crash_recovery, pairs))
+        say(f"{len(pairs)} crash(es) during recovery done in {time.monotonic() - started:.1f} s")
+        covered: set[str] = set()
+        violations: list[dict[str, str]] = []
+        missed: list[str] = []
+        for sc in scenarios + extra + pairs:
+            if not sc.outcome.get("died"):
+                missed.append(sc.label)
+                if sc.outcome.get("rc") not in (0, None):
+                    violations.append(
+                        {"point": sc.label, "invariant": "workload", "message": f"exited {sc.outcome.get('rc')} without reaching the point: {sc.outcome.get('stderr', '')}"}
+                    )
+                continue
+            covered.add((sc.then or sc.point).partition("@")[0])
+            for v in sc.outcome["result"]["violations"]:
+                violations.append({"point": sc.label, "invariant": v["invariant"], "message": v["message"]})
+        covered &= set(considered)
+        uncovered = sorted(set(considered) - covered)
+        for point in uncovered:
+            why = "the workload never reaches it" if not counts.get(point) else "no child died there"
+            violations.append({"point": point, "invariant": "covered", "message": f"registered crash point never crashed at: {why}"})
+        return {
+            "crash_points": considered,
+            "covered": sorted(covered),
+            "uncovered": uncovered,
+            "runs": len(scenarios) + len(pairs),
+            "crashes": len(scenarios),
+            "recovery_crashes": len(pairs),
+            "missed": missed,
+            "processes": harness.children,
+            "ops": list(chosen),
+            "seed": seed,
+            "quick": quick,
+            "violations": violations,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shipslog.recovery._torture check ROOT [--acks FILE] [--mark FILE]``: the checker child."""
+    parser = argparse.ArgumentParser(prog="python -m shipslog.recovery._torture")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="recover ROOT, check it, print one JSON line")
+    check.add_argument("root")
+    check.add_argument("--acks", default=None)
+    check.add_argument("--mark", default=None)
+    args = parser.parse_args(argv)
+    result = check_root(args.root, acks=args.acks, mark=args.mark)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The crash harness's workload: a realistic, deterministic day of a training host.
+
+Run in a child process that the harness arms to die at one crash point::
+
+    python -m shipslog.recovery._workload ROOT [--ops checkpoint,pointer,...] [--seed N] [--acks FILE]
+
+It opens an :class:`~shipslog.Engine` on ``ROOT`` with ``fsync=False`` (a
+process killed by SIGKILL keeps the page cache, so fsync does not change what
+a process crash leaves) and small journal segments and frequent snapshots, so
+that segment rolls and snapshots happen too.  Then, depending on ``--ops``: a
+run over a generated JSONL file with progress; checkpoints with a few files
+each (``write_bytes``, ``write_json``, a subfolder, one added with
+``add_file``); a Hugging Face-like folder adopted; a checkpoint whose block
+raises (aborted); pointer moves; a retention pass; a model saved and pointed
+to; the run finished; extra sessions opened and closed.
+
+What the engine acknowledged (a checkpoint committed, a pointer set, a run
+finished, a retention done) is appended to ``--acks`` right after the call
+returned, so the checker can tell that nothing acknowledged was lost.  Files
+outside the root (the data file, the folder to adopt) live in ``ROOT.src``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import shipslog.engine  # registers the engine's crash points
+import shipslog.recovery  # noqa: F401  (registers the recovery crash points)
+from shipslog.engine import FileEntry
+from shipslog.journal import registered_crash_points
+
+from shipslog import Engine
+
+__all__ = [
+    "ALWAYS_PREFIXES",
+    "ENGINE_OPTIONS",
+    "OP_PREFIXES",
+    "WORKLOAD_OPS",
+    "main",
+    "parse_ops",
+    "points_for_ops",
+    "run_workload",
+]
+
+WORKLOAD_OPS: tuple[str, ...] = ("checkpoint", "pointer", "retention", "run", "session")
+"""The operations the workload can exercise (``--ops`` chooses a subset; default: all)."""
+
+OP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("checkpoint.",),
+    "pointer": ("pointer.",),
+    "retention": ("retention.",),
+    "run": ("run.",),
+    "session": ("session.",),
+}
+"""The crash points that belong to each operation, by name prefix."""
+
+ALWAYS_PREFIXES: tuple[str, ...] = ("journal.", "recovery.")
+"""Crash points that count whichever operations are chosen."""
+
+ENGINE_OPTIONS: dict[str, Any] = {"fsync": False, "segment_bytes": 1024, "snapshot_every": 8}
+"""How the workload and the checker open the root: no fsync (a process crash keeps the page cache),
+segments of 1 KiB and a snapshot every 8 records, so rolls and snapshots happen in every workload."""
+
+
+def parse_ops(text: str | None) -> tuple[str, ...]:
+    """``"checkpoint,pointer"`` -> the operations, checked against :data:`WORKLOAD_OPS` (None or "": all)."""
+    if not text:
+        return WORKLOAD_OPS
+    ops = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [op for op in ops if op not in WORKLOAD_OPS]
+    if unknown or not ops:
+        raise ValueError(f"unknown operation(s) {unknown or [text]} for --ops; choose from {','.join(WORKLOAD_OPS)}")
+    return ops
+
+
+def points_for_ops(points: Sequence[str], ops: Sequence[str] | None) -> list[str]:
+    """The crash points that count for ``ops``: every point when ``ops`` is None (all operations),
+    else the journal's, recovery's and those of the chosen operations."""
+    if ops is None or set(ops) == set(WORKLOAD_OPS):
+        return sorted(points)
+    prefixes = ALWAYS_PREFIXES + tuple(p for op in ops for p in OP_PREFIXES[op])
+    return sorted(p for p in points if p.startswith(prefixes))
+
+
+class PlannedFailure(Exception):
+    """Raised on purpose inside a checkpoint's block: the checkpoint must abort."""
+
+
+class _Acks:
+    """Appends one JSON line per acknowledged result (O_APPEND: a crash keeps every whole line written)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __call__(self, **fields: Any) -> None:
+        if self.path is None:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(fields, sort_keys=True) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def _prepare_sources(src: str, rng: random.Random) -> tuple[str, str]:
+    """The data file and the folder to adopt, outside the root (written once, the same for every seed's runs)."""
+    os.makedirs(src, exist_ok=True)
+    data = os.path.join(src, "train.jsonl")
+    hf = os.path.join(src, "checkpoint-200")
+    lines = "".join(json.dumps({"text": f"example {i}", "label": rng.randrange(4)}) + "\n" for i in range(40))
+    files = {
+        data: lines.encode(),
+        os.path.join(hf, "config.json"): json.dumps({"model_type": "toy", "hidden_size": 16}).encode(),
+        os.path.join(hf, "model.safetensors"): rng.randbytes(2048),
+        os.path.join(hf, "trainer_state.json"): json.dumps({"global_step": 200}).encode(),
+        os.path.join(hf, "tokenizer", "tokenizer.json"): json.dumps({"vocab": ["a", "b"]}).encode(),
+    }
+    for path, content in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+    return data, hf
+
+
+def _checkpoint(e: Engine, ack: _Acks, rng: random.Random, name: str, step: int, *, extra: bool = False) -> None:
+    with e.checkpoint(name, step=step, meta={"lr": 0.001, "step": step}) as ck:
+        ck.write_bytes("model.bin", rng.randbytes(1500 + step))
+        ck.write_json("config.json", {"step": step, "name": name})
+        ck.write_bytes("optim/state.bin", rng.randbytes(700))
+        if extra:  # written by "another writer" straight into staging, then recorded
+            blob = rng.randbytes(300)
+            with open(os.path.join(ck.path, "extra.bin"), "wb") as f:
+                f.write(blob)
+            ck.add_file(FileEntry("extra.bin", len(blob), zlib.crc32(blob)))
+    assert ck.info is not None
+    ack(kind="artifact", artifact="checkpoint", name=name, path=ck.info.path)
+
+
+def _pointer(e: Engine, ack: _Acks, name: str, target: str) -> None:
+    info = e.set_pointer(name, target)
+    ack(kind="pointer", name=name, target=info.target, seq=info.seq)
+
+
+def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, acks: str | None = None) -> None:
+    """Run the workload for ``ops`` on ``root`` (deterministic for a given ``seed``)."""
+    chosen = set(ops)
+    rng = random.Random(seed)
+    ack = _Acks(acks)
+    data, hf = _prepare_sources(os.fspath(root) + ".src", random.Random(seed + 1))
+    artifacts = bool(chosen & {"checkpoint", "pointer", "retention"})
+    e = Engine.open(root, **ENGINE_OPTIONS)
+    run = e.run(data, required_fields=["text"]) if "run" in chosen else None
+
+    def progress(step: int) -> None:
+        if run is not None:
+            run.progress(step)
+
+    if artifacts:
+        _checkpoint(e, ack, rng, "step-100", 100, extra=True)
+        progress(100)
+        info = e.adopt_checkpoint(hf)
+        ack(kind="artifact", artifact="checkpoint", name=info.name, path=info.path)
+        progress(200)
+        try:
+            with e.checkpoint("step-250", step=250) as ck:
+                ck.write_bytes("model.bin", rng.randbytes(900))
+                raise PlannedFailure("the training step blew up half-way through a save")
+        except PlannedFailure:
+            pass
+        if "pointer" in chosen:
+            _pointer(e, ack, "best", "step-100")
+        _checkpoint(e, ack, rng, "step-300", 300)
+        progress(300)
+        if "pointer" in chosen:
+            _pointer(e, ack, "best", "checkpoints/step-300")
+            _pointer(e, ack, "latest", "checkpoint-200")
+        _checkpoint(e, ack, rng, "step-400", 400, extra=True)
+        progress(400)
+        if "pointer" in chosen:
+            _pointer(e, ack, "latest", "step-400")
+        if "retention" in chosen:
+            plan = e.retain(keep_last=2)
+            ack(kind="retention", paths=plan.delete)
+        with e.save_model("base", meta={"arch": "toy"}) as model:
+            model.write_bytes("weights.bin", rng.randbytes(2500))
+            model.write_json("config.json", {"arch": "toy"})
+        assert model.info is not None
+        ack(kind="artifact", artifact="model", name="base", path=model.info.path)
+        if "pointer" in chosen:
+            _pointer(e, ack, "serving", "models/base")
+    elif run is not None:
+        for step in range(10, 130, 10):
+            progress(step)
+    if run is not None:
+        run.finish()
+        ack(kind="run", op=run.op, state="finished", step=run.step)
+    if "session" in chosen:
+        for i in range(1, 7):
+            e.close()
+            e = Engine.open(root, **ENGINE_OPTIONS)
+            if artifacts and i == 1:
+                _checkpoint(e, ack, rng, "step-500", 500)
+                if "pointer" in chosen:
+                    _pointer(e, ack, "best", "step-500")
+            if "run" in chosen and i == 2:
+                with e.run(data) as again:
+                    again.progress(again.start_step + 10)
+                ack(kind="run", op=again.op, state="finished", step=again.step)
+    e.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The workload's command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m shipslog.recovery._workload", description=__doc__.splitlines()[0])
+    parser.add_argument("root")
+    parser.add_argument("--ops", default=None, help=f"comma-separated subset of {','.join(WORKLOAD_OPS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--acks", default=None, metavar="FILE", help="append one JSON line per acknowledged result")
+    parser.add_argument("--list-points", default=None, metavar="FILE", help="write the registered crash points (JSON) first")
+    args = parser.parse_args(argv)
+    try:
+        ops = parse_ops(args.ops)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.list_points:
+        with open(args.list_points, "w", encoding="utf-8") as f:
+            json.dump(registered_crash_points(), f, sort_keys=True)
+    run_workload(args.root, ops, args.seed, args.acks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
