@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.shipslog-installed
 TORCH  := torch==2.13.0
 
-.PHONY: help venv test test-fast bench lint typecheck clean
+.PHONY: help venv demo test test-fast bench lint typecheck clean
 
 help:
+	@echo "make demo   - create $(VENV) if needed, run a training host, kill it, and watch it recover"
 	@echo "make test   - create $(VENV) if needed and run the whole test suite"
 	@echo "make bench  - create $(VENV) if needed and run the benchmarks"
 	@echo "make lint / make typecheck - ruff and mypy"
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[gpu,test]"
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m shipslog demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     torture.add_argument("--keep", action="store_true", help="keep the temporary roots for inspection")
     torture.set_defaults(func=_cmd_torture, parser=torture)
 
+    from ._commands import add_commands
+
+    add_commands(commands, sub_flags)
+
     recover = commands.add_parser(
         "recover",
         parents=[sub_flags],
