@@ -148,3 +148,39 @@ def test_demo_with_an_unknown_crash_point_exits_2_and_lists_the_known_ones(tmp_p
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "known points: " in err and "checkpoint.after_durable" in err
+
+
+def test_tail_shows_the_last_records(host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tail", host, "-n", "3")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 4
+    assert [line.split()[4] for line in lines[1:]] == ["pointer.intended", "pointer.set", "session.closed"]
+
+
+@pytest.mark.subprocess
+def test_tail_follow_prints_records_appended_while_it_runs(host: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "shipslog", "tail", host, "-n", "1", "-f", "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline().startswith("seq")
+        assert "session.closed" in follower.stdout.readline()
+        with Engine.open(host, fsync=False) as e:
+            commit_checkpoint(e, "step-400", step=400)
+        seen = []
+        deadline = time.monotonic() + 30
+        while "session.closed" not in "".join(seen) and time.monotonic() < deadline:
+            seen.append(follower.stdout.readline())
+        kinds = [line.split()[4] for line in seen if line.strip()]
+        assert kinds[:2] == ["session.opened", "checkpoint.begun"] and kinds[-1] == "session.closed"
+    finally:
+        follower.kill()
+        follower.wait()
+        if follower.stdout is not None:
+            follower.stdout.close()

@@ -155,6 +155,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tail(args: argparse.Namespace) -> int:
+    view = open_view(args.root)
+    since = max(1, view.state.seq - args.lines + 1)
+    headers = ["seq", "time", "session", "operation", "event", "details"]
+
+    def row(r: Any) -> str:
+        return "  ".join([str(r.seq), format_time(r.time), r.session, r.event.op, event_kind(r.event), _details(event_fields(r.event))])
+
+    _out("  ".join(headers) + "\n")
+    last = since - 1
+    for rec in view.records(since):
+        _out(row(rec) + "\n")
+        last = rec.seq
+    while args.follow:
+        time.sleep(args.interval)
+        for rec in view.records(last + 1):
+            _out(row(rec) + "\n")
+            last = rec.seq
+    return EXIT_OK
+
+
 # -- checkpoints, pointers ---------------------------------------------------------------
 
 
@@ -265,6 +286,10 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     log.add_argument("--since", type=int, default=1, metavar="SEQ", help="from this seq (default 1)")
     log.add_argument("--until", type=int, default=None, metavar="SEQ", help="up to this seq")
     log.add_argument("--limit", type=int, default=None, metavar="N", help="only the last N matching records")
+    tail = command("tail", "the last records of the journal; -f follows it as it grows", _cmd_tail, json_flag=False)
+    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many records to show first (default 10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until interrupted")
+    tail.add_argument("--interval", type=float, default=0.2, metavar="S", help=argparse.SUPPRESS)
     verify = command("verify", "verify the journal, snapshots and every invariant; exit 1 on findings", _cmd_verify)
     verify.add_argument("--deep", action="store_true", help="also re-checksum every committed file")
     replay = command("replay", "the engine state as of a record", _cmd_replay)
