@@ -173,7 +173,7 @@ def replay(
     reg = registry or Registry(operations)
     reducer = Reducer(reg, None)
     reader = JournalReader(os.path.join(os.fspath(root), JOURNAL_DIR))
-    for batch in reader.batches(1, until, decode=reg.decode_frame):
+    for batch in reader.batches(1, until, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
         reducer.apply_all(batch)
     if until is not None and reducer.seq < until:
         raise ValueError(f"the journal of {os.fspath(root)} ends at seq {reducer.seq}, before the requested seq {until}")

@@ -81,6 +81,7 @@ class Registry:
             frozen=True,
         )
         self._frame_decoder = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._chunk_decoder = msgspec.msgpack.Decoder(list[list[record_type]])  # type: ignore[valid-type]
         self._raw_frame_decoder = msgspec.msgpack.Decoder(list[Record])
         self._head_decoder = msgspec.msgpack.Decoder(dict[str, Any])
         self._encoder = msgspec.msgpack.Encoder()
@@ -104,6 +105,14 @@ class Registry:
             return self._frame_decoder.decode(payload)
         except msgspec.ValidationError:
             return [self.typed(rec) for rec in self._raw_frame_decoder.decode(payload)]
+
+    def decode_frames(self, chunk: bytes) -> list[list[Any]]:
+        """Decode a msgpack array of frame payloads in one call (the replay fast path).
+
+        Raises ``msgspec.DecodeError`` (the caller then decodes frame by frame
+        with :meth:`decode_frame`) when any frame holds an unknown kind or damage.
+        """
+        return self._chunk_decoder.decode(chunk)
 
     def typed(self, record: Record) -> Any:
         """One record with its event decoded in two steps: envelope, then event (or :class:`RawEvent`)."""

@@ -10,6 +10,7 @@ before any record after it is.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 _decode_batch = msgspec.msgpack.Decoder(list[Record]).decode
+_ARRAY32 = struct.Struct(">BI")
 
 
 def decode_payload(path: str, offset: int, payload: bytes) -> list[Record]:
@@ -227,6 +229,7 @@ class JournalReader:
         *,
         start: Position | None = None,
         decode: Callable[[bytes], list[Any]] | None = None,
+        decode_chunk: Callable[[bytes], list[list[Any]]] | None = None,
     ) -> Iterator[list[Any]]:
         """Like :meth:`records`, in lists of up to a chunk of frames' records: the fast path for replay.
 
@@ -235,7 +238,10 @@ class JournalReader:
         decoding of a frame's payload (a layer above can decode its events in
         the same call); it must return records with a ``seq`` attribute and
         raise ``msgspec.DecodeError`` for a payload it cannot decode, which is
-        reported as corruption at that frame.
+        reported as corruption at that frame.  ``decode_chunk`` (optional, the
+        fast path) decodes a msgpack array of many frames' payloads in one call;
+        when it raises ``msgspec.DecodeError`` the frames of that chunk are
+        decoded one by one with ``decode``, which finds the bad one.
         """
         if start is None and from_seq > 1:
             start = segment_start_position(self.journal_dir, from_seq)
@@ -265,9 +271,15 @@ class JournalReader:
                 continue
             out: list[Any] = []
             extend = out.extend
-            for offset, _crc, payload in item:
+            decoded: list[list[Any]] | None = None
+            if decode_chunk is not None and len(item) > 1:
                 try:
-                    batch = decode(payload)
+                    decoded = decode_chunk(_ARRAY32.pack(0xDD, len(item)) + b"".join([p for _o, _c, p in item]))
+                except msgspec.DecodeError:
+                    decoded = None  # one of them is bad or needs the slow path: decode them one by one
+            for index, (offset, _crc, payload) in enumerate(item):
+                try:
+                    batch = decoded[index] if decoded is not None else decode(payload)
                     first = batch[0].seq
                     last = batch[-1].seq
                 except (msgspec.DecodeError, IndexError) as exc:

@@ -201,7 +201,7 @@ def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]
     if reducer.seq < last:
         reader = JournalReader(journal.journal_dir)
         position = snap.position if start is not None and snap is not None else None
-        for batch in reader.batches(reducer.seq + 1, last, start=position, decode=registry.decode_frame):
+        for batch in reader.batches(reducer.seq + 1, last, start=position, decode=registry.decode_frame, decode_chunk=registry.decode_frames):
             reducer.apply_all(batch)
             replayed += len(batch)
     return reducer.state(), replayed

@@ -84,7 +84,7 @@ class RootView:
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
         reducer = Reducer(registry)
         reader = JournalReader(self.journal_dir)
-        for batch in reader.batches(1, until, decode=registry.decode_frame):
+        for batch in reader.batches(1, until, decode=registry.decode_frame, decode_chunk=registry.decode_frames):
             reducer.apply_all(batch)
         if until is not None and reducer.seq < until:
             raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
@@ -95,7 +95,7 @@ class RootView:
     def records(self, since: int = 1, until: int | None = None) -> Iterator[Any]:
         """Every record from ``since`` to ``until`` with its event decoded (unknown kinds raw)."""
         reader = JournalReader(self.journal_dir)
-        for batch in reader.batches(since, until, decode=self.registry.decode_frame):
+        for batch in reader.batches(since, until, decode=self.registry.decode_frame, decode_chunk=self.registry.decode_frames):
             yield from batch
 
     def status(self) -> Status:
