@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 import psutil
 
-from shipslog.journal import JournalBrokenError, JournalClosedError
+from shipslog.journal import JournalBrokenError, JournalClosedError, crash_point, register_crash_point
 
 from ._errors import EngineError
 from ._events import Event
@@ -127,6 +127,25 @@ KILL_GRACE = 5.0
 """Seconds to wait for a process to vanish after SIGKILL before reporting it unkillable (stuck in the kernel)."""
 GROUP_DRAIN = 2.0
 """Seconds :meth:`Supervisor.stop` and :func:`stop_worker` wait for killed group members to vanish."""
+
+CP_STARTING = register_crash_point(
+    "worker.after_starting", "worker.starting is journaled (a first start or a restart, after its backoff); no process is spawned yet"
+)
+CP_SPAWN = register_crash_point(
+    "worker.after_spawn", "the worker process runs (its op id in its environment); worker.started is not journaled"
+)
+CP_STARTED = register_crash_point("worker.after_started", "the worker process runs and worker.started (pid, create time) is journaled")
+CP_DEATH = register_crash_point(
+    "worker.after_death_detected",
+    "a worker process ended (by itself, killed, or stopped), its group's leftovers were sent SIGKILL and it was reaped; "
+    "worker.exited, worker.died or worker.stopped is not journaled",
+)
+CP_STOP_SIGNAL = register_crash_point(
+    "worker.after_stop_signal", "a stop sent SIGTERM to a running worker's group; worker.stopped is not journaled"
+)
+CP_STOPPED = register_crash_point(
+    "worker.after_stopped", "every worker of a stopping supervisor is stopped and journaled; worker.released is not journaled"
+)
 
 RestartPolicy = Literal["never", "on-failure", "always"]
 _PY_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -691,7 +710,7 @@ def recover_worker(op: OpRecord, *, adopt: bool = False, timeout: float | None =
     return settle_worker_event(op, "gone")  # raises: not an incarnation in progress
 
 
-def settle_cut_off_worker(core: EngineCore, op_id: str, *, adopt: bool = False) -> str:
+def settle_cut_off_worker(core: EngineCore, op_id: str, *, adopt: bool = False, on_effect: Callable[[], None] | None = None) -> str:
     """Recover cut-off worker incarnation ``op_id`` on an open engine and journal its settling event; say what was done.
 
     What the recovery package's ``worker.settle`` executor calls: idempotent
@@ -699,6 +718,8 @@ def settle_cut_off_worker(core: EngineCore, op_id: str, *, adopt: bool = False) 
     process by :func:`recover_worker` and journals ``worker.stopped`` or
     ``worker.died``; with ``adopt=True`` a live worker is left for a
     supervisor opened with ``adopt=True`` and nothing is journaled.
+    ``on_effect`` is called when a live process was stopped, before the
+    event is journaled (the recovery executor's crash point).
     """
     op = core.state.ops.get(op_id)
     if op is None:
@@ -706,6 +727,8 @@ def settle_cut_off_worker(core: EngineCore, op_id: str, *, adopt: bool = False) 
     event = recover_worker(op, adopt=adopt)
     if event is None:
         return f"worker {op.info.get('name')} (pid {op.info.get('pid')}) is alive: left for adoption"
+    if on_effect is not None and isinstance(event, WorkerStopped):
+        on_effect()
     core.journal_events(event)
     pid = op.info.get("pid")
     who = f"worker {op.info.get('name')}" + (f" (pid {pid})" if pid is not None else "")
@@ -949,10 +972,21 @@ class Supervisor:
             adopted=running.adopted if running is not None else False,
         )
 
-    def _set(self, slot: _Slot, health: Health, last_exit: str | None = None, *, ended: _Incarnation | None = None, pending: _Incarnation | None = None) -> None:
-        """Change ``slot``'s status in one step (after its records are journaled): health, last exit, incarnations."""
+    def _set(
+        self,
+        slot: _Slot,
+        health: Health,
+        last_exit: str | None = None,
+        *,
+        ended: _Incarnation | None = None,
+        pending: _Incarnation | None = None,
+        restarts: int | None = None,
+    ) -> None:
+        """Change ``slot``'s status in one step (after its records are journaled): health, last exit, incarnations, restarts."""
         with self._cond:
             slot.health = health
+            if restarts is not None:
+                slot.restarts = restarts
             if last_exit is not None:
                 slot.last_exit = last_exit
             if ended is not None and slot.running is ended:
@@ -995,6 +1029,7 @@ class Supervisor:
         inc = slot.pending
         assert inc is not None
         spec = slot.spec
+        crash_point(CP_STARTING)
         try:
             inc.popen = _popen(spec, inc.op)
         except OSError as exc:
@@ -1002,6 +1037,7 @@ class Supervisor:
                 slot.pending = None
             self._after_end(slot, WorkerSpawnFailed(op=inc.op, error=f"{type(exc).__name__}: {exc}"), True, f"could not be started ({exc})")
             return
+        crash_point(CP_SPAWN)
         inc.pid = inc.pgid = inc.popen.pid
         identity = process_identity(inc.pid)  # the child is not reaped yet: it exists (maybe as a zombie)
         assert identity is not None, f"worker process {inc.pid} vanished before it was reaped"
@@ -1021,6 +1057,7 @@ class Supervisor:
             )
         )
         if ok:
+            crash_point(CP_STARTED)
             _log.info("worker %s started: pid %d, attempt %d", spec.name, inc.pid, inc.attempt)
             self._set(slot, Health.HEALTHY)
 
@@ -1087,6 +1124,7 @@ class Supervisor:
                 else:
                     self._escalate(now)
                     if not any(s.running is not None for s in self._slots.values()):
+                        crash_point(CP_STOPPED)
                         break
                 for key, _mask in self._sel.select(self._timeout()):
                     if key.data is None:
@@ -1136,6 +1174,7 @@ class Supervisor:
         """Incarnation ``inc`` ended: clear its group, reap it, journal it and what comes next."""
         slot = next(s for s in self._slots.values() if s.running is inc)
         code, sig = self._collect(inc)
+        crash_point(CP_DEATH)
         if code is not None:
             describe, failure = f"exited with code {code}", code != 0
             end: Event = WorkerExited(op=inc.op, code=code)
@@ -1214,11 +1253,11 @@ class Supervisor:
             return
         delay = self._backoff(slot)
         slot.recent.append(now)
-        slot.restarts += 1
-        inc = _Incarnation(self.engine.new_op_id(WORKER.name), slot.restarts, delay, now + delay)
+        inc = _Incarnation(self.engine.new_op_id(WORKER.name), slot.restarts + 1, delay, now + delay)
         if self._journal(end, self._starting(slot, inc, f"restart: it {describe}")):
             _log.info("worker %s: restart %d in %.3f s", spec.name, inc.attempt, delay)
-        self._set(slot, Health.DEGRADED, describe, ended=ended, pending=inc)  # a pending start is cancelled by a stop
+        # the restart count changes with the rest of the status (never "restarted" while still healthy on the dead pid)
+        self._set(slot, Health.DEGRADED, describe, ended=ended, pending=inc, restarts=inc.attempt)  # a pending start is cancelled by a stop
 
     def _backoff(self, slot: _Slot) -> float:
         spec = slot.spec
@@ -1244,6 +1283,7 @@ class Supervisor:
                 inc.stop_how = "terminated"
                 inc.kill_at = now + slot.spec.stop_timeout
                 self._signal_inc(inc, signal.SIGTERM)
+                crash_point(CP_STOP_SIGNAL)
             if not slot.ended:
                 self._set(slot, Health.STOPPING)
 

@@ -47,7 +47,9 @@ _log = logging.getLogger("shipslog.recovery")
 
 CP_BEGUN = register_crash_point("recovery.after_begun", "recovery.begun is durable; no action has been carried out")
 CP_STEP = register_crash_point("recovery.after_step", "an action's recovery.step is durable; its effect has not happened")
-CP_EFFECT = register_crash_point("recovery.after_effect", "an action's file effect happened; its closing record is not journaled")
+CP_EFFECT = register_crash_point(
+    "recovery.after_effect", "an action's effect happened (on files, or a worker process stopped); its closing record is not journaled"
+)
 CP_ACTION = register_crash_point("recovery.after_action", "an action and its closing record are durable")
 
 
@@ -269,4 +271,4 @@ register_executor("pointer.settle", _pointer_settle)
 register_executor("retention.redo", _retention_redo)
 register_executor("quarantine", _quarantine_action)
 register_executor("manual", _manual)
-register_executor("worker.settle", lambda core, action, moved: settle_cut_off_worker(core, action.target))
+register_executor("worker.settle", lambda core, action, moved: settle_cut_off_worker(core, action.target, on_effect=lambda: crash_point(CP_EFFECT)))

@@ -14,10 +14,23 @@
    set, a finished run) was lost; closes, opens again, and checks that this
    second open recovers nothing and finds the same checkpoints, models and
    pointers.  It prints one JSON line.
+   It also checks that no process of a worker incarnation journaled before
+   recovery (by pid *and* create time, or by its op id for a start cut off
+   before its pid was journaled) is alive after it (invariant ``workers-stopped``).
 4. Crashes during recovery: for each crash whose recovery carried out actions,
    the crashed root is copied and recovery is killed at each point (and hit)
    it reaches -- the ``recovery.*`` points, the journal's, the session's --
-   then a clean checker recovers and checks as above.
+   then a clean checker recovers and checks as above.  When the crash left
+   worker processes alive, the copy would only hold the journal of processes
+   the first checker stopped already: such a crash is instead repeated in a
+   fresh root (the workload is deterministic), so the killed recovery meets
+   live workers.
+
+After every child that ran or recovered a workload, the harness looks for
+processes whose environment names that workload's root
+(:data:`~shipslog.recovery._workload.WORKLOAD_ROOT_ENV`): a worker that
+neither its supervisor nor recovery stopped.  Each is killed and reported as a
+violation of invariant ``no-orphans``, so no run leaves a process behind.
 
 A point is *covered* when some child actually died there.  Registered points
 that count but were never covered are reported in ``uncovered`` and as
@@ -31,6 +44,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from shipslog.journal import (
     CRASH_AT_ENV,
     CRASH_EXIT_CODE,
@@ -50,9 +66,9 @@ from shipslog.journal import (
     JournalReader,
 )
 
-from ._workload import ENGINE_OPTIONS, WORKLOAD_OPS, parse_ops, points_for_ops
+from ._workload import ENGINE_OPTIONS, WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
-__all__ = ["TortureResult", "check_root", "run_torture"]
+__all__ = ["TortureResult", "check_root", "kill_orphans", "run_torture", "workload_processes"]
 
 TortureResult = dict[str, Any]
 
@@ -60,10 +76,12 @@ _WORKLOAD_MODULE = "shipslog.recovery._workload"
 _CHECK_MODULE = "shipslog.recovery._torture"
 _OPENED_MARK = "=opened"
 _CHILD_TIMEOUT_S = 120
-_QUICK_PAIRS = ("checkpoint.after_durable", "pointer.after_intended", "retention.after_delete")
+_QUICK_PAIRS = ("checkpoint.after_durable", "pointer.after_intended", "retention.after_delete", "worker.after_started")
 """In a quick run, the crashes whose recovery is itself crashed (one of each kind of recovery work)."""
 _EVERY_HIT = ("journal.before_write", "journal.after_fsync")
 """During recovery these are crashed at every hit (each of recovery's few appends, before and after it)."""
+_ORPHAN_GRACE_S = 5.0
+"""Seconds to wait for a killed leftover process to be gone."""
 _SAME_AS_FSYNC = "journal.after_write"
 """Not crashed during recovery: with fsync off (a process crash keeps the page cache) it leaves the same
 bytes as ``journal.after_fsync``; the workload's crashes cover it."""
@@ -114,6 +132,28 @@ def _acked_problems(root: str, state: Any, acks_path: str | None) -> list[dict[s
     return found
 
 
+def _worker_problems(before: Any, after: Any, session: str) -> list[str]:
+    """What is wrong with the workers after recovery: a worker op of a dead session still in progress, or a live
+    process of an incarnation journaled in ``before`` (the state before recovery; None when it could not be read)."""
+    from shipslog.engine import WORKER, find_worker_processes, probe_worker, worker_incarnations
+
+    found = [
+        f"worker op {op.id} ({op.state}) of session {op.session} is still in progress after recovery"
+        for op in after.ops.values()
+        if op.type == WORKER.name and op.session != session
+    ]
+    for op in worker_incarnations(before) if before is not None else []:
+        info = op.info
+        if op.state == "started":
+            pid = int(info["pid"])
+            if probe_worker(pid, float(info["create_time"]), start_ticks=info.get("start_ticks"), boot_id=info.get("boot_id") or None):
+                found.append(f"worker {info.get('name')} (op {op.id}, pid {pid}) is still alive after recovery")
+        alive = [p.pid for p in find_worker_processes(op.id)]
+        if alive:
+            found.append(f"processes {alive} carrying worker op {op.id} ({info.get('name')}, {op.state}) are still alive after recovery")
+    return found
+
+
 def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -> dict[str, Any]:
     """Open ``root`` (recovery runs), check every invariant, close, open again and check nothing is left to do.
 
@@ -131,6 +171,10 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -
     def add(invariant: str, message: str) -> None:
         out.append({"invariant": invariant, "message": message})
 
+    try:
+        before: Any = replay(root)  # the worker incarnations recovery must stop (read-only)
+    except Exception:  # noqa: BLE001  (damage is for Engine.open to report)
+        before = None
     try:
         e = Engine.open(root, **ENGINE_OPTIONS)
     except Exception as exc:  # noqa: BLE001  (any failure to recover is the finding)
@@ -152,6 +196,8 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -
             add("ops-terminal", f"operations still in progress after recovery: {leftover}")
         for problem in _acked_problems(root, e.state, acks):
             add(problem["invariant"], problem["message"])
+        for message in _worker_problems(before, e.state, e.session):
+            add("workers-stopped", message)
         first = e.state
     finally:
         e.close()
@@ -185,6 +231,54 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -
 # -- the harness (runs in the parent) -------------------------------------------------------------
 
 
+def workload_processes(root: str) -> list[psutil.Process]:
+    """The live processes whose environment names workload root ``root`` (its workers and their children)."""
+    wanted = os.path.abspath(root)
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.environ().get(WORKLOAD_ROOT_ENV) != wanted:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if _running(proc):
+            found.append(proc)
+    return found
+
+
+def kill_orphans(root: str) -> list[str]:
+    """Kill every live process whose environment names workload root ``root``; describe each one found.
+
+    A crashed workload's workers outlive it (each leads its own session);
+    recovery must stop them, so anything found here is a leftover.  Zombies
+    (dead, waiting for a parent to reap them) do not count.
+    """
+    found = workload_processes(root)
+    described = []
+    for proc in found:
+        try:
+            described.append(f"pid {proc.pid} {' '.join(proc.cmdline())!r}")
+            proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    deadline = time.monotonic() + _ORPHAN_GRACE_S
+    alive = [p for p in found if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+        alive = [p for p in alive if _running(p)]
+    for proc in alive:
+        described.append(f"pid {proc.pid} survived SIGKILL for {_ORPHAN_GRACE_S} s")
+    return described
+
+
+def _running(proc: psutil.Process) -> bool:
+    """True while ``proc`` is alive; a zombie (dead, not reaped yet: PID 1 may take seconds) is not."""
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 @dataclass
 class _Scenario:
     """One crash (``point`` = ``P@k``), optionally followed by a crash of its recovery (``then`` = ``B@j``)."""
@@ -194,6 +288,8 @@ class _Scenario:
     then: str | None = None
     crashed_root: str | None = None
     index: int = 0
+    rerun: bool = False
+    """Crash the workload at ``point`` again in a fresh root instead of copying ``crashed_root`` (live workers)."""
     outcome: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,6 +329,26 @@ def _trace_counts(path: str) -> tuple[collections.Counter[str], collections.Coun
     return before, after
 
 
+_SETTLE = re.compile(r"^worker\.settle: worker \S+ \(([\w-]+)\)")
+
+
+def _work_shape(point: str, recovered: Sequence[str], live_workers: int) -> tuple[str, ...]:
+    """What recovery had to do after a crash at ``point``, for telling apart crashes worth crashing recovery after.
+
+    Another hit of the same point that leaves the same file work adds nothing
+    new.  Worker work is told apart by what recovery met (the states of the
+    incarnations it settled, how many of their processes were alive), not by
+    the point: every journal append while workers run leaves one of a few
+    such shapes, and each one's recovery crashes cost a workload run.
+    """
+    work = [line.split(":")[0] for line in recovered]
+    if "worker.settle" in work:
+        states = [m.group(1) for m in map(_SETTLE.match, recovered) if m]
+        others = [kind for kind in work if kind not in ("close", "worker.settle")]
+        return ("workers", *states, f"live={live_workers}", *others)
+    return (point, *(kind for kind in work if kind != "close"))
+
+
 def _hits(count: int, full: bool) -> list[int]:
     """Which hits of a point reached ``count`` times to crash at: first, (middle,) last."""
     chosen = {1, count}
@@ -251,6 +367,8 @@ class _Harness:
         self.children = 0
         self.pycache = os.path.join(workdir, "pycache")
         self._ids = iter(range(1, 1 << 30))
+        self.findings: list[dict[str, str]] = []
+        """Violations found by the harness itself (processes left behind, a crash that did not repeat)."""
 
     def env(self, **extra: str) -> dict[str, str]:
         return _child_env(self.pycache, **extra)
@@ -293,7 +411,14 @@ class _Harness:
         with open(points, encoding="utf-8") as f:
             registered: dict[str, str] = json.load(f)
         counts, _ = _trace_counts(trace)
+        for leftover in kill_orphans(os.path.join(slot, "root")):
+            self.findings.append({"point": "coverage", "invariant": "no-orphans", "message": f"the workload finished and left {leftover}"})
         return registered, counts
+
+    def _orphans(self, sc: _Scenario, slot: str, after: str) -> None:
+        """Kill the processes the workload in ``slot`` left alive ``after`` something; report each (``no-orphans``)."""
+        for leftover in kill_orphans(os.path.join(slot, "root")):
+            self.findings.append({"point": sc.label, "invariant": "no-orphans", "message": f"{after}: {leftover} is still alive"})
 
     def _checked(self, sc: _Scenario, slot: str, trace: str | None) -> dict[str, Any]:
         proc = self.check(slot, trace=trace)
@@ -310,14 +435,17 @@ class _Harness:
         proc = self.workload(slot, self.env(**{CRASH_AT_ENV: sc.point, CRASH_MODE_ENV: mode}))
         if not _died(proc.returncode):
             sc.outcome = {"died": False, "rc": proc.returncode, "stderr": proc.stderr.strip()[-1500:]}
+            self._orphans(sc, slot, f"the workload exited {proc.returncode} without reaching the point")
             return
+        live = len(workload_processes(os.path.join(slot, "root")))
         keep = os.path.join(slot, "crashed")
         shutil.copytree(slot, keep, symlinks=True, ignore=shutil.ignore_patterns("crashed"))
         sc.crashed_root = keep
         trace = os.path.join(slot, "trace")
         result = self._checked(sc, slot, trace)
+        self._orphans(sc, slot, "recovery after the crash returned")
         recovery_hits, _ = _trace_counts(trace)
-        sc.outcome = {"died": True, "result": result, "recovery_hits": dict(recovery_hits)}
+        sc.outcome = {"died": True, "result": result, "recovery_hits": dict(recovery_hits), "live_workers": live}
 
     def _copy_crashed(self, sc: _Scenario) -> str:
         assert sc.crashed_root is not None
@@ -348,15 +476,28 @@ class _Harness:
         return planted
 
     def crash_recovery(self, sc: _Scenario) -> None:
-        """Copy the crashed root of ``sc.point``, kill its recovery at ``sc.then``, recover cleanly and check."""
+        """Copy the crashed root of ``sc.point`` (or crash the workload there again, when it left live workers),
+        kill its recovery at ``sc.then``, recover cleanly and check."""
         assert sc.crashed_root is not None and sc.then is not None
-        slot = self._copy_crashed(sc)
         mode = "exit" if sc.index % 2 else "kill"
+        if sc.rerun:
+            slot = self._slot()
+            first = self.workload(slot, self.env(**{CRASH_AT_ENV: sc.point, CRASH_MODE_ENV: "kill"}))
+            if not _died(first.returncode):
+                self._orphans(sc, slot, f"the repeated workload exited {first.returncode} without reaching the point")
+                message = f"repeating the crash at {sc.point} (the workload is deterministic), it exited {first.returncode} without reaching it"
+                self.findings.append({"point": sc.label, "invariant": "workload", "message": f"{message}: {first.stderr.strip()[-1500:]}"})
+                sc.outcome = {"died": False}
+                return
+        else:
+            slot = self._copy_crashed(sc)
         proc = self.check(slot, armed=sc.then, mode=mode)
         if not _died(proc.returncode):
+            self._orphans(sc, slot, f"recovery exited {proc.returncode} without reaching the point")
             sc.outcome = {"died": False, "rc": proc.returncode, "stderr": proc.stderr.strip()[-1500:]}
             return
         sc.outcome = {"died": True, "result": self._checked(sc, slot, None)}
+        self._orphans(sc, slot, "recovery after the crashed recovery returned")
 
 
 def run_torture(
@@ -418,9 +559,7 @@ def run_torture(
             base_point = sc.point.partition("@")[0]
             if not harness.full and sc not in extra and (base_point not in _QUICK_PAIRS or not sc.point.endswith("@1")):
                 continue
-            # Another hit of the same point that leaves the same file work to recover adds nothing new.
-            work = [line.split(":")[0] for line in sc.outcome["result"].get("recovered", [])]
-            shape = (base_point, *(kind for kind in work if kind != "close"))
+            shape = _work_shape(base_point, sc.outcome["result"].get("recovered", []), sc.outcome.get("live_workers", 0))
             if shape in shapes:
                 continue
             shapes.add(shape)
@@ -437,7 +576,14 @@ def run_torture(
                     wanted = _hits(count, True)
                 for j in wanted:
                     pairs.append(
-                        _Scenario(label=f"{sc.label} then {b}@{j}", point=sc.point, then=f"{b}@{j}", crashed_root=sc.crashed_root, index=len(pairs))
+                        _Scenario(
+                            label=f"{sc.label} then {b}@{j}",
+                            point=sc.point,
+                            then=f"{b}@{j}",
+                            crashed_root=sc.crashed_root,
+                            index=len(pairs),
+                            rerun=bool(sc.outcome.get("live_workers")),
+                        )
                     )
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(harness.crash_recovery, pairs))
@@ -456,6 +602,7 @@ def run_torture(
             covered.add((sc.then or sc.point).partition("@")[0])
             for v in sc.outcome["result"]["violations"]:
                 violations.append({"point": sc.label, "invariant": v["invariant"], "message": v["message"]})
+        violations.extend(harness.findings)
         covered &= set(considered)
         uncovered = sorted(set(considered) - covered)
         for point in uncovered:

@@ -12,12 +12,17 @@ run over a generated JSONL file with progress; checkpoints with a few files
 each (``write_bytes``, ``write_json``, a subfolder, one added with
 ``add_file``); a Hugging Face-like folder adopted; a checkpoint whose block
 raises (aborted); pointer moves; a retention pass; a model saved and pointed
-to; the run finished; extra sessions opened and closed.
+to; the run finished; supervised worker processes (one that exits with an
+error once, one killed by the workload, both restarted, then stopped); extra
+sessions opened and closed.
 
 What the engine acknowledged (a checkpoint committed, a pointer set, a run
 finished, a retention done) is appended to ``--acks`` right after the call
 returned, so the checker can tell that nothing acknowledged was lost.  Files
 outside the root (the data file, the folder to adopt) live in ``ROOT.src``.
+Every worker process carries ``SHIPSLOG_WORKLOAD_ROOT=<absolute ROOT>`` in its
+environment (:data:`WORKLOAD_ROOT_ENV`), so the harness can find any process a
+crashed workload left behind that recovery did not stop.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import shipslog.engine  # registers the engine's crash points
 import shipslog.recovery  # noqa: F401  (registers the recovery crash points)
-from shipslog.engine import FileEntry
+from shipslog.engine import FileEntry, Health, Supervisor, WorkerSpec
 from shipslog.journal import registered_crash_points
 
 from shipslog import Engine
@@ -43,13 +49,14 @@ __all__ = [
     "ENGINE_OPTIONS",
     "OP_PREFIXES",
     "WORKLOAD_OPS",
+    "WORKLOAD_ROOT_ENV",
     "main",
     "parse_ops",
     "points_for_ops",
     "run_workload",
 ]
 
-WORKLOAD_OPS: tuple[str, ...] = ("checkpoint", "pointer", "retention", "run", "session")
+WORKLOAD_OPS: tuple[str, ...] = ("checkpoint", "pointer", "retention", "run", "session", "workers")
 """The operations the workload can exercise (``--ops`` chooses a subset; default: all)."""
 
 OP_PREFIXES: dict[str, tuple[str, ...]] = {
@@ -58,6 +65,7 @@ OP_PREFIXES: dict[str, tuple[str, ...]] = {
     "retention": ("retention.",),
     "run": ("run.",),
     "session": ("session.",),
+    "workers": ("worker.",),
 }
 """The crash points that belong to each operation, by name prefix."""
 
@@ -87,6 +95,15 @@ def points_for_ops(points: Sequence[str], ops: Sequence[str] | None) -> list[str
         return sorted(points)
     prefixes = ALWAYS_PREFIXES + tuple(p for op in ops for p in OP_PREFIXES[op])
     return sorted(p for p in points if p.startswith(prefixes))
+
+
+WORKLOAD_ROOT_ENV = "SHIPSLOG_WORKLOAD_ROOT"
+"""Set (to the absolute root) in the environment of every worker process the workload supervises."""
+
+_WAIT_S = 30.0
+"""Seconds the workload waits for a worker to (re)start: generous, a busy 2-core host must not fail it."""
+_LOADER_SCRIPT = 'if [ -e "$1" ]; then exec sleep 1000; fi; : > "$1"; exit 3'
+"""The loader worker: exits with 3 the first time (its marker file is missing), runs until stopped once restarted."""
 
 
 class PlannedFailure(Exception):
@@ -148,6 +165,55 @@ def _pointer(e: Engine, ack: _Acks, name: str, target: str) -> None:
     ack(kind="pointer", name=name, target=info.target, seq=info.seq)
 
 
+def _restarted(name: str) -> Callable[[Supervisor], bool]:
+    """A :meth:`Supervisor.wait_until` predicate: worker ``name``'s first restart runs."""
+
+    def predicate(sv: Supervisor) -> bool:
+        status = sv.workers()[name]
+        return status.attempt >= 1 and status.health is Health.HEALTHY and status.pid is not None
+
+    return predicate
+
+
+def _workers(e: Engine, root: str, src: str, seed: int) -> None:
+    """Supervise two workers: ``loader`` exits with 3 once and is restarted; ``trainer`` is killed and restarted; stop.
+
+    Every step (starting, started, exited, died, the restarts with their
+    seeded backoff, stopped, released) is journaled by the supervisor; the
+    order is fixed, so each worker crash point is hit the same number of times
+    in every run.  Raises :class:`RuntimeError` when a worker does not
+    (re)start within :data:`_WAIT_S` seconds.
+    """
+    marker = os.path.join(src, "loader-failed-once")
+    if os.path.exists(marker):
+        os.remove(marker)
+    common: dict[str, Any] = {
+        "env": {WORKLOAD_ROOT_ENV: os.path.abspath(root)},
+        "output": "devnull",  # a crashed workload's orphans must not hold the harness's pipes open
+        "restart": "on-failure",
+        "backoff_initial": 0.02,
+        "backoff_max": 0.1,
+        "backoff_jitter": 0.5,
+        "stop_timeout": 2.0,
+    }
+    specs = [  # the long-lived one first: the first hit of each start point leaves a live worker for recovery
+        WorkerSpec(name="trainer", argv=("sleep", "1000"), **common),
+        WorkerSpec(name="loader", argv=("sh", "-c", _LOADER_SCRIPT, "loader", marker), **common),
+    ]
+    sv = Supervisor(e, specs, seed=seed)
+    sv.start()
+    try:
+        if not sv.wait_until(_restarted("loader"), _WAIT_S):
+            raise RuntimeError(f"the loader worker was not restarted after its failure: {sv.workers()['loader']}")
+        first = sv.workers()["trainer"].pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        if not sv.wait_until(_restarted("trainer"), _WAIT_S):
+            raise RuntimeError(f"the trainer worker was not restarted after it was killed: {sv.workers()['trainer']}")
+    finally:
+        sv.stop(timeout=_WAIT_S)
+
+
 def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, acks: str | None = None) -> None:
     """Run the workload for ``ops`` on ``root`` (deterministic for a given ``seed``)."""
     chosen = set(ops)
@@ -198,6 +264,8 @@ def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, ac
     elif run is not None:
         for step in range(10, 130, 10):
             progress(step)
+    if "workers" in chosen:
+        _workers(e, root, os.fspath(root) + ".src", seed)
     if run is not None:
         run.finish()
         ack(kind="run", op=run.op, state="finished", step=run.step)

@@ -8,15 +8,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
+import psutil
 import pytest
 from _engine_helpers import SimulatedCrash, commit_checkpoint, crash_at, kinds, open_engine
 from _recovery_helpers import OPEN_CHILD, run_child
 from shipslog.engine import replay
 from shipslog.journal import CRASH_EXIT_CODE, set_crash_hook
 from shipslog.recovery import check_invariants, list_root, plan
-from shipslog.recovery._workload import WORKLOAD_OPS, parse_ops, points_for_ops
+from shipslog.recovery._torture import kill_orphans, workload_processes
+from shipslog.recovery._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 
 def _cut_off(e: Any, point: str, call: Any) -> None:
@@ -126,6 +129,8 @@ def test_ops_are_parsed_and_restrict_the_points_that_count() -> None:
         parse_ops("pointer,bogus")
     points = ["journal.after_write", "recovery.after_step", "pointer.after_write", "checkpoint.after_files", "worker.after_x"]
     assert points_for_ops(points, ["pointer"]) == ["journal.after_write", "pointer.after_write", "recovery.after_step"]
+    assert points_for_ops(points, ["workers"]) == ["journal.after_write", "recovery.after_step", "worker.after_x"]
+    assert "workers" in WORKLOAD_OPS
     assert points_for_ops(points, None) == sorted(points), "with every operation, every registered point counts"
 
 
@@ -146,5 +151,87 @@ def test_torture_quick_finds_no_violation_and_covers_every_point(tmp_path: Any) 
     assert result["covered"] == result["crash_points"] and len(result["crash_points"]) >= 20
     assert {"recovery.after_begun", "recovery.after_step", "recovery.after_effect", "recovery.after_action"} <= set(result["covered"])
     assert result["runs"] == result["crashes"] + result["recovery_crashes"] and result["recovery_crashes"] > 0
+    assert proc.returncode == 0
+    assert os.listdir(tmp_path) == [], "the harness left its temporary roots behind"
+
+
+WORKER_POINTS = {
+    "worker.after_starting",
+    "worker.after_spawn",
+    "worker.after_started",
+    "worker.after_death_detected",
+    "worker.after_stop_signal",
+    "worker.after_stopped",
+}
+
+
+def _marked_under(folder: str) -> list[int]:
+    """Live processes whose workload-root marker lies under ``folder`` (a zombie is not live)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            marker = proc.environ().get(WORKLOAD_ROOT_ENV, "")
+            if marker.startswith(folder + os.sep) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+@pytest.mark.subprocess
+def test_the_harness_finds_kills_and_describes_a_leftover_worker(tmp_path: Any) -> None:
+    root = os.path.join(tmp_path, "r00001", "root")
+    env = {**os.environ, WORKLOAD_ROOT_ENV: root}
+    left = subprocess.Popen(["sleep", "1000"], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    other = subprocess.Popen(["sleep", "1000"], env={**env, WORKLOAD_ROOT_ENV: root + "2"}, stdin=subprocess.DEVNULL)
+    try:
+        assert _wait_exec(left.pid) and _wait_exec(other.pid)
+        assert [p.pid for p in workload_processes(root)] == [left.pid]
+        found = kill_orphans(root)
+        assert len(found) == 1 and found[0].startswith(f"pid {left.pid} 'sleep 1000'")
+        assert left.wait(timeout=10) == -signal.SIGKILL
+        assert workload_processes(root) == [] and kill_orphans(root) == []
+        assert other.poll() is None, "a process of another root is left alone"
+    finally:
+        for p in (left, other):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _wait_exec(pid: int) -> bool:
+    """True once ``pid`` runs ``sleep`` (its environment is readable from then on)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).name() == "sleep":
+                return True
+        except psutil.NoSuchProcess:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_torture_quick_of_the_workers_covers_every_worker_point_and_leaves_no_process(tmp_path: Any) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shipslog", "torture", "--json", "--quick", "--ops", "workers", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    left = _marked_under(str(tmp_path))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "the harness left worker processes behind"
+    assert proc.stdout.startswith("{"), proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["violations"] == []
+    assert result["uncovered"] == [] and result["covered"] == result["crash_points"]
+    assert WORKER_POINTS <= set(result["covered"])
+    assert {"recovery.after_begun", "recovery.after_step", "recovery.after_effect", "recovery.after_action"} <= set(result["covered"])
+    assert result["ops"] == ["workers"] and result["recovery_crashes"] > 0
     assert proc.returncode == 0
     assert os.listdir(tmp_path) == [], "the harness left its temporary roots behind"

@@ -36,6 +36,7 @@ from shipslog.engine import (
     WorkerSpec,
     WorkerStarted,
     WorkerStarting,
+    WorkerStatus,
     WorkerStopped,
     WorkerSupervised,
     replay,
@@ -225,6 +226,25 @@ def test_subscribers_hear_worker_events_like_any_other(engine: Engine) -> None:
         wait_for(lambda: len([r for r in heard if isinstance(r.event, WorkerStarted)]) == 2, what="the restart")
     assert [kind_of(r.event) for r in heard] == ["worker.starting", "worker.started", "worker.died", "worker.starting", "worker.started"]
     assert [r.seq for r in heard] == sorted(r.seq for r in heard)
+
+
+def test_the_restart_count_changes_with_the_rest_of_the_status(engine: Engine) -> None:
+    """While a death and its restart are journaled but not yet applied, the status is the old one as a whole
+    (not "restarted" while still healthy on the dead pid): a waiter for the restart must not see it early."""
+    holder: list[Supervisor] = []
+    seen: list[WorkerStatus] = []
+    engine.subscribe(lambda r: seen.append(holder[0].workers()["w"]), "worker.died")  # in the monitor thread
+    sv = Supervisor(engine, [sleeper(backoff_initial=0.0)])
+    holder.append(sv)
+    with sv:
+        pid = sv.workers()["w"].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: sv.workers()["w"].restarts == 1 and sv.workers()["w"].health is Health.HEALTHY, what="the restart")
+        now = sv.workers()["w"]
+        assert now.attempt == 1 and now.pid not in (None, pid)
+    assert len(seen) == 1
+    assert (seen[0].restarts, seen[0].attempt, seen[0].pid) == (0, 0, pid)
 
 
 def test_a_subscriber_may_stop_the_supervisor_from_the_monitor_thread(engine: Engine, root: str) -> None:

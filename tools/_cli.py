@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ops",
         default=None,
         metavar="OP,...",
-        help="only these operations (checkpoint, pointer, retention, run, session) and their crash points "
+        help="only these operations (checkpoint, pointer, retention, run, session, workers) and their crash points "
         "(the journal's and recovery's always count); default: all",
     )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
