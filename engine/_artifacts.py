@@ -44,7 +44,7 @@ __all__ = ["ARTIFACT_FOLDERS", "CheckpointWriter", "begin_artifact", "check_relp
 
 _log = logging.getLogger("shipslog.engine.checkpoint")
 
-ARTIFACT_FOLDERS = {"checkpoint": "checkpoints", "model": "models"}
+ARTIFACT_FOLDERS = {"checkpoint": "checkpoints", "model": "models", "adapter": "adapters"}
 _COPY_CHUNK = 8 << 20
 
 CP_BEGUN = register_crash_point("checkpoint.after_begun", "checkpoint.begun is durable; the staging folder may not exist yet")
@@ -97,7 +97,7 @@ def begin_artifact(
     final = core.path(ARTIFACT_FOLDERS[artifact], name)
 
     def no_conflict(state: EngineState) -> None:
-        table = state.checkpoints if artifact == "checkpoint" else state.models
+        table = {"checkpoint": state.checkpoints, "model": state.models, "adapter": state.adapters}[artifact]
         if name in table:
             raise ConflictError(f"{artifact} name {name!r}", f"committed {artifact} {table[name].path} (op {table[name].op})")
         for other in state.ops_of("checkpoint"):
@@ -285,7 +285,7 @@ class CheckpointWriter:
         rel = os.path.relpath(self.final_path, core.root).replace(os.sep, "/")
         core.journal_events(ArtifactCommitted(op=self.op, path=rel))
         self._done = "committed"
-        table = core.state.checkpoints if self.artifact == "checkpoint" else core.state.models
+        table = {"checkpoint": core.state.checkpoints, "model": core.state.models, "adapter": core.state.adapters}[self.artifact]
         self.info = table[self.name]
         return self.info
 

@@ -94,6 +94,9 @@ def _checkpoint_committed(b: StateBuilder, op: OpRecord, ev: Event, seq: int, ti
     if art.artifact == "model":
         b.models[art.name] = art
         return
+    if art.artifact == "adapter":
+        b.adapters[art.name] = art
+        return
     b.checkpoints[art.name] = art
     current = b.checkpoints.get(b.latest) if b.latest is not None else None
     if current is None or (art.step or 0) >= (current.step or 0):
@@ -184,8 +187,10 @@ def _retention_deleted(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time:
     lost_latest = False
     for path in paths:
         b.retiring.pop(path, None)
+        b.retired.pop(path, None)
         folder, _, name = path.partition("/")
-        table = b.checkpoints if folder == "checkpoints" else b.models if folder == "models" else None
+        tables = {"checkpoints": b.checkpoints, "models": b.models, "adapters": b.adapters}
+        table = tables.get(folder)
         if table is not None and name in table and table[name].path == path:
             del table[name]
             lost_latest = lost_latest or (table is b.checkpoints and name == b.latest)
@@ -353,9 +358,10 @@ RECOVERY = OperationType(
     },
 )
 
+from ._consolidation import CONSOLIDATION  # noqa: E402
 from ._workers import WORKER  # noqa: E402
 
-BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY, WORKER)
+BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY, WORKER, CONSOLIDATION)
 """Every built-in operation type, always registered."""
 
 

@@ -29,6 +29,7 @@ from shipslog.journal import (
 )
 
 from ._artifacts import CheckpointWriter, begin_artifact
+from ._consolidation import MergeFn, consolidate
 from ._errors import EngineBrokenError, EngineClosedError, IntegrityError, InvalidTransitionError, NotFoundError
 from ._manifest import Manifest, scan_folder, verify_folder
 from ._names import check_name
@@ -393,6 +394,24 @@ class EngineCore:
                 writer.copy_file(os.path.join(src, *rel.split("/")), rel)
         assert writer.info is not None
         return writer.info
+
+    def save_adapter(self, name: str, *, meta: Mapping[str, Any] | None = None, expected_bytes: int = 0) -> CheckpointWriter:
+        """Begin adapter ``name`` under ``adapters/`` (PEFT layout: adapter_config.json + weights); same protocol as :meth:`checkpoint`."""
+        return begin_artifact(self, name, artifact="adapter", meta=meta, expected_bytes=expected_bytes)
+
+    def adopt_adapter(self, source: str | os.PathLike[str], *, name: str | None = None, meta: Mapping[str, Any] | None = None) -> ArtifactInfo:
+        """Copy an adapter folder (e.g. one PEFT saved) into ``adapters/<name>`` as a committed adapter."""
+        return self._adopt(source, "adapter", name, None, meta)
+
+    def consolidate_with(self, merge: MergeFn, *, base: str, adapter: str, into: str, pointer: str) -> ArtifactInfo:
+        """Merge committed adapter ``adapter`` into committed model ``base`` as ``models/<into>`` with ``merge``,
+        point ``pointer`` at it, and only then retire the adapter; see :mod:`shipslog.engine._consolidation`.
+
+        Refused up front while a run or another consolidation is in progress
+        (:class:`ConflictError`).  A merge that raises (NaN/Inf, bad shapes,
+        out of memory) aborts: nothing is installed, the adapter is kept.
+        """
+        return consolidate(self, base=base, adapter=adapter, into=into, pointer=pointer, merge=merge)
 
     def latest_checkpoint(self, *, deep: bool = False) -> ArtifactInfo | None:
         """The newest committed checkpoint by step (never by name or mtime) whose folder verifies.

@@ -74,6 +74,9 @@ def plan_retention(state: EngineState, keep_last: int, keep_models: int | None =
             else:
                 delete.append(art.path)
 
+    for path in sorted(state.retired):
+        if path not in state.retiring:
+            delete.append(path)  # an adapter whose merge is installed and pointed to
     by_step = sorted(state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
     sweep(by_step, keep_last, "checkpoints")
     if keep_models is not None:
@@ -111,7 +114,7 @@ def delete_paths(core: EngineCore, paths: list[str]) -> None:
     """Remove each root-relative path durably (idempotent: a path already gone is fine)."""
     for rel in paths:
         folder, _, name = rel.partition("/")
-        if folder not in ("checkpoints", "models", "adapters") or not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"retention only deletes folders under checkpoints/, models/ or adapters/, not {rel!r}")
+        if folder not in ("checkpoints", "models", "adapters", "retired") or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"retention only deletes folders under checkpoints/, models/, adapters/ or retired/, not {rel!r}")
         core.fs.remove_tree_durable(os.path.join(core.root, folder, name))
         crash_point(CP_DELETED_ONE)

@@ -104,8 +104,10 @@ class SessionInfo(msgspec.Struct, frozen=True, gc=False):
 class EngineState(msgspec.Struct, frozen=True, gc=False):
     """Everything the journal says, as of record ``seq``.
 
-    ``ops``: operations not yet terminal, by id.  ``checkpoints`` / ``models``:
-    committed folders by name.  ``pointers`` by name.  ``runs`` by op id (all
+    ``ops``: operations not yet terminal, by id.  ``checkpoints`` / ``models`` /
+    ``adapters``: committed folders by name.  ``retired`` maps the path an
+    adapter was moved to after its merge was installed and pointed to, to the
+    merged model's path (retention deletes it later).  ``pointers`` by name.  ``runs`` by op id (all
     runs in progress and the newest finished ones).  ``latest`` names the newest
     committed checkpoint by step (ties: the later commit); ``global_step`` is its
     step.  ``retiring`` maps root-relative paths a retention intends to delete
@@ -118,6 +120,8 @@ class EngineState(msgspec.Struct, frozen=True, gc=False):
     ops: dict[str, OpRecord] = {}
     checkpoints: dict[str, ArtifactInfo] = {}
     models: dict[str, ArtifactInfo] = {}
+    adapters: dict[str, ArtifactInfo] = {}
+    retired: dict[str, str] = {}
     pointers: dict[str, PointerInfo] = {}
     runs: dict[str, RunInfo] = {}
     retiring: dict[str, str] = {}
@@ -149,6 +153,8 @@ class StateBuilder:
         "ops",
         "checkpoints",
         "models",
+        "adapters",
+        "retired",
         "pointers",
         "runs",
         "retiring",
@@ -166,6 +172,8 @@ class StateBuilder:
         self.ops = dict(s.ops)
         self.checkpoints = dict(s.checkpoints)
         self.models = dict(s.models)
+        self.adapters = dict(s.adapters)
+        self.retired = dict(s.retired)
         self.pointers = dict(s.pointers)
         self.runs = dict(s.runs)
         self.retiring = dict(s.retiring)
@@ -183,6 +191,8 @@ class StateBuilder:
             ops=dict(self.ops),
             checkpoints=dict(self.checkpoints),
             models=dict(self.models),
+            adapters=dict(self.adapters),
+            retired=dict(self.retired),
             pointers=dict(self.pointers),
             runs=dict(self.runs),
             retiring=dict(self.retiring),

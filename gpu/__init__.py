@@ -48,6 +48,7 @@ from ._errors import (
     TensorFileError,
     TensorFileNotFoundError,
 )
+from ._consolidate import merge_folders
 from ._hostcopy import HostSnapshot
 from ._lora import (
     ADAPTER_CONFIG_NAME,
@@ -75,6 +76,7 @@ from ._tensorfile import (
 )
 
 __all__ = [
+    "merge_folders",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "DEFAULT_MERGE_BUDGET_BYTES",

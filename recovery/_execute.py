@@ -35,6 +35,9 @@ from shipslog.engine import (
     verify_folder,
 )
 from shipslog.engine import settle_cut_off_worker
+from shipslog.engine._artifacts import ARTIFACT_FOLDERS
+from shipslog.engine._consolidation import ConsolidationAborted
+from shipslog.engine._consolidation import finish as finish_consolidation
 from shipslog.engine._pointers import read_pointer_file, write_pointer_file
 from shipslog.engine._retention import delete_paths
 from shipslog.journal import crash_point, register_crash_point
@@ -153,7 +156,7 @@ def _close(core: EngineCore, action: Action, moved: list[str]) -> str:
 def _artifact_paths(core: EngineCore, action: Action) -> tuple[dict[str, object], str, str, str]:
     op = core.state.ops[action.target]
     info = op.info
-    folder = "models" if info.get("artifact") == "model" else "checkpoints"
+    folder = ARTIFACT_FOLDERS.get(str(info.get("artifact", "checkpoint")), "checkpoints")
     final_rel = f"{folder}/{info['name']}"
     return info, str(info.get("staging", "")), final_rel, folder
 
@@ -256,6 +259,43 @@ def _retention_redo(core: EngineCore, action: Action, moved: list[str]) -> str:
     return f"deleted {len(paths)} path(s) again, journaled deleted"
 
 
+def _consolidation_roll_back(core: EngineCore, action: Action, moved: list[str]) -> str:
+    op = core.state.ops.get(action.target)
+    if op is None:
+        return "already settled"
+    staging = str(op.info.get("staging", ""))
+    if staging:
+        core.fs.remove_tree_durable(core.path(*staging.split("/")))
+        crash_point(CP_EFFECT)
+    core.journal_events(ConsolidationAborted(op=op.id, reason="recovered: cut off before the merged model was durable; staging removed"))
+    return "staging removed, journaled aborted; base, adapter and pointer untouched"
+
+
+def _consolidation_roll_forward(core: EngineCore, action: Action, moved: list[str]) -> str:
+    op = core.state.ops.get(action.target)
+    if op is None:
+        return "already settled"
+    if op.state == "merged-durable":
+        info = op.info
+        final_rel, staging_rel = f"models/{info['into']}", str(info["staging"])
+        crc = info.get("manifest_crc")
+        final_problem = _verifies(core, final_rel, crc)
+        staged_problem = _verifies(core, staging_rel, crc) if final_problem is not None else None
+        if final_problem is not None and staged_problem is not None:
+            for rel in (final_rel, staging_rel):
+                if os.path.lexists(core.path(*rel.split("/"))):
+                    _quarantine(core, rel, moved)
+            core.journal_events(ConsolidationAborted(op=op.id, reason=f"recovered: no copy of the merged model verifies (final: {final_problem}; staged: {staged_problem}); adapter kept"))
+            return "no copy verifies: quarantined, journaled aborted; the adapter is kept"
+        if final_problem is not None and final_problem != "missing":
+            _quarantine(core, final_rel, moved)
+        if final_problem is None and os.path.lexists(core.path(*staging_rel.split("/"))):
+            _quarantine(core, staging_rel, moved)
+    start = op.state
+    finish_consolidation(core, op.id, on_effect=lambda: crash_point(CP_EFFECT))
+    return f"rolled forward from {start} to committed"
+
+
 def _quarantine_action(core: EngineCore, action: Action, moved: list[str]) -> str:
     return _quarantine(core, action.target, moved)
 
@@ -271,4 +311,6 @@ register_executor("pointer.settle", _pointer_settle)
 register_executor("retention.redo", _retention_redo)
 register_executor("quarantine", _quarantine_action)
 register_executor("manual", _manual)
+register_executor("consolidation.roll-back", _consolidation_roll_back)
+register_executor("consolidation.roll-forward", _consolidation_roll_forward)
 register_executor("worker.settle", lambda core, action, moved: settle_cut_off_worker(core, action.target, on_effect=lambda: crash_point(CP_EFFECT)))

@@ -9,6 +9,8 @@ Checked after every recovery and by ``shipslog verify``:
 ``checkpoints-verify``    every committed checkpoint and model exists and verifies;
 ``nothing-unaccounted``   every entry under staging/, checkpoints/, models/, pointers/
                           is accounted for by the journal;
+``adapters-kept``         every retired adapter's merged model is committed (so the
+                          adapter or a committed merge of it always exists);
 ``recovery-idempotent``   planning recovery again plans nothing.
 """
 
@@ -31,6 +33,7 @@ INVARIANTS = (
     "ops-terminal",
     "pointers-verify",
     "checkpoints-verify",
+    "adapters-kept",
     "nothing-unaccounted",
     "recovery-idempotent",
 )
@@ -92,7 +95,10 @@ def check_invariants(
         else:
             if on_disk != pointer.target:
                 found.append(Violation("pointers-verify", f"pointer file names {on_disk}, the journal says {pointer.target}", pointer_file))
-    for art in [*state.checkpoints.values(), *state.models.values()]:
+    for retired, merged in state.retired.items():
+        if merged not in committed:
+            found.append(Violation("adapters-kept", f"adapter {retired} was retired but its merge {merged} is not a committed model"))
+    for art in [*state.checkpoints.values(), *state.models.values(), *state.adapters.values()]:
         path = os.path.join(root, *art.path.split("/"))
         try:
             verify_folder(path, deep=deep)

@@ -14,6 +14,7 @@ import os
 import msgspec
 
 from shipslog.engine import EngineState, OpRecord, Registry
+from shipslog.engine._artifacts import ARTIFACT_FOLDERS
 from shipslog.journal import QUARANTINE_DIR, is_temp_name
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
     "quarantine_name",
 ]
 
-ENGINE_FOLDERS = ("staging", "checkpoints", "models", "pointers")
+ENGINE_FOLDERS = ("staging", "checkpoints", "models", "adapters", "retired", "pointers")
 """The folders whose every entry must be accounted for by the journal."""
 
 _DELETING = ".deleting"
@@ -79,6 +80,11 @@ _BUILTIN_ACTIONS = {
     ("retention", "intended"): "retention.redo",
     ("worker", "started"): "worker.settle",
     ("worker", "starting"): "worker.settle",
+    ("consolidation", "begun"): "consolidation.roll-back",
+    ("consolidation", "merged-durable"): "consolidation.roll-forward",
+    ("consolidation", "installed"): "consolidation.roll-forward",
+    ("consolidation", "pointer-set"): "consolidation.roll-forward",
+    ("consolidation", "adapter-retired"): "consolidation.roll-forward",
 }
 
 
@@ -102,6 +108,8 @@ def _accounted(state: EngineState) -> set[str]:
     paths: set[str] = set()
     paths.update(a.path for a in state.checkpoints.values())
     paths.update(a.path for a in state.models.values())
+    paths.update(a.path for a in state.adapters.values())
+    paths.update(state.retired)
     paths.update(f"pointers/{name}" for name in state.pointers)
     for op in state.ops.values():
         info = op.info
@@ -110,10 +118,17 @@ def _accounted(state: EngineState) -> set[str]:
             if isinstance(staging, str):
                 paths.add(staging)
             if op.state == "durable":
-                folder = "models" if info.get("artifact") == "model" else "checkpoints"
+                folder = ARTIFACT_FOLDERS.get(str(info.get("artifact", "checkpoint")), "checkpoints")
                 paths.add(f"{folder}/{info.get('name')}")
         elif op.type == "pointer":
             paths.add(f"pointers/{info.get('name')}")
+        elif op.type == "consolidation":
+            paths.add(str(info.get("staging")))
+            if op.state != "begun":
+                paths.add(f"models/{info.get('into')}")
+            paths.add(f"pointers/{info.get('pointer')}")
+            adapter = str(info.get("adapter", ""))
+            paths.add(f"retired/{op.id}-{adapter.partition('/')[2]}")
         elif op.type == "retention":
             paths.update(p for p in info.get("paths", ()) if isinstance(p, str))
     return paths

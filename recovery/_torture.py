@@ -76,7 +76,13 @@ _WORKLOAD_MODULE = "shipslog.recovery._workload"
 _CHECK_MODULE = "shipslog.recovery._torture"
 _OPENED_MARK = "=opened"
 _CHILD_TIMEOUT_S = 120
-_QUICK_PAIRS = ("checkpoint.after_durable", "pointer.after_intended", "retention.after_delete", "worker.after_started")
+_QUICK_PAIRS = (
+    "checkpoint.after_durable",
+    "pointer.after_intended",
+    "retention.after_delete",
+    "worker.after_started",
+    "consolidation.after_merged",
+)
 """In a quick run, the crashes whose recovery is itself crashed (one of each kind of recovery work)."""
 _EVERY_HIT = ("journal.before_write", "journal.after_fsync")
 """During recovery these are crashed at every hit (each of recovery's few appends, before and after it)."""

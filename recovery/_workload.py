@@ -56,7 +56,7 @@ __all__ = [
     "run_workload",
 ]
 
-WORKLOAD_OPS: tuple[str, ...] = ("checkpoint", "pointer", "retention", "run", "session", "workers")
+WORKLOAD_OPS: tuple[str, ...] = ("checkpoint", "pointer", "retention", "run", "session", "workers", "consolidation")
 """The operations the workload can exercise (``--ops`` chooses a subset; default: all)."""
 
 OP_PREFIXES: dict[str, tuple[str, ...]] = {
@@ -66,6 +66,7 @@ OP_PREFIXES: dict[str, tuple[str, ...]] = {
     "run": ("run.",),
     "session": ("session.",),
     "workers": ("worker.",),
+    "consolidation": ("consolidation.",),
 }
 """The crash points that belong to each operation, by name prefix."""
 
@@ -281,7 +282,30 @@ def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, ac
                 with e.run(data) as again:
                     again.progress(again.start_step + 10)
                 ack(kind="run", op=again.op, state="finished", step=again.step)
+    if "consolidation" in chosen:
+        _consolidation(e, ack)
     e.close()
+
+
+def _consolidation(e: Engine, ack: _Acks) -> None:
+    """Save a tiny base model and a LoRA adapter (torch, imported only here), then merge, install, point, retire."""
+    import torch
+
+    from shipslog.gpu import save_state_dict
+
+    g = torch.Generator().manual_seed(7)
+    with e.save_model("toy-base") as model:
+        for entry in save_state_dict({"layer.q.weight": torch.randn(8, 6, generator=g), "layer.k.weight": torch.randn(8, 6, generator=g)}, model.path):
+            model.add_file(entry)
+        model.write_json("config.json", {"arch": "toy"})
+    ack(kind="artifact", artifact="model", name="toy-base", path="models/toy-base")
+    lora = {"base_model.model.layer.q.lora_A.weight": torch.randn(2, 6, generator=g), "base_model.model.layer.q.lora_B.weight": torch.randn(8, 2, generator=g)}
+    with e.save_adapter("lora-1") as adapter:
+        for entry in save_state_dict(lora, adapter.path, prefix="adapter_model"):
+            adapter.add_file(entry)
+        adapter.write_json("adapter_config.json", {"r": 2, "lora_alpha": 4, "target_modules": ["q"]})
+    merged = e.consolidate(base="toy-base", adapter="lora-1", into="toy-merged", pointer="serving")
+    ack(kind="artifact", artifact="model", name=merged.name, path=merged.path)
 
 
 def main(argv: list[str] | None = None) -> int:

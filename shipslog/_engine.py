@@ -10,6 +10,7 @@ recovered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -19,6 +20,8 @@ from typing import Any
 import msgspec
 
 from shipslog.engine import (
+    ArtifactInfo,
+    MissingDependencyError,
     CutOffOperationsError,
     EngineLockedError,
     EngineState,
@@ -27,6 +30,7 @@ from shipslog.engine import (
     SessionClosed,
     SessionOpened,
 )
+from shipslog.engine._consolidation import MergeFn
 from shipslog.engine._core import CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, STAGING_DIR, EngineCore, WatchedFileSystem, decode_state
 from shipslog.engine._reducer import Reducer
 from shipslog.journal import (
@@ -129,7 +133,7 @@ class Engine(EngineCore):
                 ops = [(a.target, a.op_type or "", a.state or "") for a in refused if a.op_type is not None]
                 paths = [a.target for a in refused if a.op_type is None]
                 raise CutOffOperationsError(journal.root, ops, paths)
-            for folder in (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, QUARANTINE_DIR):
+            for folder in (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, QUARANTINE_DIR, "adapters", "retired"):
                 watched.ensure_dir(os.path.join(journal.root, folder))
             engine = cls(journal, registry, state, fs=watched, snapshot_every=snapshot_every)
             holder.append(engine)
@@ -160,6 +164,36 @@ class Engine(EngineCore):
             journal.close()
             raise
         return engine
+
+    def consolidate(
+        self,
+        *,
+        base: str,
+        adapter: str,
+        into: str,
+        pointer: str,
+        merge: MergeFn | None = None,
+        memory_budget_bytes: int | None = None,
+    ) -> ArtifactInfo:
+        """Merge committed adapter ``adapter`` into committed model ``base`` as ``models/<into>``, point
+        ``pointer`` at it, and only then retire the adapter (to ``retired/``; ``gc`` deletes it later).
+
+        ``merge`` defaults to :func:`shipslog.gpu.merge_folders` (LoRA merge in
+        float32 row chunks within ``memory_budget_bytes``, finite-checked),
+        imported only now: without torch this raises
+        :class:`MissingDependencyError` naming the ``gpu`` extra.  A merge that
+        fails aborts the operation with base, adapter and pointer untouched.
+        """
+        if merge is None:
+            try:
+                from shipslog.gpu import merge_folders
+            except ImportError as exc:
+                raise MissingDependencyError("torch", "gpu") from exc
+            if memory_budget_bytes is not None:
+                merge = functools.partial(merge_folders, memory_budget_bytes=memory_budget_bytes)
+            else:
+                merge = merge_folders
+        return self.consolidate_with(merge, base=base, adapter=adapter, into=into, pointer=pointer)
 
     def close(self) -> None:
         """Journal a clean end of this session and release the root.  Idempotent.

@@ -42,7 +42,7 @@ from shipslog.engine import (
 from shipslog.journal import JournalClosedError, JournalLockedError, list_snapshots, read_snapshot
 from shipslog.journal._snapshot import encode_snapshot
 
-FOLDERS = ["checkpoints", "journal", "models", "pointers", "quarantine", "snapshots", "staging"]
+FOLDERS = sorted(["checkpoints", "journal", "models", "pointers", "quarantine", "snapshots", "staging", "adapters", "retired"])
 
 
 def busy_day(e: Engine, data: str, n: int = 3) -> list[tuple[int, EngineState]]:

@@ -49,6 +49,15 @@ from shipslog.engine import (
     UnknownOperationError,
     apply,
 )
+from shipslog.engine import (
+    ConsolidationAborted,
+    ConsolidationAdapterRetired,
+    ConsolidationBegun,
+    ConsolidationCommitted,
+    ConsolidationInstalled,
+    ConsolidationMerged,
+    ConsolidationPointerSet,
+)
 from shipslog.journal import UnsupportedFormatError
 from shipslog.engine import (
     WorkerAdopted,
@@ -88,6 +97,13 @@ FACTORIES: dict[str, Callable[[str], Event]] = {
     "recovery.step": lambda op: RecoveryStep(op=op, index=0, target="x", action="close"),
     "recovery.done": lambda op: RecoveryDone(op=op, done=1),
     "recovery.superseded": lambda op: RecoverySuperseded(op=op),
+    "consolidation.begun": lambda op: ConsolidationBegun(op=op, base="models/b", adapter="adapters/a", into=f"m-{op}", pointer="cur", staging=f"staging/{op}"),
+    "consolidation.merged": lambda op: ConsolidationMerged(op=op, files=1, bytes=3, manifest_crc=7),
+    "consolidation.installed": lambda op: ConsolidationInstalled(op=op, path="models/m"),
+    "consolidation.pointer-set": lambda op: ConsolidationPointerSet(op=op),
+    "consolidation.adapter-retired": lambda op: ConsolidationAdapterRetired(op=op, retired=f"retired/{op}-a"),
+    "consolidation.committed": lambda op: ConsolidationCommitted(op=op),
+    "consolidation.aborted": lambda op: ConsolidationAborted(op=op, reason="test"),
     "worker.supervised": lambda op: WorkerSupervised(op=op, name="loader", policy="on-failure", max_restarts=3, restart_window=60.0),
     "worker.failed": lambda op: WorkerFailed(op=op, reason="budget spent", restarts=3),
     "worker.released": lambda op: WorkerReleased(op=op),

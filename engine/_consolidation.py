@@ -1,0 +1,351 @@
+"""The consolidation operation: merge an adapter into its base model, install it, point to it, retire the adapter.
+
+The steps, each journaled after its effect:
+
+1. ``consolidation.begun`` (base, adapter, into, pointer, staging folder);
+2. the merge writes the merged model into ``staging/<op>/`` (checksummed),
+   the manifest is written last and fsynced: ``consolidation.merged``;
+3. the folder is renamed to ``models/<into>``: ``consolidation.installed``
+   (from here the merged model is a committed model);
+4. the pointer file names it: ``consolidation.pointer-set``;
+5. the adapter folder is moved to ``retired/<op>-<adapter>`` (retention
+   deletes it later): ``consolidation.adapter-retired``;
+6. ``consolidation.committed``.
+
+The adapter is retired only after the merged model is durable, installed
+and pointed to, so no committed learning is ever lost.  A failure before
+step 2 is durable (a merge that raises, NaN/Inf in the result, a full disk)
+removes staging and journals ``consolidation.aborted``; the base, the
+adapter and the pointer are untouched.  After step 2, recovery rolls forward.
+The merge itself is a callable supplied by the caller (the front door passes
+the GPU core's), so this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shipslog.journal import crash_point, register_crash_point
+
+from ._errors import ConflictError, NotFoundError
+from ._events import Event
+from ._manifest import FileEntry, checksum_file, new_manifest, scan_folder, verify_folder, write_manifest
+from ._names import check_name
+from ._optypes import OperationType, Recovery, RecoveryAction
+from ._state import ArtifactInfo, EngineState, OpRecord, PointerInfo, StateBuilder
+
+if TYPE_CHECKING:
+    from ._core import EngineCore
+
+__all__ = [
+    "CONSOLIDATION",
+    "ConsolidationAborted",
+    "ConsolidationAdapterRetired",
+    "ConsolidationBegun",
+    "ConsolidationCommitted",
+    "ConsolidationInstalled",
+    "ConsolidationMerged",
+    "ConsolidationPointerSet",
+    "ConsolidationState",
+    "MergeFn",
+    "consolidate",
+    "finish",
+    "retire_adapter",
+]
+
+_log = logging.getLogger("shipslog.engine.consolidation")
+
+MergeFn = Callable[[str, list[FileEntry], str, list[FileEntry], str], tuple[list[FileEntry], dict[str, Any]]]
+"""``merge(base_folder, base_files, adapter_folder, adapter_files, out_folder) -> (files written, report)``.
+
+Writes the merged model's files into ``out_folder`` (fsynced, checksummed
+while written) and returns their entries and a JSON-able report; raises on
+any failure (nothing it wrote is used then)."""
+
+CP_BEGUN = register_crash_point("consolidation.after_begun", "consolidation.begun is durable; nothing is merged yet")
+CP_MERGED_FILES = register_crash_point("consolidation.after_merge", "the merged files are in staging; no manifest yet")
+CP_MERGED = register_crash_point("consolidation.after_merged", "consolidation.merged is durable; the model is still in staging")
+CP_RENAMED = register_crash_point("consolidation.after_rename", "the model is in models/, durably; consolidation.installed is not journaled")
+CP_INSTALLED = register_crash_point("consolidation.after_installed", "consolidation.installed is durable; the pointer still names the old target")
+CP_POINTER_WRITTEN = register_crash_point("consolidation.after_pointer_write", "the pointer file names the merged model; pointer-set is not journaled")
+CP_POINTER_SET = register_crash_point("consolidation.before_adapter_retire", "pointer-set is durable; the adapter is still in adapters/")
+CP_RETIRED_MOVE = register_crash_point("consolidation.after_adapter_move", "the adapter is in retired/; adapter-retired is not journaled")
+CP_RETIRED = register_crash_point("consolidation.after_adapter_retired", "adapter-retired is durable; committed is not journaled")
+
+
+# -- events and table ------------------------------------------------------------------------
+
+
+class ConsolidationBegun(Event, tag="consolidation.begun"):
+    """Merging adapter ``adapter`` (``adapters/<name>``) into ``base`` (``models/<name>``) as ``models/<into>``."""
+
+    base: str
+    adapter: str
+    into: str
+    pointer: str
+    staging: str
+
+
+class ConsolidationMerged(Event, tag="consolidation.merged"):
+    """The merged model and its manifest are durable in staging."""
+
+    files: int
+    bytes: int
+    manifest_crc: int
+    report: dict[str, Any] = {}
+
+
+class ConsolidationInstalled(Event, tag="consolidation.installed"):
+    """The merged model is at ``path`` (``models/<into>``), durably: a committed model."""
+
+    path: str
+
+
+class ConsolidationPointerSet(Event, tag="consolidation.pointer-set"):
+    """The pointer file names the merged model, durably."""
+
+
+class ConsolidationAdapterRetired(Event, tag="consolidation.adapter-retired"):
+    """The adapter folder was moved to ``retired`` (a root-relative path under ``retired/``), durably."""
+
+    retired: str
+
+
+class ConsolidationCommitted(Event, tag="consolidation.committed"):
+    """Every step is done."""
+
+
+class ConsolidationAborted(Event, tag="consolidation.aborted"):
+    """Abandoned before the merged model was durable: staging removed; base, adapter and pointer untouched."""
+
+    reason: str
+
+
+class ConsolidationState(str, enum.Enum):
+    """States of a consolidation."""
+
+    BEGUN = "begun"
+    MERGED = "merged-durable"
+    INSTALLED = "installed"
+    POINTER_SET = "pointer-set"
+    ADAPTER_RETIRED = "adapter-retired"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+def _installed(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    info = op.info
+    name = info["into"]
+    b.models[name] = ArtifactInfo(
+        name=name,
+        artifact="model",
+        path=info["path"],
+        step=None,
+        op=op.id,
+        seq=seq,
+        time=time,
+        files=info.get("files", 0),
+        bytes=info.get("bytes", 0),
+        meta={"merged_from": {"base": info["base"], "adapter": info["adapter"]}},
+    )
+
+
+def _pointer_set(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    name = op.info["pointer"]
+    b.pointers[name] = PointerInfo(name=name, target=f"models/{op.info['into']}", op=op.id, seq=seq, time=time)
+
+
+def _adapter_retired(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    adapter_path = op.info["adapter"]
+    b.adapters.pop(adapter_path.partition("/")[2], None)
+    assert isinstance(ev, ConsolidationAdapterRetired)
+    b.retired[ev.retired] = f"models/{op.info['into']}"
+
+
+_S = ConsolidationState
+_FORWARD = RecoveryAction.ROLL_FORWARD
+
+CONSOLIDATION = OperationType(
+    name="consolidation",
+    description="an adapter merged into its base, installed, pointed to, and only then retired",
+    states=ConsolidationState,
+    events=(
+        ConsolidationBegun,
+        ConsolidationMerged,
+        ConsolidationInstalled,
+        ConsolidationPointerSet,
+        ConsolidationAdapterRetired,
+        ConsolidationCommitted,
+        ConsolidationAborted,
+    ),
+    begins={"consolidation.begun": _S.BEGUN},
+    transitions={
+        (_S.BEGUN, "consolidation.merged"): _S.MERGED,
+        (_S.BEGUN, "consolidation.aborted"): _S.ABORTED,
+        (_S.MERGED, "consolidation.installed"): _S.INSTALLED,
+        (_S.MERGED, "consolidation.aborted"): _S.ABORTED,
+        (_S.INSTALLED, "consolidation.pointer-set"): _S.POINTER_SET,
+        (_S.POINTER_SET, "consolidation.adapter-retired"): _S.ADAPTER_RETIRED,
+        (_S.ADAPTER_RETIRED, "consolidation.committed"): _S.COMMITTED,
+    },
+    terminal=frozenset({_S.COMMITTED, _S.ABORTED}),
+    recovery={
+        _S.BEGUN: Recovery(RecoveryAction.ROLL_BACK, "the merged model was not durable: remove staging; base, adapter and pointer are untouched"),
+        _S.MERGED: Recovery(_FORWARD, "install the merged model if a copy verifies (else quarantine it and abort; the adapter is untouched)"),
+        _S.INSTALLED: Recovery(_FORWARD, "make the pointer name the merged model"),
+        _S.POINTER_SET: Recovery(_FORWARD, "retire the adapter (the merged model is installed and pointed to)"),
+        _S.ADAPTER_RETIRED: Recovery(_FORWARD, "journal committed"),
+    },
+    projections={
+        "consolidation.installed": _installed,
+        "consolidation.pointer-set": _pointer_set,
+        "consolidation.adapter-retired": _adapter_retired,
+    },
+)
+
+
+# -- the operation ------------------------------------------------------------------------------
+
+
+def consolidate(core: EngineCore, *, base: str, adapter: str, into: str, pointer: str, merge: MergeFn) -> ArtifactInfo:
+    """Run a whole consolidation (see the module docstring); return the installed model."""
+    check_name("model", base)
+    check_name("adapter", adapter)
+    check_name("model", into)
+    check_name("pointer", pointer)
+    core.check_usable()
+    state = core.state
+    base_art = state.models.get(base)
+    if base_art is None:
+        raise NotFoundError("model", base, "the base must be a committed model (save_model or adopt_model)")
+    adapter_art = state.adapters.get(adapter)
+    if adapter_art is None:
+        raise NotFoundError("adapter", adapter, "the adapter must be committed (save_adapter or adopt_adapter)")
+    base_manifest = verify_folder(core.path(base_art.path))
+    adapter_manifest = verify_folder(core.path(adapter_art.path))
+    core.preflight(base_art.bytes, f"consolidating {adapter!r} into {base!r} ({base_art.bytes} bytes)")
+    op = core.new_op_id("consolidation")
+    staging_rel = f"staging/{op}"
+    final_rel = f"models/{into}"
+
+    def no_conflict(st: EngineState) -> None:
+        if into in st.models or os.path.lexists(core.path(final_rel)):
+            raise ConflictError(f"model name {into!r}", f"an existing model {final_rel}")
+        for other in st.ops.values():
+            if other.type == "run":
+                raise ConflictError(f"consolidating into {base!r}", f"run {other.id} (state {other.state}), which trains on it")
+            if other.type == "consolidation":
+                raise ConflictError(f"consolidating {adapter!r}", f"consolidation {other.id} (state {other.state})")
+            if other.type == "pointer" and other.info.get("name") == pointer:
+                raise ConflictError(f"moving pointer {pointer!r}", f"operation {other.id} (state {other.state})")
+        if base_art.path in st.retiring or adapter_art.path in st.retiring:
+            raise ConflictError(f"consolidating {adapter!r} into {base!r}", "a retention pass that is deleting one of them")
+
+    core.journal_events(
+        ConsolidationBegun(op=op, base=base_art.path, adapter=adapter_art.path, into=into, pointer=pointer, staging=staging_rel),
+        check=no_conflict,
+    )
+    crash_point(CP_BEGUN)
+    staging = core.path(staging_rel)
+    try:
+        core.fs.mkdir(staging)
+        files, report = merge(core.path(base_art.path), list(base_manifest.files), core.path(adapter_art.path), list(adapter_manifest.files), staging)
+        crash_point(CP_MERGED_FILES)
+        _seal(core, op, staging, into, files, report, base, adapter)
+    except BaseException as exc:
+        _abort(core, op, staging, exc)
+        raise
+    crash_point(CP_MERGED)
+    return finish(core, op)
+
+
+def _seal(
+    core: EngineCore, op: str, staging: str, into: str, files: list[FileEntry], report: dict[str, Any], base: str, adapter: str
+) -> None:
+    """Check what the merge wrote, fsync, write the manifest last, journal merged."""
+    recorded = {f.path: f for f in files}
+    entries: list[FileEntry] = []
+    for rel in scan_folder(staging):
+        full = os.path.join(staging, *rel.split("/"))
+        entry = recorded.get(rel)
+        if entry is None or os.stat(full).st_size != entry.size:
+            entry = checksum_file(staging, rel)
+        fd = core.fs.open(full, os.O_RDONLY)
+        try:
+            core.fs.fsync(fd)
+        finally:
+            core.fs.close(fd)
+        entries.append(entry)
+    manifest = new_manifest("model", into, entries, meta={"merged_from": {"base": base, "adapter": adapter}, "merge": report})
+    data = write_manifest(core.fs, staging, manifest)
+    core.journal_events(
+        ConsolidationMerged(op=op, files=len(entries), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(data), report=report)
+    )
+
+
+def _abort(core: EngineCore, op: str, staging: str, exc: BaseException) -> None:
+    if core.broken is not None or core.closed or op not in core.state.ops:
+        return
+    try:
+        core.fs.remove_tree_durable(staging)
+        core.journal_events(ConsolidationAborted(op=op, reason=f"failed: {type(exc).__name__}: {exc}"))
+    except Exception as abort_exc:
+        _log.error("could not abort consolidation %s after %s: %s; recovery will finish it", op, exc, abort_exc)
+
+
+def finish(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = None) -> ArtifactInfo:
+    """Carry a consolidation forward from whatever durable state it is in to committed (used by recovery too).
+
+    ``on_effect`` is called after each file effect, before the record that
+    says it happened (recovery passes its crash point).
+    """
+    effect = on_effect or (lambda: None)
+    from ._pointers import write_pointer_file
+
+    record = core.state.ops[op]
+    info = record.info
+    into = info["into"]
+    final_rel = f"models/{into}"
+    if record.state == _S.MERGED.value:
+        staging = core.path(*info["staging"].split("/"))
+        if not os.path.lexists(core.path(final_rel)):
+            core.fs.ensure_dir(core.path("models"))
+            core.fs.rename_durable(staging, core.path(final_rel), sync_source=False)
+        crash_point(CP_RENAMED)
+        effect()
+        core.journal_events(ConsolidationInstalled(op=op, path=final_rel))
+        crash_point(CP_INSTALLED)
+        record = core.state.ops[op]
+    if record.state == _S.INSTALLED.value:
+        write_pointer_file(core, info["pointer"], final_rel, op)
+        crash_point(CP_POINTER_WRITTEN)
+        effect()
+        core.journal_events(ConsolidationPointerSet(op=op))
+        crash_point(CP_POINTER_SET)
+        record = core.state.ops[op]
+    if record.state == _S.POINTER_SET.value:
+        retired_rel = retire_adapter(core, op, info["adapter"])
+        effect()
+        core.journal_events(ConsolidationAdapterRetired(op=op, retired=retired_rel))
+        crash_point(CP_RETIRED)
+        record = core.state.ops[op]
+    if record.state == _S.ADAPTER_RETIRED.value:
+        core.journal_events(ConsolidationCommitted(op=op))
+    return core.state.models[into]
+
+
+def retire_adapter(core: EngineCore, op: str, adapter_rel: str) -> str:
+    """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path."""
+    name = adapter_rel.partition("/")[2]
+    retired_rel = f"retired/{op}-{name}"
+    src, dst = core.path(*adapter_rel.split("/")), core.path(*retired_rel.split("/"))
+    if os.path.lexists(src) and not os.path.lexists(dst):
+        core.fs.ensure_dir(core.path("retired"))
+        core.fs.rename_durable(src, dst)
+    crash_point(CP_RETIRED_MOVE)
+    return retired_rel
