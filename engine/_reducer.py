@@ -8,6 +8,7 @@ tests check.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ import msgspec
 
 from shipslog.journal import JOURNAL_DIR, JournalReader
 
+from ._builtins import _run_progress
 from ._errors import InvalidTransitionError, UnknownOperationError
 from ._events import Event, RawEvent
 from ._registry import Registry
@@ -24,6 +26,7 @@ from ._state import EngineState, OpRecord, StateBuilder
 __all__ = ["Reducer", "SequenceGapError", "apply", "replay"]
 
 _to_builtins = msgspec.to_builtins
+_replace = msgspec.structs.replace
 
 
 class SequenceGapError(InvalidTransitionError):
@@ -100,11 +103,29 @@ class Reducer:
         ops = b.ops
         counts = b.op_counts
         expected = b.seq + 1
+        # Progress folding: a run of run.progress records of one run, one after the other, changes
+        # only that run's step and last_seq, so the run's RunInfo is built once for the whole run of
+        # records (when another record comes, or at the end) instead of once per record.  The first
+        # record of such a run goes through the full path below; the ones after it skip only what
+        # cannot change: the rule (same class), the op (same id, its state a self-loop) and the table.
+        fold_cls: Any = None
+        fold_op = ""
+        fold_step = 0
+        folded = False
         try:
             for rec in records:
                 if rec.seq != expected:
                     raise SequenceGapError(rec.seq, expected)
                 ev = rec.event
+                if ev.__class__ is fold_cls and ev.op == fold_op and (step := ev.step) >= fold_step:
+                    fold_step = step
+                    folded = True
+                    expected += 1
+                    continue
+                if folded:
+                    b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
+                    folded = False
+                fold_cls = None
                 rule = rules.get(ev.__class__)
                 if rule is None:
                     kind = ev.kind if isinstance(ev, RawEvent) else type(ev).__name__
@@ -132,12 +153,18 @@ class Reducer:
                             del ops[op_id]
                         else:
                             ops[op_id] = op
+                    elif rule.project is _run_progress:
+                        fold_cls = ev.__class__
+                        fold_op = op_id
+                        fold_step = ev.step
                 project = rule.project
                 if project is not None:
                     b.seq = expected - 1
                     project(b, op, ev, expected, rec.time)
                 expected += 1
         finally:
+            if folded:
+                b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
             b.seq = expected - 1
 
     def apply(self, rec: Any) -> None:
@@ -173,8 +200,16 @@ def replay(
     reg = registry or Registry(operations)
     reducer = Reducer(reg, None)
     reader = JournalReader(os.path.join(os.fspath(root), JOURNAL_DIR))
-    for batch in reader.batches(1, until, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
-        reducer.apply_all(batch)
+    # Replay allocates millions of short-lived objects and no cycles: the cyclic collector would
+    # only walk them again and again (see the design's performance notes).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for batch in reader.batches(1, until, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
+            reducer.apply_all(batch)
+    finally:
+        if collecting:
+            gc.enable()
     if until is not None and reducer.seq < until:
         raise ValueError(f"the journal of {os.fspath(root)} ends at seq {reducer.seq}, before the requested seq {until}")
     return reducer.state()

@@ -49,6 +49,7 @@ __all__ = [
     "is_zero",
     "mapped_segment",
     "scan_frames",
+    "scan_payloads",
     "segment_name",
     "parse_segment_name",
 ]
@@ -209,6 +210,97 @@ def scan_frames(
     Frames are returned in chunks, not one by one, because the per-frame cost
     of resuming generators dominates replay time.
     """
+    size = len(data)
+    last = size - FRAME_HEADER_SIZE
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    lengths = _LENGTH_BYTES
+    off = start
+    prev = seed
+    out: list[Frame] = []
+    append = out.append
+    # The fast loop takes only frames that verify; anything else (the end, a
+    # zero or oversized length, a short or bad frame) goes to _scan_careful.
+    for _ in range(limit):
+        if off > last:
+            break
+        length, crc = unpack(data, off)
+        body = off + FRAME_HEADER_SIZE
+        stop = body + length
+        if stop > size or not 0 < length <= MAX_FRAME_BYTES:
+            break
+        payload = data[body:stop]
+        head = lengths.get(length)
+        if head is None:
+            head = _length_bytes(length)
+        if crc32(payload, crc32(head, prev)) != crc:
+            break
+        append((off, crc, payload))
+        prev = crc
+        off = stop
+    else:
+        return out, off, prev, None
+    frames, off, prev, end = _scan_careful(data, off, prev, limit - len(out))
+    out += frames
+    return out, off, prev, end
+
+
+def scan_payloads(
+    data: bytes | mmap.mmap, start: int, seed: int, limit: int
+) -> tuple[list[bytes], int, int, FrameEnd | None]:
+    """:func:`scan_frames` returning only the payloads (replay's fast path).
+
+    Every frame is verified in the chain exactly as :func:`scan_frames` does;
+    frame ``i`` starts at ``start + 8 * i + sum(len(p) for p in payloads[:i])``.
+    """
+    size = len(data)
+    last = size - FRAME_HEADER_SIZE
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    lengths = _LENGTH_BYTES
+    off = start
+    prev = seed
+    out: list[bytes] = []
+    append = out.append
+    for _ in range(limit):
+        if off > last:
+            break
+        length, crc = unpack(data, off)
+        body = off + FRAME_HEADER_SIZE
+        stop = body + length
+        if stop > size or not 0 < length <= MAX_FRAME_BYTES:
+            break
+        payload = data[body:stop]
+        head = lengths.get(length)
+        if head is None:
+            head = _length_bytes(length)
+        if crc32(payload, crc32(head, prev)) != crc:
+            break
+        append(payload)
+        prev = crc
+        off = stop
+    else:
+        return out, off, prev, None
+    frames, off, prev, end = _scan_careful(data, off, prev, limit - len(out))
+    out += [payload for _off, _crc, payload in frames]
+    return out, off, prev, end
+
+
+_LENGTH_BYTES: dict[int, bytes] = {}
+"""The little-endian length field of each frame length seen (at most 64 Ki entries), for the crc."""
+
+
+def _length_bytes(length: int) -> bytes:
+    head = _CRC.pack(length)
+    if len(_LENGTH_BYTES) < 65536:
+        _LENGTH_BYTES[length] = head
+    return head
+
+
+def _scan_careful(
+    data: bytes | mmap.mmap, start: int, seed: int, limit: int
+) -> tuple[list[Frame], int, int, FrameEnd | None]:
+    """:func:`scan_frames` one frame at a time, telling every kind of end and damage apart."""
     size = len(data)
     unpack = _FRAME.unpack_from
     crc32 = zlib.crc32

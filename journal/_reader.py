@@ -13,18 +13,22 @@ import os
 import struct
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from ._errors import CorruptJournalError
 from ._format import (
+    FRAME_HEADER_SIZE,
     HEADER_SIZE,
     Record,
     SegmentHeader,
     decode_header,
     Frame,
     scan_frames,
+    scan_payloads,
     parse_segment_name,
     mapped_segment,
 )
@@ -42,7 +46,9 @@ __all__ = [
 ]
 
 _decode_batch = msgspec.msgpack.Decoder(list[Record]).decode
+_decode_chunk = msgspec.msgpack.Decoder(list[list[Record]]).decode
 _ARRAY32 = struct.Struct(">BI")
+_seq_of = attrgetter("seq")
 
 
 def decode_payload(path: str, offset: int, payload: bytes) -> list[Record]:
@@ -142,6 +148,13 @@ def walk(
     A torn frame at the end of the last segment ends the walk; any other
     damage raises :class:`CorruptJournalError`.
     """
+    return (yield from _walk(journal_dir, start, expected_first, False))
+
+
+def _walk(
+    journal_dir: str, start: Position | None, expected_first: int, payloads: bool
+) -> Generator[Any, None, WalkEnd]:
+    """:func:`walk`; with ``payloads`` it yields each chunk as ``(offset of its first frame, [payload, ...])``."""
     segments = list_segments(journal_dir)
     if not segments:
         raise CorruptJournalError(journal_dir, 0, "the journal folder holds no segment files",
@@ -177,12 +190,21 @@ def walk(
                 offset, seed = start.offset, start.prev_crc
             else:
                 offset, seed = HEADER_SIZE, header.header_crc
-            while True:
-                chunk, offset, seed, end = scan_frames(data, offset, seed, _CHUNK)
-                if chunk:
-                    yield chunk
-                if end is not None:
-                    break
+            if payloads:
+                while True:
+                    found, after, seed, end = scan_payloads(data, offset, seed, _CHUNK)
+                    if found:
+                        yield offset, found
+                    offset = after
+                    if end is not None:
+                        break
+            else:
+                while True:
+                    chunk, offset, seed, end = scan_frames(data, offset, seed, _CHUNK)
+                    if chunk:
+                        yield chunk
+                    if end is not None:
+                        break
         last = i == len(segments) - 1
         damage = end.damage
         if damage is not None:
@@ -246,11 +268,14 @@ class JournalReader:
         if start is None and from_seq > 1:
             start = segment_start_position(self.journal_dir, from_seq)
         expected = start.first_seq if start is not None else 1
-        walker = walk(self.journal_dir, start)
+        walker = _walk(self.journal_dir, start, 1, True)
         first_segment = True
         path = self.journal_dir
         if decode is None:
             decode = _decode_batch
+            if decode_chunk is None:
+                decode_chunk = _decode_chunk
+        seq_of = _seq_of
         while True:
             try:
                 item = next(walker)
@@ -269,15 +294,28 @@ class JournalReader:
                         f"records {expected}..{item.header.first_seq - 1} are missing",
                     )
                 continue
-            out: list[Any] = []
-            extend = out.extend
+            offset, payloads = item
             decoded: list[list[Any]] | None = None
-            if decode_chunk is not None and len(item) > 1:
+            if decode_chunk is not None and len(payloads) > 1:
                 try:
-                    decoded = decode_chunk(_ARRAY32.pack(0xDD, len(item)) + b"".join([p for _o, _c, p in item]))
+                    decoded = decode_chunk(_ARRAY32.pack(0xDD, len(payloads)) + b"".join(payloads))
                 except msgspec.DecodeError:
                     decoded = None  # one of them is bad or needs the slow path: decode them one by one
-            for index, (offset, _crc, payload) in enumerate(item):
+                else:
+                    # The fast path: no frame is empty and the records' seqs run on without a gap from
+                    # ``expected``, so every frame's check below would pass; otherwise the loop finds the frame.
+                    if expected >= from_seq and all(decoded):
+                        out = list(chain.from_iterable(decoded))
+                        last = expected + len(out) - 1
+                        if (until is None or last < until) and list(map(seq_of, out)) == list(range(expected, last + 1)):
+                            expected = last + 1
+                            yield out
+                            continue
+            out = []
+            extend = out.extend
+            for index, payload in enumerate(payloads):
+                if index:
+                    offset += FRAME_HEADER_SIZE + len(payloads[index - 1])
                 try:
                     batch = decoded[index] if decoded is not None else decode(payload)
                     first = batch[0].seq
