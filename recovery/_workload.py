@@ -288,25 +288,43 @@ def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, ac
 
 
 def _consolidation(e: Engine, ack: _Acks) -> None:
-    """Save a tiny base model and a LoRA adapter (torch, imported only here), then merge, install, point, retire."""
-    import torch
+    """Save a small base model and an adapter, then merge, install, point and retire through the engine.
 
-    from shipslog.gpu import save_state_dict
-
-    g = torch.Generator().manual_seed(7)
+    The merge here is a byte-level stand-in (the base's files, plus a record of the adapter that went
+    into it), so that the workload needs no torch: the harness tests the operation's protocol and its
+    recovery; the LoRA arithmetic is tested in tests/test_consolidation.py.
+    """
     with e.save_model("toy-base") as model:
-        for entry in save_state_dict({"layer.q.weight": torch.randn(8, 6, generator=g), "layer.k.weight": torch.randn(8, 6, generator=g)}, model.path):
-            model.add_file(entry)
+        model.write_bytes("model.safetensors", bytes(range(256)) * 8)
         model.write_json("config.json", {"arch": "toy"})
     ack(kind="artifact", artifact="model", name="toy-base", path="models/toy-base")
-    lora = {"base_model.model.layer.q.lora_A.weight": torch.randn(2, 6, generator=g), "base_model.model.layer.q.lora_B.weight": torch.randn(8, 2, generator=g)}
     with e.save_adapter("lora-1") as adapter:
-        for entry in save_state_dict(lora, adapter.path, prefix="adapter_model"):
-            adapter.add_file(entry)
+        adapter.write_bytes("adapter_model.safetensors", bytes(range(64)) * 4)
         adapter.write_json("adapter_config.json", {"r": 2, "lora_alpha": 4, "target_modules": ["q"]})
-    merged = e.consolidate(base="toy-base", adapter="lora-1", into="toy-merged", pointer="serving")
+    merged = e.consolidate_with(_byte_merge, base="toy-base", adapter="lora-1", into="toy-merged", pointer="serving")
     ack(kind="artifact", artifact="model", name=merged.name, path=merged.path)
 
+
+def _byte_merge(
+    base: str, base_files: list[FileEntry], adapter: str, adapter_files: list[FileEntry], out: str
+) -> tuple[list[FileEntry], dict[str, Any]]:
+    """The workload's merge: copy the base's files into ``out`` and record the adapter's checksums (fsynced)."""
+    written: list[FileEntry] = []
+    for entry in base_files:
+        with open(os.path.join(base, entry.path), "rb") as f:
+            data = f.read()
+        written.append(_write_synced(out, entry.path, data))
+    record = json.dumps({"adapter": [[f.path, f.crc32] for f in adapter_files]}).encode()
+    written.append(_write_synced(out, "merged_from.json", record))
+    return written, {"merged_modules": 1, "crc": zlib.crc32(record)}
+
+
+def _write_synced(folder: str, name: str, data: bytes) -> FileEntry:
+    with open(os.path.join(folder, name), "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return FileEntry(name, len(data), zlib.crc32(data))
 
 def main(argv: list[str] | None = None) -> int:
     """The workload's command line (see the module docstring)."""
