@@ -184,3 +184,18 @@ def test_tail_follow_prints_records_appended_while_it_runs(host: str) -> None:
         follower.wait()
         if follower.stdout is not None:
             follower.stdout.close()
+
+
+@pytest.mark.subprocess
+def test_status_lists_running_workers_with_their_pid_and_liveness(host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from shipslog.engine import Supervisor, WorkerSpec
+
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    with Engine.open(host, fsync=False) as e:
+        with Supervisor(e, [WorkerSpec(name="loader", argv=(sleep, "1000"), output="devnull", stop_timeout=1.0)]) as sup:
+            pid = sup.workers()["loader"].pid
+            code, out, _ = run(capsys, "status", host)
+            assert code == 0
+            assert f"worker      loader pid {pid} attempt 0 started (alive)" in out

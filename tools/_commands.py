@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from shipslog.engine import probe_worker, worker_incarnations
+
 from ._inspect import RootView, event_fields, event_kind, format_time, open_view
 
 __all__ = ["EXIT_FINDINGS", "add_commands"]
@@ -85,8 +87,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"pointer     {name} -> {p.target}")
     for run in st.runs[:5]:
         lines.append(f"run         {os.path.basename(run.data_file)} {run.state} steps {run.start_step}..{run.step} ({run.op})")
+    for op in worker_incarnations(view.state):
+        alive = "alive" if op.info.get("pid") and probe_worker(int(op.info["pid"]), float(op.info.get("create_time", 0.0))) else "not running"
+        lines.append(f"worker      {op.info.get('name')} pid {op.info.get('pid')} attempt {op.info.get('attempt')} {op.state} ({alive})")
     for op in st.in_flight:
-        lines.append(f"in flight   {op.type} {op.id} {op.state}")
+        if op.type != "worker":
+            lines.append(f"in flight   {op.type} {op.id} {op.state}")
     lines.append(f"disk        {free:,} bytes free; largest checkpoint {st.largest_checkpoint_bytes:,} bytes")
     lines += [f"FINDING     {f}" for f in findings]
     _out("\n".join(lines) + "\n")
