@@ -210,48 +210,22 @@ def scan_frames(
     Frames are returned in chunks, not one by one, because the per-frame cost
     of resuming generators dominates replay time.
     """
-    size = len(data)
-    last = size - FRAME_HEADER_SIZE
-    unpack = _FRAME.unpack_from
-    crc32 = zlib.crc32
-    lengths = _LENGTH_BYTES
+    payloads, end_offset, crc, end = scan_payloads(data, start, seed, limit)
+    frames: list[Frame] = []
     off = start
-    prev = seed
-    out: list[Frame] = []
-    append = out.append
-    # The fast loop takes only frames that verify; anything else (the end, a
-    # zero or oversized length, a short or bad frame) goes to _scan_careful.
-    for _ in range(limit):
-        if off > last:
-            break
-        length, crc = unpack(data, off)
-        body = off + FRAME_HEADER_SIZE
-        stop = body + length
-        if stop > size or not 0 < length <= MAX_FRAME_BYTES:
-            break
-        payload = data[body:stop]
-        head = lengths.get(length)
-        if head is None:
-            head = _length_bytes(length)
-        if crc32(payload, crc32(head, prev)) != crc:
-            break
-        append((off, crc, payload))
-        prev = crc
-        off = stop
-    else:
-        return out, off, prev, None
-    frames, off, prev, end = _scan_careful(data, off, prev, limit - len(out))
-    out += frames
-    return out, off, prev, end
+    for payload in payloads:
+        frames.append((off, _CRC.unpack_from(data, off + 4)[0], payload))
+        off += FRAME_HEADER_SIZE + len(payload)
+    return frames, end_offset, crc, end
 
 
 def scan_payloads(
     data: bytes | mmap.mmap, start: int, seed: int, limit: int
 ) -> tuple[list[bytes], int, int, FrameEnd | None]:
-    """:func:`scan_frames` returning only the payloads (replay's fast path).
+    """:func:`scan_frames` returning only the payloads (replay's fast path; scan_frames is built on it).
 
-    Every frame is verified in the chain exactly as :func:`scan_frames` does;
-    frame ``i`` starts at ``start + 8 * i + sum(len(p) for p in payloads[:i])``.
+    Every frame is verified in the chain; frame ``i`` starts at
+    ``start + 8 * i + sum(len(p) for p in payloads[:i])``.
     """
     size = len(data)
     last = size - FRAME_HEADER_SIZE
@@ -262,6 +236,8 @@ def scan_payloads(
     prev = seed
     out: list[bytes] = []
     append = out.append
+    # The fast loop takes only frames that verify; anything else (the end, a
+    # zero or oversized length, a short or bad frame) goes to _scan_careful.
     for _ in range(limit):
         if off > last:
             break
