@@ -188,33 +188,42 @@ def _verifies(core: EngineCore, rel: str, manifest_crc: object) -> str | None:
     return None
 
 
-def _checkpoint_roll_forward(core: EngineCore, action: Action, moved: list[str]) -> str:
-    if action.target not in core.state.ops:
-        return "already settled"
-    info, staging_rel, final_rel, folder = _artifact_paths(core, action)
-    crc = info.get("manifest_crc")
+def _settle_copies(core: EngineCore, final_rel: str, staging_rel: str, crc: object, moved: list[str]) -> tuple[str | None, str]:
+    """Choose the copy of a durable folder to keep: ``"final"``, ``"staged"`` or None (neither verifies).
+
+    The copies not kept are moved to quarantine (never deleted); the second
+    value says why when neither verifies.
+    """
     final_problem = _verifies(core, final_rel, crc)
     if final_problem is None:
         if staging_rel and os.path.lexists(core.path(*staging_rel.split("/"))):
             _quarantine(core, staging_rel, moved)
-        core.journal_events(ArtifactCommitted(op=action.target, path=final_rel))
-        return f"{final_rel} verifies: journaled committed"
+        return "final", ""
     staged_problem = _verifies(core, staging_rel, crc) if staging_rel else "no staging folder"
     if staged_problem is None:
         if final_problem != "missing":
             _quarantine(core, final_rel, moved)  # a final folder that does not verify is kept aside, never deleted
+        return "staged", ""
+    for rel in (final_rel, staging_rel):
+        if rel and os.path.lexists(core.path(*rel.split("/"))):
+            _quarantine(core, rel, moved)
+    return None, f"final: {final_problem}; staged: {staged_problem}"
+
+
+def _checkpoint_roll_forward(core: EngineCore, action: Action, moved: list[str]) -> str:
+    if action.target not in core.state.ops:
+        return "already settled"
+    info, staging_rel, final_rel, folder = _artifact_paths(core, action)
+    kept, why = _settle_copies(core, final_rel, staging_rel, info.get("manifest_crc"), moved)
+    if kept is None:
+        core.journal_events(ArtifactAborted(op=action.target, reason=f"recovered: no copy verifies ({why}); quarantined"))
+        return f"no copy verifies ({why}); quarantined what there was; journaled aborted"
+    if kept == "staged":
         core.fs.ensure_dir(core.path(folder))
         core.fs.rename_durable(core.path(*staging_rel.split("/")), core.path(*final_rel.split("/")), sync_source=False)
         crash_point(CP_EFFECT)
-        core.journal_events(ArtifactCommitted(op=action.target, path=final_rel))
-        return f"staged copy verifies: renamed to {final_rel}, journaled committed"
-    notes = []
-    for rel in (final_rel, staging_rel):
-        if rel and os.path.lexists(core.path(*rel.split("/"))):
-            notes.append(_quarantine(core, rel, moved))
-    why = f"final: {final_problem}; staged: {staged_problem}"
-    core.journal_events(ArtifactAborted(op=action.target, reason=f"recovered: no copy verifies ({why}); quarantined"))
-    return f"no copy verifies ({why}); {'; '.join(notes) or 'nothing to move'}; journaled aborted"
+    core.journal_events(ArtifactCommitted(op=action.target, path=final_rel))
+    return f"{kept} copy verifies: {final_rel} in place, journaled committed"
 
 
 def _pointer_file_target(core: EngineCore, name: str) -> str | None:
@@ -277,20 +286,10 @@ def _consolidation_roll_forward(core: EngineCore, action: Action, moved: list[st
         return "already settled"
     if op.state == "merged-durable":
         info = op.info
-        final_rel, staging_rel = f"models/{info['into']}", str(info["staging"])
-        crc = info.get("manifest_crc")
-        final_problem = _verifies(core, final_rel, crc)
-        staged_problem = _verifies(core, staging_rel, crc) if final_problem is not None else None
-        if final_problem is not None and staged_problem is not None:
-            for rel in (final_rel, staging_rel):
-                if os.path.lexists(core.path(*rel.split("/"))):
-                    _quarantine(core, rel, moved)
-            core.journal_events(ConsolidationAborted(op=op.id, reason=f"recovered: no copy of the merged model verifies (final: {final_problem}; staged: {staged_problem}); adapter kept"))
+        kept, why = _settle_copies(core, f"models/{info['into']}", str(info["staging"]), info.get("manifest_crc"), moved)
+        if kept is None:
+            core.journal_events(ConsolidationAborted(op=op.id, reason=f"recovered: no copy of the merged model verifies ({why}); adapter kept"))
             return "no copy verifies: quarantined, journaled aborted; the adapter is kept"
-        if final_problem is not None and final_problem != "missing":
-            _quarantine(core, final_rel, moved)
-        if final_problem is None and os.path.lexists(core.path(*staging_rel.split("/"))):
-            _quarantine(core, staging_rel, moved)
     start = op.state
     finish_consolidation(core, op.id, on_effect=lambda: crash_point(CP_EFFECT))
     return f"rolled forward from {start} to committed"
