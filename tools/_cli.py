@@ -23,6 +23,8 @@ from typing import Any
 
 from shipslog.journal import ShipslogError
 
+from ._inspect import NotARootError
+
 __all__ = ["build_parser", "main"]
 
 PROG = "shipslog"
@@ -498,13 +500,6 @@ def _cmd_torture(args: argparse.Namespace) -> int:
 # -- recover ------------------------------------------------------------------------
 
 
-class _NotARootError(ShipslogError, FileNotFoundError):
-    """``shipslog recover`` was given a folder that holds no journal."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 def _plan_rows(actions: list[Any]) -> list[dict[str, Any]]:
     return [
         {
@@ -556,7 +551,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     root = os.path.abspath(args.root)
     if not os.path.isdir(os.path.join(root, JOURNAL_DIR)):
         why = "it does not exist" if not os.path.exists(root) else f"it has no {JOURNAL_DIR}/ folder"
-        raise _NotARootError(f"{root} is not a shipslog root ({why}); nothing was created or changed there")
+        raise NotARootError(root, f"{why}; nothing was created or changed there")
     lock = RootLock(root)
     try:
         lock.acquire()  # the plan of a root another engine has open would be wrong: refuse it
