@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from shipslog.journal import JOURNAL_DIR, JournalReader
+from shipslog.journal import JOURNAL_DIR, JournalReader, Position
 
 from ._builtins import _run_progress
 from ._errors import InvalidTransitionError, UnknownOperationError
@@ -167,6 +167,27 @@ class Reducer:
                 b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
             b.seq = expected - 1
 
+    def replay_journal(self, journal_dir: str, *, until: int | None = None, start: Position | None = None) -> JournalReader:
+        """Apply every record of ``journal_dir`` after :attr:`seq` (up to ``until``); return the reader.
+
+        ``start`` is a frame position at or before the first record wanted (a
+        snapshot's).  The reader's ``tail`` tells a torn frame at the end, which
+        is not replayed.  Replay allocates millions of short-lived objects and no
+        cycles, so the cyclic collector is off while it runs (see the design's
+        performance notes).
+        """
+        reg = self.registry
+        reader = JournalReader(journal_dir)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for batch in reader.batches(self.seq + 1, until, start=start, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
+                self.apply_all(batch)
+        finally:
+            if collecting:
+                gc.enable()
+        return reader
+
     def apply(self, rec: Any) -> None:
         """Apply one record; raise :class:`InvalidTransitionError` (state unchanged) when it does not fit."""
         self.apply_all((rec,))
@@ -197,19 +218,8 @@ def replay(
     :class:`~shipslog.journal.CorruptJournalError` for damage and
     :class:`InvalidTransitionError` for a record the tables do not allow.
     """
-    reg = registry or Registry(operations)
-    reducer = Reducer(reg, None)
-    reader = JournalReader(os.path.join(os.fspath(root), JOURNAL_DIR))
-    # Replay allocates millions of short-lived objects and no cycles: the cyclic collector would
-    # only walk them again and again (see the design's performance notes).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for batch in reader.batches(1, until, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
-            reducer.apply_all(batch)
-    finally:
-        if collecting:
-            gc.enable()
+    reducer = Reducer(registry or Registry(operations), None)
+    reducer.replay_journal(os.path.join(os.fspath(root), JOURNAL_DIR), until=until)
     if until is not None and reducer.seq < until:
         raise ValueError(f"the journal of {os.fspath(root)} ends at seq {reducer.seq}, before the requested seq {until}")
     return reducer.state()

@@ -40,7 +40,6 @@ from shipslog.journal import (
     FileSystem,
     Journal,
     JournalLockedError,
-    JournalReader,
     crash_point,
     register_crash_point,
 )
@@ -230,12 +229,8 @@ def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]
             _log.warning("snapshot %s cannot be used by this shipslog (%s); replaying the whole journal", snap.path, exc)
             start = None
     reducer = Reducer(registry, start)
-    last = journal.last_seq
-    replayed = 0
-    if reducer.seq < last:
-        reader = JournalReader(journal.journal_dir)
+    first = reducer.seq
+    if first < journal.last_seq:
         position = snap.position if start is not None and snap is not None else None
-        for batch in reader.batches(reducer.seq + 1, last, start=position, decode=registry.decode_frame, decode_chunk=registry.decode_frames):
-            reducer.apply_all(batch)
-            replayed += len(batch)
-    return reducer.state(), replayed
+        reducer.replay_journal(journal.journal_dir, until=journal.last_seq, start=position)
+    return reducer.state(), reducer.seq - first

@@ -149,7 +149,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         small = os.path.join(work, "small")
         _log.info("writing %d records of history", records)
         big_seq = write_history(big, records)
-        small_seq = write_history(small, 10_000)
+        write_history(small, 10_000)
         _log.info("replaying %d records", big_seq)
         t0 = time.perf_counter()
         state = replay(big)

@@ -83,9 +83,7 @@ class RootView:
         self.registry = registry
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
         reducer = Reducer(registry)
-        reader = JournalReader(self.journal_dir)
-        for batch in reader.batches(1, until, decode=registry.decode_frame, decode_chunk=registry.decode_frames):
-            reducer.apply_all(batch)
+        reader = reducer.replay_journal(self.journal_dir, until=until)
         if until is not None and reducer.seq < until:
             raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
         self.state: EngineState = reducer.state()
