@@ -109,10 +109,10 @@ def _record_dict(rec: Any) -> dict[str, Any]:
 def _cmd_log(args: argparse.Namespace) -> int:
     view = open_view(args.root)
     if args.kind is not None and args.kind not in view.registry.event_classes:
-        raise _usage(args, f"unknown --kind {args.kind!r}; known kinds: {', '.join(sorted(view.registry.event_classes))}")
+        args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(sorted(view.registry.event_classes))}")
     last = view.state.seq
     if args.since > last + 1:
-        raise _usage(args, f"--since {args.since} is past the end of the journal (last seq {last})")
+        args.parser.error(f"--since {args.since} is past the end of the journal (last seq {last})")
     rows: list[Any] = []
     for rec in view.records(args.since, args.until):
         if args.op is not None and rec.event.op != args.op:
@@ -146,7 +146,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     try:
         view = open_view(args.root, until=args.until)
     except ValueError as exc:
-        raise _usage(args, str(exc)) from None
+        args.parser.error(str(exc))
     if args.json:
         _json(view.state)
         return EXIT_OK
@@ -253,11 +253,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     folder = args.dir or os.path.abspath(f"shipslog-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if os.path.exists(folder) and os.listdir(folder):
-        raise _usage(args, f"{folder} is not empty; give a new folder")
+        args.parser.error(f"{folder} is not empty; give a new folder")
     try:
         lines, summary = run_demo(folder, crash_at=args.crash_at, files=args.files)
     except ValueError as exc:
-        raise _usage(args, str(exc)) from None
+        args.parser.error(str(exc))
     if args.json:
         _json(summary)
     else:
@@ -266,11 +266,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         return cli_main(["status", os.path.join(folder, "host")])
     return EXIT_OK
-
-
-def _usage(args: argparse.Namespace, message: str) -> SystemExit:
-    args.parser.error(message)
-    return SystemExit(2)  # not reached: argparse exits
 
 
 def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
