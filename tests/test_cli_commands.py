@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _cli_helpers import healthy_host
 from _engine_helpers import commit_checkpoint, crash, flip_bit, open_engine
 
 from shipslog import Engine
@@ -28,12 +29,7 @@ def _digest(root: str) -> dict[str, str]:
 
 @pytest.fixture
 def host(root: str) -> Iterator[str]:
-    e = open_engine(root)
-    for step in (100, 200, 300):
-        commit_checkpoint(e, f"step-{step}", step=step)
-    e.set_pointer("current", "step-300")
-    e.close()
-    yield root
+    yield healthy_host(root)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _cli_helpers import cli, keep_logging  # noqa: F401  (keep_logging: autouse fixture)
 from _engine_helpers import (
     commit_checkpoint,
     crash,
@@ -22,22 +21,6 @@ from _engine_helpers import (
 from _helpers import frames, segments
 from shipslog.tools import main
 from test_recovery_faults import left_durable
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The command line configures the root logger; put it back as pytest had it."""
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    yield
-    root_logger.handlers[:] = handlers
-    root_logger.setLevel(level)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def everything(root: str) -> dict[str, Any]:

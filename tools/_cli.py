@@ -5,10 +5,14 @@ parser with ``set_defaults(func=...)``; adding one means adding its parser in
 :func:`build_parser` and its function here.  Library code logs with
 :mod:`logging` and returns data; only this module prints.
 
-Exit codes: 0 when the command did what it was asked, 2 for a usage error
-(argparse's own) or an error shipslog raised on purpose
-(:class:`~shipslog.journal.ShipslogError`), which is printed as one line on
-stderr unless ``--debug`` asks for the traceback.
+Exit codes (:data:`EXIT_CODES`, shown by ``shipslog --help``): 0 healthy /
+done, 1 findings (recovery needed, an integrity problem), 2 a usage error
+(argparse's own) or a root that cannot be used: an error shipslog raised on
+purpose (:class:`~shipslog.journal.ShipslogError`, which includes an
+``OSError`` met while reading a root), printed as one line on stderr unless
+``--debug`` asks for the traceback.  Other exceptions are bugs and keep their
+traceback.  A reader that closes stdout early (``| head``) ends the command
+quietly with 0.  Tables and progress bars go through :mod:`shipslog.tools._render`.
 """
 
 from __future__ import annotations
@@ -18,18 +22,42 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
 from shipslog.journal import ShipslogError
 
-from ._inspect import NotARootError
+from ._inspect import reading, replay_root, require_root
+from ._render import Printer
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "main"]
 
 PROG = "shipslog"
 EXIT_OK = 0
+EXIT_VIOLATIONS = 1
 EXIT_ERROR = 2
+
+EXIT_CODES = {
+    EXIT_OK: "healthy / done: nothing was found, or the command did what it was asked",
+    EXIT_VIOLATIONS: "findings: recovery is needed or an integrity problem was found "
+    "(status, verify, recover, torture; the findings are printed)",
+    EXIT_ERROR: "usage error, or a root that cannot be used: missing, not a shipslog root, unreadable, "
+    "written by a newer shipslog, a damaged journal (except for verify, which reports it as a finding), "
+    "or held by another process (recover, gc)",
+}
+"""The exit codes of every ``shipslog`` command and what each means."""
+
+_EPILOG = (
+    "exit codes:\n"
+    + "".join(textwrap.fill(meaning, 78, initial_indent=f"  {code}  ", subsequent_indent="     ") + "\n" for code, meaning in EXIT_CODES.items())
+    + "\n"
+    + textwrap.fill(
+        "output: tables and progress bars on a terminal; plain text when piped, or with NO_COLOR set or "
+        "TERM=dumb; --json prints JSON only.  Errors are one line on stderr (--debug shows the traceback).",
+        78,
+    )
+)
 
 _Command = Callable[[argparse.Namespace], int]
 
@@ -76,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="shipslog: a crash-safe journal for ML training hosts.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_common_flags(top_level=True)],
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -257,6 +287,18 @@ def _configure_logging(verbosity: int) -> None:
     )
 
 
+def _require_dir(args: argparse.Namespace) -> None:
+    """A usage error unless ``--dir`` names an existing folder."""
+    if not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+
+
+def _write_result(args: argparse.Namespace, result: dict[str, Any], readable: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``result``: one JSON object with ``--json``, else its readable text (plain: benches and torture draw no tables)."""
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else readable(result))
+    sys.stdout.flush()
+
+
 # -- bench journal ------------------------------------------------------------------
 
 _RATE_ROWS = (
@@ -305,18 +347,13 @@ def _cmd_bench_journal(args: argparse.Namespace) -> int:
     """``shipslog bench journal``: run the journal benchmark and print its result."""
     from ._bench_journal import run_journal_bench
 
-    if not os.path.isdir(args.dir):
-        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    _require_dir(args)
     if args.records < args.threads:
         args.parser.error(f"--records ({args.records}) must be at least --threads ({args.threads})")
     result = run_journal_bench(
         args.dir, records=args.records, replay_events=args.replay_events, threads=args.threads
     )
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(_format_bench_journal(result))
-    sys.stdout.flush()
+    _write_result(args, result, _format_bench_journal)
     return EXIT_OK
 
 
@@ -349,16 +386,11 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
     """``shipslog bench engine``: run the engine benchmark and print its result."""
     from ._bench_engine import run_engine_bench
 
-    if not os.path.isdir(args.dir):
-        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    _require_dir(args)
     if args.records < 20_000:
         args.parser.error(f"--records must be at least 20000 (the short history has 10000), got {args.records}")
     result = run_engine_bench(args.dir, records=args.records)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(_format_bench_engine(result))
-    sys.stdout.flush()
+    _write_result(args, result, _format_bench_engine)
     return EXIT_OK
 
 
@@ -402,16 +434,11 @@ def _format_bench_checkpoint(result: dict[str, Any]) -> str:
 
 def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
     """``shipslog bench checkpoint``: run the checkpoint benchmark and print its result."""
-    if not os.path.isdir(args.dir):
-        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    _require_dir(args)
     from ._bench_checkpoint import run_checkpoint_bench
 
     result = run_checkpoint_bench(args.dir, mib=args.mib)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(_format_bench_checkpoint(result))
-    sys.stdout.flush()
+    _write_result(args, result, _format_bench_checkpoint)
     return EXIT_OK
 
 
@@ -441,20 +468,13 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
     """``shipslog bench workers``: run the worker supervisor benchmark and print its result."""
     from ._bench_workers import run_workers_bench
 
-    if not os.path.isdir(args.dir):
-        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    _require_dir(args)
     result = run_workers_bench(args.dir, rounds=args.rounds)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(_format_bench_workers(result))
-    sys.stdout.flush()
+    _write_result(args, result, _format_bench_workers)
     return EXIT_OK
 
 
 # -- torture ------------------------------------------------------------------------
-
-EXIT_VIOLATIONS = 1
 
 
 def _format_torture(result: dict[str, Any]) -> str:
@@ -489,11 +509,7 @@ def _cmd_torture(args: argparse.Namespace) -> int:
         args.parser.error(f"--dir {args.dir!r} is not a folder")
     log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
     result = run_torture(ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(_format_torture(result))
-    sys.stdout.flush()
+    _write_result(args, result, _format_torture)
     return EXIT_OK if not result["violations"] else EXIT_VIOLATIONS
 
 
@@ -513,53 +529,55 @@ def _plan_rows(actions: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _format_recover(result: dict[str, Any]) -> str:
-    """The readable table of a recovery plan, and what was done."""
+_PLAN_HEADERS = ["operation", "type", "state", "action", "reason"]
+
+
+def _print_recover(result: dict[str, Any], printer: Printer) -> None:
+    """The recovery plan as a table, then (unless a dry run) what was done and what still does not hold."""
     rows = result["plan"]
     root = result["root"]
     if not rows:
-        lines = [f"{root}: nothing to recover"]
+        printer.line(f"{root}: nothing to recover", "green")
     else:
-        lines = [f"{root}: {len(rows)} thing(s) to recover{' (dry run: nothing was changed)' if result['dry_run'] else ''}", ""]
-        width = max(len("operation"), *(len(r["operation"]) for r in rows))
-        action_width = max(len("action"), *(len(r["action"]) for r in rows))
-        lines.append(f"  {'operation':<{width}}  {'type':<10}  {'state':<10}  {'action':<{action_width}}  reason")
-        for r in rows:
-            lines.append(f"  {r['operation']:<{width}}  {r['type']:<10}  {r['state']:<10}  {r['action']:<{action_width}}  {r['reason']}")
-    if not result["dry_run"]:
-        if result["done"]:
-            lines += ["", "done:"]
-            lines += [f"  {d['operation']}: {d['action']}: {d['outcome']}" for d in result["done"]]
-        for path in result["quarantined"]:
-            lines.append(f"  quarantined: {path}")
-        if result["violations"]:
-            lines += ["", f"{len(result['violations'])} violation(s) remain:"]
-            lines += [f"  {v['invariant']}: {v['message']}" + (f" ({v['path']})" if v["path"] else "") for v in result["violations"]]
-        else:
-            lines += ["", "every invariant holds"]
-    return "\n".join(lines) + "\n"
+        printer.line(f"{root}: {len(rows)} thing(s) to recover{' (dry run: nothing was changed)' if result['dry_run'] else ''}", "bold")
+        printer.line()
+        printer.table(_PLAN_HEADERS, [[r[h] for h in _PLAN_HEADERS] for r in rows], indent="  ")
+    if result["dry_run"]:
+        return
+    if result["done"]:
+        printer.line()
+        printer.line("done:", "bold")
+        for d in result["done"]:
+            printer.line(f"  {d['operation']}: {d['action']}: {d['outcome']}")
+    for path in result["quarantined"]:
+        printer.line(f"  quarantined: {path}", "yellow")
+    printer.line()
+    if result["violations"]:
+        printer.line(f"{len(result['violations'])} violation(s) remain:", "bold red")
+        for v in result["violations"]:
+            printer.line(f"  {v['invariant']}: {v['message']}" + (f" ({v['path']})" if v["path"] else ""), "red")
+    else:
+        printer.line("every invariant holds", "green")
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     """``shipslog recover ROOT``: print the recovery plan, then (unless --dry-run) carry it out."""
     from shipslog import Engine
-    from shipslog.engine import EngineLockedError, replay
-    from shipslog.journal import JOURNAL_DIR, JournalLockedError
+    from shipslog.engine import EngineLockedError, Registry
+    from shipslog.journal import JournalLockedError
     from shipslog.journal._lock import RootLock
     from shipslog.recovery import check_invariants, list_root, plan
 
-    root = os.path.abspath(args.root)
-    if not os.path.isdir(os.path.join(root, JOURNAL_DIR)):
-        why = "it does not exist" if not os.path.exists(root) else f"it has no {JOURNAL_DIR}/ folder"
-        raise NotARootError(root, f"{why}; nothing was created or changed there")
+    root = require_root(args.root)
     lock = RootLock(root)
     try:
         lock.acquire()  # the plan of a root another engine has open would be wrong: refuse it
     except JournalLockedError as exc:
         raise EngineLockedError(root, exc.holder) from None
     try:
-        state = replay(root)
-        actions = plan(state, list_root(root))
+        with reading(root):
+            state, _torn = replay_root(root, Registry())
+            actions = plan(state, list_root(root))
     finally:
         lock.release()
     result: dict[str, Any] = {
@@ -583,9 +601,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
             engine.close()
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.flush()
     else:
-        sys.stdout.write(_format_recover(result))
-    sys.stdout.flush()
+        _print_recover(result, Printer())
     return EXIT_VIOLATIONS if result["violations"] else EXIT_OK
 
 
@@ -600,6 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     func: _Command = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        # The reader closed stdout early (``shipslog log ROOT | head``): it has what it wanted.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
     except ShipslogError as exc:
         if args.debug:
             raise

@@ -1,9 +1,11 @@
 """The inspection commands, ``gc`` and ``demo`` of the ``shipslog`` command line.
 
-Read-only commands (status, log, verify, checkpoints, pointers, replay,
+Read-only commands (status, log, tail, verify, checkpoints, pointers, replay,
 export) never take the writer's lock and never change a byte: they are safe
 on a live host.  Exit codes: 0 healthy / done, 1 findings (recovery needed,
-integrity problem), 2 usage error or unreadable root.
+integrity problem), 2 usage error or unreadable root.  Tables go through
+:mod:`shipslog.tools._render` (rich on a terminal, plain columns otherwise);
+``--json`` output never does.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ from typing import Any
 import msgspec
 
 from shipslog.engine import probe_worker, worker_incarnations
+from shipslog.journal import CorruptJournalError, ShipslogError
 
-from ._inspect import RootView, event_fields, event_kind, format_time, open_view
+from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
+from ._inspect import RootView, event_fields, event_kind, format_time, open_view, reading
+from ._render import ByteProgress, Printer, event_style
 
-__all__ = ["EXIT_FINDINGS", "add_commands"]
+__all__ = ["EXIT_FINDINGS", "EXIT_OK", "add_commands"]
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
+
+_RECORD_HEADERS = ["seq", "time", "session", "operation", "event", "details"]
+_RECORD_STYLES = ["dim", "dim", "", "", "bold", "dim"]
 
 
 def _out(text: str) -> None:
@@ -36,16 +44,14 @@ def _json(obj: Any) -> None:
     _out(json.dumps(msgspec.to_builtins(obj), indent=2, default=str) + "\n")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _details(fields: dict[str, Any], limit: int = 80) -> str:
     text = " ".join(f"{k}={v}" for k, v in fields.items())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _record_cells(rec: Any) -> list[str]:
+    """A record as the cells of the log and tail tables (see ``_RECORD_HEADERS``)."""
+    return [str(rec.seq), format_time(rec.time), rec.session, rec.event.op, event_kind(rec.event), _details(event_fields(rec.event))]
 
 
 # -- status ---------------------------------------------------------------------------
@@ -72,30 +78,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _json({"root": view.root, "live": view.holder, "status": st, "free_bytes": free, "findings": findings})
         return EXIT_FINDINGS if findings else EXIT_OK
     session = st.session
-    lines = [f"root        {view.root}"]
+    pairs = [("root", view.root)]
     if view.holder:
-        lines.append(f"session     live: {view.holder}")
+        pairs.append(("session", f"live: {view.holder}"))
     elif session is not None:
-        lines.append(f"session     {session.id} {session.state} (pid {session.pid} on {session.host})")
-    lines.append(f"shutdown    previous session: {st.shutdown}; unclean shutdowns recorded: {st.unclean_sessions}")
-    lines.append(f"training    {st.training.data_file + ' at step ' + str(st.training.step) if st.training else 'no run in progress'}")
-    lines.append(f"global step {st.global_step}")
+        pairs.append(("session", f"{session.id} {session.state} (pid {session.pid} on {session.host})"))
+    pairs.append(("shutdown", f"previous session: {st.shutdown}; unclean shutdowns recorded: {st.unclean_sessions}"))
+    pairs.append(("training", f"{st.training.data_file} at step {st.training.step}" if st.training else "no run in progress"))
+    pairs.append(("global step", str(st.global_step)))
     latest = st.latest
-    lines.append(f"latest      {latest.path + ' (step ' + str(latest.step) + ', ' + str(latest.bytes) + ' bytes)' if latest else 'no committed checkpoint'}")
-    lines.append(f"checkpoints {st.checkpoints} committed, models {st.models}")
-    for name, p in sorted(st.pointers.items()):
-        lines.append(f"pointer     {name} -> {p.target}")
-    for run in st.runs[:5]:
-        lines.append(f"run         {os.path.basename(run.data_file)} {run.state} steps {run.start_step}..{run.step} ({run.op})")
-    for op in worker_incarnations(view.state):
-        alive = "alive" if op.info.get("pid") and probe_worker(int(op.info["pid"]), float(op.info.get("create_time", 0.0))) else "not running"
-        lines.append(f"worker      {op.info.get('name')} pid {op.info.get('pid')} attempt {op.info.get('attempt')} {op.state} ({alive})")
-    for op in st.in_flight:
-        if op.type != "worker":
-            lines.append(f"in flight   {op.type} {op.id} {op.state}")
-    lines.append(f"disk        {free:,} bytes free; largest checkpoint {st.largest_checkpoint_bytes:,} bytes")
-    lines += [f"FINDING     {f}" for f in findings]
-    _out("\n".join(lines) + "\n")
+    pairs.append(("latest", f"{latest.path} (step {latest.step}, {latest.bytes} bytes)" if latest else "no committed checkpoint"))
+    pairs.append(("checkpoints", f"{st.checkpoints} committed, models {st.models}"))
+    pairs += [("pointer", f"{name} -> {p.target}") for name, p in sorted(st.pointers.items())]
+    pairs += [
+        ("run", f"{os.path.basename(run.data_file)} {run.state} steps {run.start_step}..{run.step} ({run.op})") for run in st.runs[:5]
+    ]
+    with reading(view.root):
+        for op in worker_incarnations(view.state):
+            alive = "alive" if op.info.get("pid") and probe_worker(int(op.info["pid"]), float(op.info.get("create_time", 0.0))) else "not running"
+            pairs.append(("worker", f"{op.info.get('name')} pid {op.info.get('pid')} attempt {op.info.get('attempt')} {op.state} ({alive})"))
+    pairs += [("in flight", f"{op.type} {op.id} {op.state}") for op in st.in_flight if op.type != "worker"]
+    pairs.append(("disk", f"{free:,} bytes free; largest checkpoint {st.largest_checkpoint_bytes:,} bytes"))
+    pairs += [("FINDING", f) for f in findings]
+    Printer().pairs(pairs, styles={"FINDING": "bold red"})
     return EXIT_FINDINGS if findings else EXIT_OK
 
 
@@ -113,6 +118,10 @@ def _cmd_log(args: argparse.Namespace) -> int:
     last = view.state.seq
     if args.since > last + 1:
         args.parser.error(f"--since {args.since} is past the end of the journal (last seq {last})")
+    if args.until is not None and args.until > last:
+        args.parser.error(f"--until {args.until} is past the end of the journal (last seq {last})")
+    if args.until is not None and args.until < args.since:
+        args.parser.error(f"--until {args.until} is before --since {args.since}; give --until at or after --since")
     rows: list[Any] = []
     for rec in view.records(args.since, args.until):
         if args.op is not None and rec.event.op != args.op:
@@ -125,10 +134,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         _json([_record_dict(r) for r in rows])
         return EXIT_OK
-    _out(_table(
-        ["seq", "time", "session", "operation", "event", "details"],
-        [[str(r.seq), format_time(r.time), r.session, r.event.op, event_kind(r.event), _details(event_fields(r.event))] for r in rows],
-    ))
+    Printer().table(_RECORD_HEADERS, [_record_cells(r) for r in rows], right=("seq",), styles={"event": event_style})
     return EXIT_OK
 
 
@@ -145,6 +151,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     try:
         view = open_view(args.root, until=args.until)
+    except ShipslogError:
+        raise  # a damaged or newer journal is not a usage error (several of these are ValueErrors too)
     except ValueError as exc:
         args.parser.error(str(exc))
     if args.json:
@@ -164,20 +172,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     view = open_view(args.root)
     since = max(1, view.state.seq - args.lines + 1)
-    headers = ["seq", "time", "session", "operation", "event", "details"]
+    printer = Printer()
 
-    def row(r: Any) -> str:
-        return "  ".join([str(r.seq), format_time(r.time), r.session, r.event.op, event_kind(r.event), _details(event_fields(r.event))])
+    def row(rec: Any) -> None:
+        cells = _record_cells(rec)
+        printer.fields(cells, [*_RECORD_STYLES[:4], event_style(cells[4]) or "bold", _RECORD_STYLES[5]])
 
-    _out("  ".join(headers) + "\n")
+    printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS))
     last = since - 1
     for rec in view.records(since):
-        _out(row(rec) + "\n")
+        row(rec)
         last = rec.seq
     while args.follow:
         time.sleep(args.interval)
         for rec in view.records(last + 1):
-            _out(row(rec) + "\n")
+            row(rec)
             last = rec.seq
     return EXIT_OK
 
@@ -191,11 +200,12 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
     if args.json:
         _json({"latest": view.state.latest, "items": arts})
         return EXIT_OK
-    _out(_table(
+    Printer().table(
         ["kind", "name", "step", "files", "bytes", "committed", "path"],
         [[a.artifact + (" *" if a.name == view.state.latest and a.artifact == "checkpoint" else ""), a.name, str(a.step),
           str(a.files), f"{a.bytes:,}", format_time(a.time), a.path] for a in arts],
-    ))
+        right=("step", "files", "bytes"),
+    )
     return EXIT_OK
 
 
@@ -205,25 +215,59 @@ def _cmd_pointers(args: argparse.Namespace) -> int:
     if args.json:
         _json(pointers)
         return EXIT_OK
-    _out(_table(["pointer", "target", "set at seq", "time"], [[p.name, p.target, str(p.seq), format_time(p.time)] for p in pointers]))
+    Printer().table(["pointer", "target", "set at seq", "time"], [[p.name, p.target, str(p.seq), format_time(p.time)] for p in pointers])
     return EXIT_OK
 
 
 # -- verify -------------------------------------------------------------------------------
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from shipslog.recovery import check_invariants
+_ADVICE = {
+    "journal-verifies": "keep a copy of the root and restore the damaged segment from a backup; "
+    "the other invariants were not checked, and the engine refuses the root until the journal verifies",
+    "ops-terminal": "run 'shipslog recover {root}' to finish or roll back the operation",
+    "pointers-verify": "restore the target from a backup, or move the pointer to a checkpoint or model that verifies "
+    "(Engine.set_pointer writes its file again)",
+    "checkpoints-verify": "restore the folder from a backup; recovery never rewrites a committed file",
+    "adapters-kept": "restore the adapter or its merged model from a backup",
+    "nothing-unaccounted": "run 'shipslog recover {root}': it moves the entry to quarantine/ (nothing is deleted)",
+    "recovery-idempotent": "run 'shipslog recover {root}' again and report this as a bug if it persists",
+}
 
-    view = open_view(args.root)
+
+def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, list[Any]]:
+    """The seq verified (None when the journal is damaged) and the violations of ``root``."""
+    from shipslog.recovery import Violation, check_invariants
+
+    try:
+        view = open_view(root)
+    except CorruptJournalError as exc:
+        return None, [Violation("journal-verifies", f"corrupt journal at {exc.path} offset {exc.offset}: {exc.reason}", exc.path)]
     live = view.state.session.id.removeprefix("session-") if view.holder and view.state.session else None
-    found = check_invariants(view.root, view.state, registry=view.registry, live_session=live, deep=args.deep)
+
+    def check(on_file: Any = None) -> list[Any]:
+        with reading(view.root):
+            return check_invariants(view.root, view.state, registry=view.registry, live_session=live, deep=args.deep, on_file=on_file)
+
+    if not args.deep:
+        return view.state.seq, check()
+    arts = [*view.state.checkpoints.values(), *view.state.models.values(), *view.state.adapters.values()]
+    with ByteProgress("re-checksumming committed files", sum(a.bytes for a in arts)) as progress:
+        return view.state.seq, check(progress.advance)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    seq, found = _verify_findings(args.root, args)
+    root = os.path.abspath(args.root)
     if args.json:
-        _json({"root": view.root, "deep": args.deep, "seq": view.state.seq, "violations": found})
-    elif not found:
-        _out(f"{view.root}: journal ({view.state.seq} records), snapshots and every invariant verify{' (every checksum)' if args.deep else ''}\n")
-    else:
-        _out("".join(f"{v.invariant}: {v.message}{' (' + v.path + ')' if v.path else ''}\n" for v in found))
+        _json({"root": root, "deep": args.deep, "seq": seq, "violations": found})
+        return EXIT_FINDINGS if found else EXIT_OK
+    printer = Printer()
+    if not found:
+        printer.line(f"{root}: journal ({seq} records), snapshots and every invariant verify{' (every checksum)' if args.deep else ''}", "green")
+    for v in found:
+        printer.line(f"{v.invariant}: {v.message}{' (' + v.path + ')' if v.path else ''}", "bold red")
+        printer.line(f"  what to do: {_ADVICE.get(v.invariant, 'see the message above').format(root=root)}")
     return EXIT_FINDINGS if found else EXIT_OK
 
 
@@ -251,25 +295,29 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    folder = args.dir or os.path.abspath(f"shipslog-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(folder) and os.listdir(folder):
-        args.parser.error(f"{folder} is not empty; give a new folder")
+    folder = os.path.abspath(args.dir or f"shipslog-demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        args.parser.error(f"{folder} is not an empty folder; give a new one")
+    emit = None if args.json else (lambda line: _out(line + "\n"))
     try:
-        lines, summary = run_demo(folder, crash_at=args.crash_at, files=args.files)
+        _lines, summary = run_demo(folder, crash_at=args.crash_at, files=args.files, emit=emit)
     except ValueError as exc:
         args.parser.error(str(exc))
     if args.json:
         _json(summary)
-    else:
-        _out("\n".join(lines) + "\n\n")
-        from shipslog.tools._cli import main as cli_main
+        return EXIT_OK
+    root = summary["root"]
+    _out(f"\n4. shipslog status {root}\n")
+    from shipslog.tools._cli import main as cli_main
 
-        return cli_main(["status", os.path.join(folder, "host")])
-    return EXIT_OK
+    code = cli_main(["status", root])
+    _out(f"\nlook around: shipslog log {root} --kind recovery.step; shipslog checkpoints {root}; shipslog verify {root} --deep\n")
+    return code
 
 
 def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     """Add the inspection commands, gc and demo to the ``shipslog`` subparsers."""
+    from ._cli import _positive_int as positive_int
 
     def command(name: str, help_text: str, func: Any, *, root: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
         p = commands.add_parser(name, parents=[sub_flags], help=help_text, description=help_text)
@@ -284,15 +332,15 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     log = command("log", "the journal as a table (seq, time, session, operation, event, details)", _cmd_log)
     log.add_argument("--op", metavar="ID", help="only this operation")
     log.add_argument("--kind", metavar="KIND", help="only this event kind (e.g. checkpoint.committed)")
-    log.add_argument("--since", type=int, default=1, metavar="SEQ", help="from this seq (default 1)")
-    log.add_argument("--until", type=int, default=None, metavar="SEQ", help="up to this seq")
-    log.add_argument("--limit", type=int, default=None, metavar="N", help="only the last N matching records")
+    log.add_argument("--since", type=positive_int, default=1, metavar="SEQ", help="from this seq (default 1)")
+    log.add_argument("--until", type=positive_int, default=None, metavar="SEQ", help="up to this seq (at most the last one)")
+    log.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the last N matching records")
     tail = command("tail", "the last records of the journal; -f follows it as it grows", _cmd_tail, json_flag=False)
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many records to show first (default 10)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until interrupted")
     tail.add_argument("--interval", type=float, default=0.2, metavar="S", help=argparse.SUPPRESS)
     verify = command("verify", "verify the journal, snapshots and every invariant; exit 1 on findings", _cmd_verify)
-    verify.add_argument("--deep", action="store_true", help="also re-checksum every committed file")
+    verify.add_argument("--deep", action="store_true", help="also re-checksum every committed file (a progress bar on a terminal)")
     replay = command("replay", "the engine state as of a record", _cmd_replay)
     replay.add_argument("--until", type=int, required=True, metavar="SEQ", help="the last record to replay")
     command("checkpoints", "committed checkpoints and models, by step", _cmd_checkpoints)
@@ -304,5 +352,12 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     demo = command("demo", "run a real training host, kill it at a crash point, watch it recover", _cmd_demo, root=False)
     demo.add_argument("dir", nargs="?", metavar="DIR", help="a new folder for the demo (default: a new one here)")
-    demo.add_argument("--crash-at", metavar="POINT", help="the crash point (NAME or NAME@N; default checkpoint.after_durable@3)")
-    demo.add_argument("--files", type=int, default=3, metavar="N", help="data files in the inbox (default 3)")
+    demo.add_argument(
+        "--crash-at",
+        metavar="POINT",
+        help=f"the crash point, NAME or NAME@N (its N-th hit; default {DEFAULT_CRASH_AT}); a recovery.* point kills the "
+        "restarted host during its recovery; an unknown name lists the known ones",
+    )
+    demo.add_argument(
+        "--files", type=positive_int, default=DEFAULT_FILES, metavar="N", help=f"data files in the inbox (default {DEFAULT_FILES})"
+    )

@@ -2,12 +2,18 @@
 
 Everything here is derived from the journal (replayed with the reducer) and
 the files it names; a torn frame at the end of the journal is reported as a
-write in progress, not repaired.
+write in progress, not repaired.  A root that cannot be used is refused with
+one error naming it: :class:`NotARootError` (missing, not a root),
+:class:`UnreadableRootError` (an ``OSError`` while reading it),
+:class:`~shipslog.journal.UnsupportedFormatError` (a segment, snapshot or
+event schema newer than this build, naming the file and both versions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import os
 import re
 import socket
@@ -16,19 +22,30 @@ from typing import Any
 
 import msgspec
 import psutil
-
 from shipslog.engine import EngineState, RawEvent, Registry, Status
-from shipslog.engine._status import status_of
 from shipslog.engine._reducer import Reducer
-from shipslog.journal import JOURNAL_DIR, JournalReader, ShipslogError, list_segments, read_lock_holder
+from shipslog.engine._status import status_of
+from shipslog.journal import (
+    JOURNAL_DIR,
+    JournalReader,
+    ShipslogError,
+    TornTail,
+    UnsupportedFormatError,
+    list_segments,
+    read_lock_holder,
+)
 
 __all__ = [
     "NotARootError",
     "RootView",
+    "UnreadableRootError",
     "event_fields",
     "event_kind",
     "live_holder",
     "open_view",
+    "reading",
+    "replay_root",
+    "require_root",
 ]
 
 
@@ -41,6 +58,40 @@ class NotARootError(ShipslogError, FileNotFoundError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnreadableRootError(ShipslogError, OSError):
+    """Reading a shipslog root failed with an ``OSError`` (permissions, an I/O error): one line naming the file."""
+
+    def __init__(self, root: str, path: str, reason: str, err: int | None = None) -> None:
+        self.root = root
+        self.path = path
+        super().__init__(
+            err if err is not None else errno.EACCES,
+            f"cannot read the shipslog root {root}: {path}: {reason}; "
+            "check the permissions of the root and the health of its disk, then try again (nothing was changed)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def reading(root: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised while the block reads ``root`` into :class:`UnreadableRootError` (chained).
+
+    Errors shipslog raises on purpose (some are ``OSError`` too) pass through
+    unchanged, and so does everything that is not an ``OSError``.
+    """
+    try:
+        yield
+    except ShipslogError:
+        raise
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+        reason = f"{exc.strerror or exc}{f' ({name})' if name else ''}"
+        where = exc.filename if isinstance(exc.filename, str) and exc.filename else root
+        raise UnreadableRootError(root, where, reason, exc.errno) from exc
 
 
 def event_kind(event: Any) -> str:
@@ -75,6 +126,40 @@ def live_holder(root: str) -> str | None:
     return holder
 
 
+def _segment_holding(journal_dir: str, seq: int) -> str:
+    """The segment file that holds record ``seq`` (the last one whose first seq is at or before it)."""
+    found = journal_dir
+    for first, path in list_segments(journal_dir):
+        if first > seq:
+            break
+        found = path
+    return found
+
+
+def replay_root(root: str, registry: Registry, *, until: int | None = None) -> tuple[EngineState, TornTail | None]:
+    """The state of ``root`` as of ``until`` (default: the end) and the torn tail if any, read-only.
+
+    Refuses a root whose journal segment or event schema is newer than this
+    build with :class:`UnsupportedFormatError` naming the file and both
+    versions (for the event schema: the segment holding the record, and its
+    seq).  Snapshots are not read (the journal is replayed whole), so a
+    snapshot in a newer format is no obstacle, as for ``Engine.open``, which
+    skips it with a warning.  ``until`` past the end raises ``ValueError``.
+    """
+    journal_dir = os.path.join(root, JOURNAL_DIR)
+    reducer = Reducer(registry)
+    try:
+        reader = reducer.replay_journal(journal_dir, until=until)
+    except UnsupportedFormatError as exc:
+        if os.path.isfile(exc.path):
+            raise  # a segment header: it names its file already
+        seq = reducer.seq + 1  # the reducer stops just before the record it refused
+        raise UnsupportedFormatError(_segment_holding(journal_dir, seq), f"record seq {seq}: event schema", exc.found, exc.supported) from exc
+    if until is not None and reducer.seq < until:
+        raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
+    return reducer.state(), reader.tail
+
+
 class RootView:
     """A root's journal replayed read-only: the state, the records (on demand) and a torn tail if any."""
 
@@ -82,19 +167,16 @@ class RootView:
         self.root = root
         self.registry = registry
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
-        reducer = Reducer(registry)
-        reader = reducer.replay_journal(self.journal_dir, until=until)
-        if until is not None and reducer.seq < until:
-            raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
-        self.state: EngineState = reducer.state()
-        self.torn = reader.tail
-        self.holder = live_holder(root)
+        with reading(root):
+            self.state, self.torn = replay_root(root, registry, until=until)
+            self.holder = live_holder(root)
 
     def records(self, since: int = 1, until: int | None = None) -> Iterator[Any]:
         """Every record from ``since`` to ``until`` with its event decoded (unknown kinds raw)."""
         reader = JournalReader(self.journal_dir)
-        for batch in reader.batches(since, until, decode=self.registry.decode_frame, decode_chunk=self.registry.decode_frames):
-            yield from batch
+        with reading(self.root):
+            for batch in reader.batches(since, until, decode=self.registry.decode_frame, decode_chunk=self.registry.decode_frames):
+                yield from batch
 
     def status(self) -> Status:
         """The :class:`Status` of the replayed state."""
@@ -102,21 +184,38 @@ class RootView:
 
     def free_bytes(self) -> int:
         """Free bytes on the root's file system."""
-        st = os.statvfs(self.root)
+        with reading(self.root):
+            st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
 
-def open_view(root: str, *, until: int | None = None) -> RootView:
-    """Replay ``root`` read-only; :class:`NotARootError` when it has no journal."""
+def require_root(root: str) -> str:
+    """``root`` as an absolute path, once it is a readable shipslog root; creates and changes nothing.
+
+    Raises :class:`NotARootError` when it is missing, not a folder, or has no
+    journal with segments, and :class:`UnreadableRootError` when its journal
+    cannot be listed by this user.
+    """
     root = os.path.abspath(root)
+    unchanged = "nothing was created or changed there"
+    if not os.path.exists(root):
+        raise NotARootError(root, f"it does not exist; {unchanged}")
     if not os.path.isdir(root):
-        raise NotARootError(root, "it does not exist or is not a folder")
+        raise NotARootError(root, f"it is not a folder; {unchanged}")
     journal_dir = os.path.join(root, JOURNAL_DIR)
-    if not os.path.isdir(journal_dir) or not list_segments(journal_dir):
-        raise NotARootError(root, "it has no journal/ folder with segments")
+    if not os.path.isdir(journal_dir):
+        raise NotARootError(root, f"it has no {JOURNAL_DIR}/ folder; {unchanged}")
     if not os.access(journal_dir, os.R_OK | os.X_OK):
-        raise NotARootError(root, "its journal is not readable by this user")
-    return RootView(root, Registry(), until)
+        raise UnreadableRootError(root, journal_dir, "this user may not list it (it needs read and search permission)")
+    with reading(root):
+        if not list_segments(journal_dir):
+            raise NotARootError(root, f"its {JOURNAL_DIR}/ folder holds no segment files; {unchanged}")
+    return root
+
+
+def open_view(root: str, *, until: int | None = None) -> RootView:
+    """Replay ``root`` read-only (see :func:`require_root` and :func:`replay_root` for what it refuses)."""
+    return RootView(require_root(root), Registry(), until)
 
 
 def format_time(t: float) -> str:
