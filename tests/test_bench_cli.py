@@ -1,0 +1,78 @@
+"""``shipslog bench journal`` and ``shipslog bench engine``: short runs print every figure, as a table or JSON,
+clean up after themselves, and refuse bad arguments with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from shipslog.tools import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _journal_argv(folder: str) -> list[str]:
+    return ["bench", "journal", "--dir", folder, "--records", "20", "--replay-events", "200", "--threads", "2"]
+
+
+def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_behind(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, *_journal_argv(str(tmp_path)), "--json")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("raw_fdatasync_per_s", "sqlite_wal_full_per_s", "journal_append_per_s", "group_commit_per_s", "replay_events_per_s"):
+        assert result[key] > 0
+    assert set(result["ratios"]) >= {"journal_vs_raw", "journal_vs_sqlite", "group_vs_single"}
+    assert set(result["targets"]) >= {"journal_vs_raw_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "replay_ge_1m"}
+    assert result["replay_events"] >= 200
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_journal_table_shows_each_measure_and_a_verdict_per_target(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, *_journal_argv(str(tmp_path)))
+    assert code == 0
+    assert out.startswith(f"shipslog bench journal in {tmp_path}: 20 records, 2 threads, 200 replay events")
+    for label in ("raw write + fdatasync", "sqlite WAL synchronous=FULL", "journal append", "group commit (2 threads)"):
+        assert label in out
+    verdicts = [line.split()[-1] for line in out.splitlines() if line.strip().startswith(("journal /", "group /", "replay events/s"))]
+    assert len(verdicts) == 4 and set(verdicts) <= {"PASS", "MISS"}
+
+
+def test_bench_engine_json_has_replay_open_and_checkpoint_figures(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "bench", "engine", "--dir", str(tmp_path), "--records", "20000", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["replay_events"] >= 20000 and result["replay_events_per_s"] > 0
+    assert result["open_ms_10k"] > 0 and result["open_ms_1m"] > 0 and result["fsync_ms"] > 0
+    assert result["ratios"]["checkpoint_vs_fsync"] == pytest.approx(result["checkpoint_empty_ms"] / result["fsync_ms"], rel=0.01)
+    assert set(result["targets"]) == {"replay_ge_1m", "open_ms_1m_le_50", "open_1m_le_1_5x_10k", "checkpoint_le_6x_fsync"}
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "journal", "--dir", "/no/such/folder"], "--dir '/no/such/folder' is not a folder"),
+        (["bench", "journal", "--records", "4", "--threads", "8"], "--records (4) must be at least --threads (8)"),
+        (["bench", "journal", "--records", "0"], "expected a number of 1 or more, got 0"),
+        (["bench", "engine", "--records", "100"], "--records must be at least 20000"),
+        (["bench", "engine", "--dir", "/no/such/folder"], "--dir '/no/such/folder' is not a folder"),
+        (["bench"], "the following arguments are required: BENCH"),
+    ],
+    ids=["journal-dir", "journal-records-threads", "journal-records-zero", "engine-records", "engine-dir", "no-bench"],
+)
+def test_bench_refuses_bad_arguments_with_exit_2_and_one_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err
