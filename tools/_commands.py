@@ -311,7 +311,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from shipslog.tools._cli import main as cli_main
 
     code = cli_main(["status", root])
-    _out(f"\nlook around: shipslog log {root} --kind recovery.step; shipslog checkpoints {root}; shipslog verify {root} --deep\n")
+    _out(
+        "\nlook around:\n"
+        f"  shipslog log {root} --kind recovery.step\n"
+        f"  shipslog checkpoints {root}\n"
+        f"  shipslog verify {root} --deep\n"
+    )
     return code
 
 
