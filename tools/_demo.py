@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -70,7 +70,7 @@ def make_inbox(folder: str, files: int, seed: int = 0) -> list[str]:
     return paths
 
 
-def _host(folder: str, crash_at: str | None, log_name: str) -> subprocess.CompletedProcess[str]:
+def _host(folder: str, crash_at: str | None, log_name: str) -> subprocess.CompletedProcess[bytes]:
     """Run the host to its end (or its crash); its output (and its workers') goes to ``folder/log_name``.
 
     A file, not a pipe: loader workers outlive a killed host until recovery
@@ -132,7 +132,7 @@ def _recovery_done(folder: str, root: str, crash_seq: int, planned: set[str]) ->
     return {"did": did, "quarantined": quarantined}
 
 
-def _failure(folder: str, log_name: str, proc: subprocess.CompletedProcess[str], what: str) -> DemoError:
+def _failure(folder: str, log_name: str, proc: subprocess.CompletedProcess[bytes], what: str) -> DemoError:
     path = os.path.join(folder, log_name)
     with open(path, encoding="utf-8", errors="replace") as f:
         last = [line for line in f.read().splitlines() if line.strip()][-1:]
@@ -182,22 +182,18 @@ def _loss_table(before: list[tuple[int, float, int]], after: list[tuple[int, flo
     return lines
 
 
-class _Lines(list[str]):
+class _Story:
     """The demo's lines, each also handed to ``emit`` as soon as it is known (the command line prints it)."""
 
     def __init__(self, emit: Callable[[str], None] | None) -> None:
-        super().__init__()
+        self.lines: list[str] = []
         self._emit = emit
 
-    def append(self, line: str) -> None:
-        super().append(line)
-        if self._emit is not None:
-            self._emit(line)
-
-    def __iadd__(self, lines: Iterable[str]) -> _Lines:  # type: ignore[override]
+    def add(self, *lines: str) -> None:
         for line in lines:
-            self.append(line)
-        return self
+            self.lines.append(line)
+            if self._emit is not None:
+                self._emit(line)
 
 
 def run_demo(
@@ -233,18 +229,22 @@ def run_demo(
     os.makedirs(folder, exist_ok=True)
     make_inbox(os.path.join(folder, "inbox"), files)
     root = os.path.join(folder, "host")
-    lines = _Lines(emit)
-    lines += [
+    story = _Story(emit)
+    story.add(
         f"shipslog demo in {folder}",
-        f"  the host: a LoRA adapter (rank {RANK}) on a frozen base model, trained on the CPU over {files} JSONL files "
-        f"of {_ROWS} rows, {STEPS_PER_FILE} steps each;",
-        f"  data prepared by {LOADERS} supervised loader workers; an async checkpoint every {CHECKPOINT_EVERY} steps; "
-        f"every {CONSOLIDATE_EVERY} files the adapter is merged into a new base and {POINTER!r} moved to it; "
-        f"the last {KEEP_CHECKPOINTS} checkpoints kept",
+        (
+            f"  the host: a LoRA adapter (rank {RANK}) on a frozen base model, trained on the CPU over {files} JSONL files "
+            f"of {_ROWS} rows, {STEPS_PER_FILE} steps each;"
+        ),
+        (
+            f"  data prepared by {LOADERS} supervised loader workers; an async checkpoint every {CHECKPOINT_EVERY} steps; "
+            f"every {CONSOLIDATE_EVERY} files the adapter is merged into a new base and {POINTER!r} moved to it; "
+            f"the last {KEEP_CHECKPOINTS} checkpoints kept"
+        ),
         "",
         f"1. the host runs, armed to die (SIGKILL, no clean-up) at {first_point}:",
         f"     {known[first_name]}",
-    ]
+    )
     t0 = time.monotonic()
     first = _host(folder, first_point, "host-1.log")
     crashed = first.returncode == -9
@@ -255,49 +255,49 @@ def run_demo(
     state = shipslog.replay(root) if os.path.isdir(os.path.join(root, "journal")) else None
     committed = state.global_step if state is not None else 0
     if crashed:
-        lines.append(
+        story.add(
             f"     killed after {time.monotonic() - t0:.1f} s, trained to step {trained}; the journal says: newest committed "
             f"checkpoint at step {committed}, {POINTER} -> {state.pointers[POINTER].target if state and POINTER in state.pointers else None}"
         )
     else:
-        lines.append(f"     the host finished without reaching {first_point} (at step {trained}); there is nothing to recover")
+        story.add(f"     the host finished without reaching {first_point} (at step {trained}); there is nothing to recover")
     actions = plan(state, list_root(root)) if state is not None else []
     recovery_crashed = False
     if in_recovery:
-        lines += ["", f"   the host starts again, armed to die during its recovery at {point}:", f"     {known[name]}"]
+        story.add("", f"   the host starts again, armed to die during its recovery at {point}:", f"     {known[name]}")
         middle = _host(folder, point, "host-2.log")
         recovery_crashed = middle.returncode == -9
         if middle.returncode not in (0, -9):
             raise _failure(folder, "host-2.log", middle, "the restarted host failed before the crash it was armed for")
-        lines.append(
+        story.add(
             "     killed during recovery; the journal keeps what it had done, and the next start plans again from it"
             if recovery_crashed
             else f"     it recovered and finished without reaching {point}"
         )
-    lines += ["", "2. the host starts again: Engine.open recovers the root, then training resumes"]
+    story.add("", "2. the host starts again: Engine.open recovers the root, then training resumes")
     last_log = "host-3.log" if in_recovery else "host-2.log"
     second = _host(folder, None, last_log)
     if second.returncode != 0:
         raise _failure(folder, last_log, second, "the restarted host failed")
     report = _recovery_done(folder, root, state.seq if state is not None else 0, {a.target for a in actions})
-    lines += _recovery_table(actions, report["did"], report["quarantined"])
+    story.add(*_recovery_table(actions, report["did"], report["quarantined"]))
     after = _losses(folder)[len(before):]
     final = shipslog.replay(root)
     resumed_from = after[0][0] - 1 if after else final.global_step
     redone = [(s, loss) for s, loss, _ in after if s <= trained]
     first_losses = {s: loss for s, loss, _ in before}
     same = all(first_losses.get(s) == loss for s, loss in redone)
-    lines += ["", "3. the loss curve continues from the newest committed checkpoint:"]
-    lines += _loss_table(before, after, resumed_from)
+    story.add("", "3. the loss curve continues from the newest committed checkpoint:")
+    story.add(*_loss_table(before, after, resumed_from))
     if redone:
-        lines.append(
-            f"     steps {redone[0][0]}..{redone[-1][0]} were trained after that checkpoint and lost with the process; "
+        story.add(
+            f"     {_steps(redone[0][0], redone[-1][0])} trained after that checkpoint and lost with the process; "
             f"they were trained again and their losses {'match' if same else 'DO NOT match'} the first time "
             f"{'to the last digit: the exact adapter and optimizer state was restored' if same else ''}".rstrip()
         )
     else:
-        lines.append("     no step had to be trained again: everything trained was committed")
-    lines.append(f"     nothing committed was lost; done in {time.monotonic() - t0:.1f} s")
+        story.add("     no step had to be trained again: everything trained was committed")
+    story.add(f"     nothing committed was lost; done in {time.monotonic() - t0:.1f} s")
     summary = {
         "dir": folder,
         "root": root,
@@ -317,4 +317,4 @@ def run_demo(
         "recovery_did": [f"{d['action']} {d['target']}: {d['outcome']}" for d in report["did"]],
         "seconds": round(time.monotonic() - t0, 1),
     }
-    return list(lines), summary
+    return story.lines, summary
