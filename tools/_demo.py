@@ -292,8 +292,8 @@ def run_demo(
     if redone:
         story.add(
             f"     {_steps(redone[0][0], redone[-1][0])} trained after that checkpoint and lost with the process; "
-            f"they were trained again and their losses {'match' if same else 'DO NOT match'} the first time "
-            f"{'to the last digit: the exact adapter and optimizer state was restored' if same else ''}".rstrip()
+            f"trained again, the losses {'match' if same else 'DO NOT match'} the first time"
+            f"{' to the last digit: the exact adapter and optimizer state was restored' if same else ''}"
         )
     else:
         story.add("     no step had to be trained again: everything trained was committed")
