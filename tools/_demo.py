@@ -37,6 +37,7 @@ from ._demo_host import (
     RANK,
     STEPS_PER_FILE,
 )
+from ._render import plain_table
 
 __all__ = ["DEFAULT_CRASH_AT", "DEFAULT_FILES", "DemoError", "make_inbox", "run_demo"]
 
@@ -151,10 +152,7 @@ def _recovery_table(found: list[Any], did: list[dict[str, Any]], quarantined: li
     if not rows:
         return ["     nothing was cut off: there was nothing to recover"]
     headers = ["operation", "found at the crash", "action", "what recovery did"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:3])]
-    lines = ["     " + "  ".join(h.ljust(w) for h, w in zip(headers, [*widths, 0])).rstrip()]
-    lines += ["     " + "  ".join(c.ljust(w) for c, w in zip(r, [*widths, 0])).rstrip() for r in rows]
-    return lines
+    return plain_table(headers, rows, indent="     ").splitlines()
 
 
 def _steps(first: int, last: int) -> str:
