@@ -115,24 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
-    journal = benches.add_parser(
+    def bench_parser(name: str, help_text: str, description: str, func: _Command, *, tmpfs_note: bool) -> argparse.ArgumentParser:
+        """A ``bench NAME`` parser with the flags every benchmark has: ``--json`` and ``--dir``."""
+        p = benches.add_parser(name, parents=[sub_flags], help=help_text, description=description)
+        p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+        where = "the current folder; /tmp may be tmpfs" if tmpfs_note else "the current folder"
+        p.add_argument("--dir", default=".", metavar="DIR", help=f"folder on the disk to measure (default: {where})")
+        p.set_defaults(func=func, parser=p)
+        return p
+
+    journal = bench_parser(
         "journal",
-        parents=[sub_flags],
-        help="durable appends (vs raw fdatasync and SQLite) and replay",
-        description=(
-            "Measure durable journal appends against a raw write+fdatasync loop and SQLite "
-            "(WAL, synchronous=FULL), group commit from several threads, and replay, in a "
-            "temporary folder under --dir that is removed afterwards."
-        ),
-    )
-    journal.add_argument(
-        "--json", action="store_true", help="print one JSON object and nothing else on stdout"
-    )
-    journal.add_argument(
-        "--dir",
-        default=".",
-        metavar="DIR",
-        help="folder on the disk to measure (default: the current folder; /tmp may be tmpfs)",
+        "durable appends (vs raw fdatasync and SQLite) and replay",
+        "Measure durable journal appends against a raw write+fdatasync loop and SQLite "
+        "(WAL, synchronous=FULL), group commit from several threads, and replay, in a "
+        "temporary folder under --dir that is removed afterwards.",
+        _cmd_bench_journal,
+        tmpfs_note=True,
     )
     journal.add_argument(
         "--records",
@@ -155,21 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="appender threads for group commit (default: 8)",
     )
-    journal.set_defaults(func=_cmd_bench_journal, parser=journal)
 
-    engine = benches.add_parser(
+    engine = bench_parser(
         "engine",
-        parents=[sub_flags],
-        help="reducer replay, open time with long histories, and an empty checkpoint vs one fsync",
-        description=(
-            "Measure full reducer replay of a long lifecycle history, Engine.open of roots with 10,000 "
-            "and with --records records of history (snapshots on), and an empty checkpoint beside one "
-            "write+fsync, in a temporary folder under --dir that is removed afterwards."
-        ),
-    )
-    engine.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-    engine.add_argument(
-        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder)"
+        "reducer replay, open time with long histories, and an empty checkpoint vs one fsync",
+        "Measure full reducer replay of a long lifecycle history, Engine.open of roots with 10,000 "
+        "and with --records records of history (snapshots on), and an empty checkpoint beside one "
+        "write+fsync, in a temporary folder under --dir that is removed afterwards.",
+        _cmd_bench_engine,
+        tmpfs_note=False,
     )
     engine.add_argument(
         "--records",
@@ -178,22 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="records of history for replay and open_ms_1m (default: 1000000)",
     )
-    engine.set_defaults(func=_cmd_bench_engine, parser=engine)
 
-    checkpoint = benches.add_parser(
+    checkpoint = bench_parser(
         "checkpoint",
-        parents=[sub_flags],
-        help="full checkpoint save/load, async save and LoRA merge vs raw write, torch.save/load",
-        description=(
-            "Measure, with the same N MiB of float32 tensors: a raw write+fsync, torch.save+fsync, the full "
-            "engine checkpoint operation (fsync on), a verified load beside torch.load(weights_only=True), how "
-            "long AsyncCheckpointer.save blocks its caller, and merge_lora beside a plain merge loop, in a "
-            "temporary folder under --dir that is removed afterwards.  Needs torch (pip install 'shipslog[gpu]')."
-        ),
-    )
-    checkpoint.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-    checkpoint.add_argument(
-        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder; /tmp may be tmpfs)"
+        "full checkpoint save/load, async save and LoRA merge vs raw write, torch.save/load",
+        "Measure, with the same N MiB of float32 tensors: a raw write+fsync, torch.save+fsync, the full "
+        "engine checkpoint operation (fsync on), a verified load beside torch.load(weights_only=True), how "
+        "long AsyncCheckpointer.save blocks its caller, and merge_lora beside a plain merge loop, in a "
+        "temporary folder under --dir that is removed afterwards.  Needs torch (pip install 'shipslog[gpu]').",
+        _cmd_bench_checkpoint,
+        tmpfs_note=True,
     )
     checkpoint.add_argument(
         "--mib",
@@ -202,27 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="MiB of float32 tensors to save, load and merge (default: 512)",
     )
-    checkpoint.set_defaults(func=_cmd_bench_checkpoint, parser=checkpoint)
 
-    workers = benches.add_parser(
+    workers = bench_parser(
         "workers",
-        parents=[sub_flags],
-        help="supervised workers: death journaled, replacement running",
-        description=(
-            "Kill a supervised worker process with SIGKILL --rounds times and measure the time to its durable "
-            "worker.died record (detect_death_ms) and to its replacement's durable worker.started record "
-            "(restart_ms, which includes the policy's backoff), in a temporary folder under --dir that is "
-            "removed afterwards."
-        ),
-    )
-    workers.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-    workers.add_argument(
-        "--dir", default=".", metavar="DIR", help="folder on the disk to measure (default: the current folder)"
+        "supervised workers: death journaled, replacement running",
+        "Kill a supervised worker process with SIGKILL --rounds times and measure the time to its durable "
+        "worker.died record (detect_death_ms) and to its replacement's durable worker.started record "
+        "(restart_ms, which includes the policy's backoff), in a temporary folder under --dir that is "
+        "removed afterwards.",
+        _cmd_bench_workers,
+        tmpfs_note=False,
     )
     workers.add_argument(
         "--rounds", type=_positive_int, default=20, metavar="N", help="worker kills to measure (default: 20)"
     )
-    workers.set_defaults(func=_cmd_bench_workers, parser=workers)
 
     torture = commands.add_parser(
         "torture",
