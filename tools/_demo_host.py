@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     import shipslog
-    from shipslog.engine import Supervisor
+    from shipslog.engine import ArtifactInfo, Supervisor
 
 __all__ = [
     "ALPHA",
@@ -268,8 +268,8 @@ def _install_base(engine: shipslog.Engine) -> None:
         engine.set_pointer(POINTER, f"models/{BASE_MODEL}")
 
 
-def _consolidate_if_due(engine: shipslog.Engine) -> bool:
-    """Merge the newest checkpoint's adapter into the current base when its step ends a consolidation period.
+def _consolidate_if_due(engine: shipslog.Engine, latest: ArtifactInfo | None) -> bool:
+    """Merge the adapter of ``latest`` (the newest committed checkpoint) into the current base when its step ends a consolidation period.
 
     Idempotent and derived from the journal: due when the newest committed
     checkpoint's step is a multiple of ``CONSOLIDATE_EVERY * STEPS_PER_FILE``
@@ -278,7 +278,6 @@ def _consolidate_if_due(engine: shipslog.Engine) -> bool:
     """
     from shipslog.gpu import ADAPTER_CONFIG_NAME, PEFT_PREFIX, load_state_dict, save_state_dict
 
-    latest = engine.latest_checkpoint(deep=True)
     if latest is None or latest.step is None or latest.step == 0 or latest.step % (CONSOLIDATE_EVERY * STEPS_PER_FILE):
         return False
     into = f"base-{latest.step}"
@@ -300,8 +299,8 @@ def _consolidate_if_due(engine: shipslog.Engine) -> bool:
     return True
 
 
-def _load_model(engine: shipslog.Engine) -> tuple[_Model, Any, str]:
-    """The model to train: the base ``current`` names, with the newest checkpoint's adapter when it was trained on it."""
+def _load_model(engine: shipslog.Engine, latest: ArtifactInfo | None) -> tuple[_Model, Any, str]:
+    """The model to train: the base ``current`` names, with the adapter of ``latest`` (the newest committed checkpoint) when it was trained on it."""
     import torch
 
     from shipslog.gpu import load_state_dict
@@ -310,7 +309,6 @@ def _load_model(engine: shipslog.Engine) -> tuple[_Model, Any, str]:
     base_name = os.path.basename(target)
     folder = engine.path(target)
     base = load_state_dict(folder, entries=_model_files(folder), prefix="model")
-    latest = engine.latest_checkpoint(deep=True)
     if latest is not None and latest.meta.get("base") == base_name:
         ck_folder = engine.path(latest.path)
         saved = load_state_dict(ck_folder, entries=_model_files(ck_folder))
@@ -360,8 +358,9 @@ def train(folder: str) -> int:
         _record_start(folder, engine)
         with Supervisor(engine, loaders, seed=0) as supervisor, AsyncCheckpointer(engine, pin_memory=False) as saver:
             _install_base(engine)
-            _consolidate_if_due(engine)
-            model, optimizer, base_name = _load_model(engine)
+            latest = engine.latest_checkpoint(deep=True)
+            _consolidate_if_due(engine, latest)
+            model, optimizer, base_name = _load_model(engine, latest)
             done = {os.path.basename(r.data_file) for r in engine.state.runs.values() if r.state == "finished"}
             step = engine.state.global_step
             for index, name in enumerate(names):
@@ -387,8 +386,9 @@ def train(folder: str) -> int:
                                 saver.save(f"step-{step}", state, step, meta={"base": base_name, "loss": round(loss.item(), 6)})
                     saver.wait()
                     run.finish(step)
-                if _consolidate_if_due(engine):
-                    model, optimizer, base_name = _load_model(engine)
+                latest = engine.latest_checkpoint(deep=True)
+                if _consolidate_if_due(engine, latest):
+                    model, optimizer, base_name = _load_model(engine, latest)
                 engine.retain(keep_last=KEEP_CHECKPOINTS, keep_models=KEEP_MODELS)
     return step
 
