@@ -20,6 +20,7 @@ __all__ = [
     "EngineError",
     "EngineLockedError",
     "IntegrityError",
+    "InvalidFieldError",
     "InvalidNameError",
     "InvalidTransitionError",
     "MissingDependencyError",
@@ -58,6 +59,24 @@ class InvalidNameError(EngineError, ValueError):
             f"invalid {what} name {name!r}: {reason}; use a plain name of letters, digits, "
             "'.', '-' and '_' (no separators, no '..', no control characters)"
         )
+
+
+class InvalidFieldError(EngineError, ValueError):
+    """An event field holds a value its operation does not allow (checked before it is journaled, and at replay).
+
+    ``field`` names it, ``value`` is what was found, ``expected`` says what is
+    allowed.  At replay the reducer turns it into
+    :class:`~shipslog.journal.CorruptRecordError` with the record's seq.
+    """
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        super().__init__(f"field {field!r} is {shown}, expected {expected}")
 
 
 class InvalidTransitionError(EngineError, ValueError):

@@ -17,7 +17,7 @@ MAX_NAME_LENGTH = 200
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 
 
-def check_name(what: str, name: object) -> str:
+def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) -> str:
     """Return ``name`` when it is a safe single path component, else raise :class:`InvalidNameError`.
 
     Allowed: letters, digits and ``. _ - + = @``, starting with a letter or
@@ -29,8 +29,8 @@ def check_name(what: str, name: object) -> str:
         raise InvalidNameError(what, name, f"expected a string, found {type(name).__name__}")
     if not name:
         raise InvalidNameError(what, name, "it is empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidNameError(what, name, f"it is {len(name)} characters long, the limit is {MAX_NAME_LENGTH}")
+    if len(name) > max_length:
+        raise InvalidNameError(what, name, f"it is {len(name)} characters long, the limit is {max_length}")
     if "/" in name or "\\" in name or os.sep in name:
         raise InvalidNameError(what, name, "it contains a path separator")
     if name in (".", ".."):

@@ -24,12 +24,13 @@ from shipslog.journal import crash_point, register_crash_point
 
 from ._errors import ConflictError, DataFileError
 from ._events import RunFailed, RunFinished, RunProgress, RunStarted, RunValidated
+from ._fields import nesting_depth
 from ._state import EngineState, RunInfo
 
 if TYPE_CHECKING:
     from ._core import EngineCore
 
-__all__ = ["DataFileSummary", "Run", "start_run", "validate_data_file"]
+__all__ = ["MAX_LINE_BYTES", "MAX_LINE_DEPTH", "DataFileSummary", "Run", "start_run", "validate_data_file"]
 
 _decode_line = msgspec.json.decode
 
@@ -46,43 +47,109 @@ class DataFileSummary(msgspec.Struct, frozen=True):
     crc32: int
 
 
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""Most bytes of one data file line, its line end included.  A longer line is refused after reading at most
+this many bytes of it (plus one), never loaded whole."""
+MAX_LINE_DEPTH = 64
+"""Deepest nesting of arrays and objects in one line (the line's own object is level 1)."""
+_SHOWN_KEYS = 20
+
+
 def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> DataFileSummary:
     """Check a JSONL data file whole; raise :class:`DataFileError` naming the first bad line.
 
     Every line must be a JSON object holding every field of
     ``required_fields``; a final newline is optional, blank lines are errors.
+
+    Guarantees: the file's bytes are untrusted; for any content this returns
+    a summary or raises :class:`DataFileError` (with the line number where a
+    line is at fault), nothing else.  A line over :data:`MAX_LINE_BYTES` is
+    refused without being read whole; a line nested deeper than
+    :data:`MAX_LINE_DEPTH` is refused (checked iteratively after decoding;
+    the decoder's own ``RecursionError`` on deeper input becomes the same
+    error); invalid UTF-8, NUL bytes and anything else that is not JSON are
+    "not JSON".  Time is linear in the file's size and memory bounded by one
+    line.  A FIFO or device is refused without blocking on it: the file is
+    opened with ``O_NONBLOCK`` and checked to be a regular file before a byte
+    is read.  Unreadable files are :class:`DataFileError` too, never a bare
+    ``OSError``.
     """
     full = os.path.abspath(os.fspath(path))
     fields = list(required_fields)
+    limit = MAX_LINE_BYTES
     try:
-        st = os.stat(full)
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DataFileError(full, None, "it does not exist") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataFileError(full, None, "it is not a regular file")
-    if st.st_size == 0:
-        raise DataFileError(full, None, "it is empty")
-    crc = 0
-    size = 0
-    lines = 0
-    with open(full, "rb") as f:
-        for number, line in enumerate(f, start=1):
+    except ValueError:
+        raise DataFileError(full, None, "the path contains a NUL character") from None
+    except OSError as exc:
+        raise DataFileError(full, None, f"it cannot be opened ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataFileError(full, None, "it is not a regular file")
+        f = open(fd, "rb")  # owns fd from here on; the with below closes it
+    except OSError as exc:
+        os.close(fd)
+        raise DataFileError(full, None, f"it cannot be read ({exc.strerror or exc})") from None
+    except DataFileError:
+        os.close(fd)
+        raise
+    with f:
+        if st.st_size == 0:
+            raise DataFileError(full, None, "it is empty")
+        crc = 0
+        size = 0
+        lines = 0
+        number = 0
+        while True:
+            try:
+                line = f.readline(limit + 1)
+            except OSError as exc:
+                raise DataFileError(full, number + 1, f"the line cannot be read ({exc.strerror or exc})") from None
+            if not line:
+                break
+            number += 1
+            if len(line) > limit:
+                raise DataFileError(full, number, f"the line is longer than {limit} bytes, the limit (MAX_LINE_BYTES)")
             crc = zlib.crc32(line, crc)
             size += len(line)
-            text = line.rstrip(b"\r\n")
-            if not text.strip():
-                raise DataFileError(full, number, "the line is blank; every line must be one JSON object")
-            try:
-                obj = _decode_line(text)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                raise DataFileError(full, number, f"the line is not JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise DataFileError(full, number, f"expected a JSON object, found {type(obj).__name__}")
-            missing = [k for k in fields if k not in obj]
-            if missing:
-                raise DataFileError(full, number, f"missing required field(s) {missing}; the line has {sorted(obj)}")
+            _check_line(full, number, line, fields)
             lines = number
+    if lines == 0:
+        raise DataFileError(full, None, "it is empty")
     return DataFileSummary(path=full, lines=lines, size=size, crc32=crc)
+
+
+def _check_line(full: str, number: int, line: bytes, fields: list[str]) -> None:
+    """Raise :class:`DataFileError` for line ``number`` unless it is one JSON object, within depth, with ``fields``."""
+    text = line.rstrip(b"\r\n")
+    if not text.strip():
+        raise DataFileError(full, number, "the line is blank; every line must be one JSON object")
+    try:
+        obj = _decode_line(text)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise DataFileError(full, number, f"the line is not JSON ({_cap(str(exc))})") from None
+    except RecursionError:
+        raise DataFileError(full, number, f"the line is nested deeper than {MAX_LINE_DEPTH} levels (MAX_LINE_DEPTH)") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(full, number, f"expected a JSON object, found {type(obj).__name__}")
+    depth = nesting_depth(obj, MAX_LINE_DEPTH)
+    if depth > MAX_LINE_DEPTH:
+        raise DataFileError(full, number, f"the line is nested deeper than {MAX_LINE_DEPTH} levels (MAX_LINE_DEPTH), at least {depth}")
+    missing = [k for k in fields if k not in obj]
+    if missing:
+        keys = sorted(obj)
+        shown = repr([_cap(k) for k in keys[:_SHOWN_KEYS]])
+        if len(keys) > _SHOWN_KEYS:
+            shown = f"{shown[:-1]}, ... ({len(keys)} keys)]"
+        raise DataFileError(full, number, f"missing required field(s) {missing}; the line has {shown}")
+
+
+def _cap(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters, so no message repeats a huge input."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def start_run(core: EngineCore, data_file: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> Run:

@@ -213,3 +213,80 @@ def test_validated_to_failed_and_validated_to_interrupted_through_the_engine(eng
     assert events_of(root, "run-a") == ["run.validated", "run.failed"]
     assert events_of(root, "run-b") == ["run.validated", "run.interrupted"]
     assert engine.state.ops_of("run") == []
+
+
+# -- hostile data files: every byte is untrusted, every line bounded --------------------------------------------
+
+
+def _bad_line(tmp_path: Any, data: bytes) -> DataFileError:
+    """The DataFileError that validating a file of ``data`` raises (fails the test on anything else)."""
+    path = data_file(tmp_path, data)
+    with pytest.raises(DataFileError) as info:
+        validate_data_file(path, ["text"])
+    assert info.value.path == path
+    return info.value
+
+
+def test_deeply_nested_data_line_is_a_data_file_error(tmp_path: Any) -> None:
+    err = _bad_line(tmp_path, b'{"text": "a"}\n{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    assert err.line == 2 and "line 2" in str(err) and "nested deeper than 64" in str(err)
+
+
+def test_data_line_nested_just_past_the_limit_is_refused(tmp_path: Any) -> None:
+    ok = b'{"text": ' + b"[" * 63 + b"]" * 63 + b"}\n"  # 64 levels, the object included
+    assert validate_data_file(data_file(tmp_path, ok, "ok.jsonl"), ["text"]).lines == 1
+    err = _bad_line(tmp_path, ok + b'{"text": ' + b"[" * 64 + b"]" * 64 + b"}\n")
+    assert err.line == 2 and "nested deeper than 64" in str(err)
+
+
+def test_overlong_data_line_is_a_data_file_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shipslog.engine._runs.MAX_LINE_BYTES", 1024)
+    exactly = b'{"text": "' + b"a" * (1024 - 13) + b'"}\n'  # 1024 bytes with its newline: allowed
+    assert len(exactly) == 1024
+    assert validate_data_file(data_file(tmp_path, exactly, "ok.jsonl"), ["text"]).lines == 1
+    err = _bad_line(tmp_path, b'{"text": "a"}\n{"text": "' + b"a" * 5000 + b'"}\n{"text": "c"}\n')
+    assert err.line == 2 and "longer than 1024 bytes" in str(err)
+    err = _bad_line(tmp_path, b'{"text": "a"}\n' + b"b" * 5000)  # no newline at all
+    assert err.line == 2 and "longer than 1024 bytes" in str(err)
+
+
+def test_nul_byte_in_data_line_is_a_data_file_error(tmp_path: Any) -> None:
+    for data in (b'{"text": "a"}\n{"text": "b\x00"}\n', b'{"text": "a"}\n\x00\n', b'{"text": "a"}\n{"text": "b"}\x00\n'):
+        err = _bad_line(tmp_path, data)
+        assert err.line == 2 and "not JSON" in str(err)
+
+
+def test_invalid_utf8_in_data_line_is_a_data_file_error(tmp_path: Any) -> None:
+    for data in (b'{"text": "a"}\n{"text": "\xc3"}\n', b'{"text": "a"}\n{"te\xffxt": "b"}\n', b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n'):
+        err = _bad_line(tmp_path, data)
+        assert err.line == 2 and "not JSON" in str(err)
+
+
+def test_non_object_data_line_is_a_data_file_error(tmp_path: Any) -> None:
+    for data, found in ((b'{"text": "a"}\n[1,2]\n', "list"), (b'{"text": "a"}\n3', "int"), (b'{"text": "a"}\ntrue\n', "bool")):
+        err = _bad_line(tmp_path, data)
+        assert err.line == 2 and f"expected a JSON object, found {found}" in str(err)
+
+
+def test_a_line_with_many_keys_gives_a_short_message(tmp_path: Any) -> None:
+    keys = ",".join(f'"{"k" * 1000}{i}": 1' for i in range(500))
+    err = _bad_line(tmp_path, ("{" + keys + "}\n").encode())
+    assert err.line == 1 and "missing required field(s) ['text']" in str(err) and "(500 keys)" in str(err)
+    assert len(str(err)) < 10_000
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "fifo.jsonl")
+    os.mkfifo(path)
+    with pytest.raises(DataFileError, match="not a regular file") as info:
+        validate_data_file(path)
+    assert info.value.line is None
+
+
+def test_an_unopenable_path_is_a_data_file_error(tmp_path: Any) -> None:
+    parent = data_file(tmp_path, GOOD)
+    with pytest.raises(DataFileError, match="cannot be opened") as info:
+        validate_data_file(os.path.join(parent, "child.jsonl"))  # a regular file used as a folder
+    assert info.value.line is None and not isinstance(info.value, OSError)
+    with pytest.raises(DataFileError, match="NUL"):
+        validate_data_file(os.path.join(tmp_path, "a\x00b.jsonl"))

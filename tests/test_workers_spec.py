@@ -26,6 +26,7 @@ from shipslog.engine import (
     probe_worker,
     settle_worker_event,
 )
+from shipslog.engine import _supervisor as supervisor_module
 
 # -- configuration -----------------------------------------------------------------------------------
 
@@ -190,3 +191,138 @@ def test_the_reducer_keeps_a_running_worker_with_its_identity() -> None:
 def test_probe_refuses_nonsense_pids() -> None:
     assert not probe_worker(0, 1.0)
     assert not probe_worker(-5, 1.0)
+
+
+# -- hostile configs: every string that reaches the process, nesting, bounds ----------------------------
+
+
+def _refused(config: dict[str, Any]) -> str:
+    """The message of the WorkerConfigError that ``config`` raises (fails the test when it raises anything else)."""
+    with pytest.raises(WorkerConfigError) as info:
+        WorkerSpec.from_dict(config)
+    return str(info.value)
+
+
+def test_nul_in_argv_is_a_worker_config_error() -> None:
+    message = _refused({"name": "w", "argv": ["sleep", "1\x002"]})
+    assert "WorkerSpec.argv[1]" in message and "NUL" in message
+
+
+def test_nul_in_argv_is_refused_by_direct_construction_too() -> None:
+    with pytest.raises(WorkerConfigError, match=r"WorkerSpec\.argv\[0\].*NUL"):
+        WorkerSpec(name="w", argv=("sl\x00eep",))
+
+
+def test_nul_in_args_is_refused() -> None:
+    message = _refused({"name": "w", "target": "m:f", "args": ["ok", "b\x00d"]})
+    assert "WorkerSpec.args[1]" in message and "NUL" in message
+
+
+def test_nul_in_target_is_refused() -> None:
+    message = _refused({"name": "w", "target": "m:f\x00"})
+    assert "WorkerSpec.target" in message and "NUL" in message
+
+
+def test_nul_in_cwd_is_refused() -> None:
+    message = _refused({"name": "w", "argv": ["x"], "cwd": "/tmp/\x00"})
+    assert "WorkerSpec.cwd" in message and "NUL" in message
+
+
+def test_nul_in_env_value_is_refused() -> None:
+    message = _refused({"name": "w", "argv": ["x"], "env": {"X": "a\x00b"}})
+    assert "WorkerSpec.env['X']" in message and "NUL" in message
+
+
+def test_nul_in_env_name_is_refused() -> None:
+    message = _refused({"name": "w", "argv": ["x"], "env": {"X\x00": "1"}})
+    assert "WorkerSpec.env['X\\x00']" in message and "NUL" in message
+
+
+def test_equals_or_empty_env_name_is_refused() -> None:
+    assert "WorkerSpec.env['A=B']" in _refused({"name": "w", "argv": ["x"], "env": {"A=B": "1"}})
+    assert "WorkerSpec.env['']" in _refused({"name": "w", "argv": ["x"], "env": {"": "1"}})
+
+
+def test_empty_argv0_is_refused() -> None:
+    message = _refused({"name": "w", "argv": ["", "arg"]})
+    assert "WorkerSpec.argv[0]" in message and "non-empty" in message
+
+
+def test_empty_cwd_is_refused() -> None:
+    assert "WorkerSpec.cwd" in _refused({"name": "w", "argv": ["x"], "cwd": ""})
+
+
+def test_unencodable_string_is_refused() -> None:
+    message = _refused({"name": "w", "argv": ["x", "\ud800"]})
+    assert "WorkerSpec.argv[1]" in message and "encode" in message
+
+
+def test_overlong_string_is_refused() -> None:
+    big = "a" * (supervisor_module.MAX_SPEC_STRING_BYTES + 1)
+    message = _refused({"name": "w", "argv": ["x", big]})
+    assert "WorkerSpec.argv[1]" in message and f"at most {supervisor_module.MAX_SPEC_STRING_BYTES} bytes" in message
+    assert len(message) < 1000
+    multibyte = "é" * (supervisor_module.MAX_SPEC_STRING_BYTES // 2 + 1)  # under the limit in characters, over it in bytes
+    assert "WorkerSpec.env['X']" in _refused({"name": "w", "argv": ["x"], "env": {"X": multibyte}})
+
+
+def test_too_many_argv_items_or_env_entries_are_refused() -> None:
+    many = supervisor_module.MAX_SPEC_ITEMS + 1
+    assert f"at most {supervisor_module.MAX_SPEC_ITEMS} items" in _refused({"name": "w", "argv": ["x"] * many})
+    env = {f"V{i}": "1" for i in range(many)}
+    assert f"at most {supervisor_module.MAX_SPEC_ITEMS} variables" in _refused({"name": "w", "argv": ["x"], "env": env})
+
+
+def test_too_large_command_line_in_all_is_refused() -> None:
+    chunk = "a" * 60_000
+    count = supervisor_module.MAX_SPEC_COMMAND_BYTES // len(chunk) + 1
+    assert "in all" in _refused({"name": "w", "argv": ["x"], "env": {f"V{i}": chunk for i in range(count)}})
+
+
+def test_deeply_nested_spec_dict_is_a_worker_config_error() -> None:
+    deep: Any = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    message = _refused({"name": "w", "argv": deep})
+    assert "WorkerSpec.argv[0]" in message and "nested" in message
+    nested_env: Any = {"X": {"Y": "1"}}
+    assert "WorkerSpec.env['X']" in _refused({"name": "w", "argv": ["x"], "env": nested_env})
+
+
+def test_deep_nesting_under_an_unknown_key_is_refused() -> None:
+    deep: Any = {}
+    for _ in range(100_000):
+        deep = {"k": deep}
+    assert "WorkerSpec.extra" in _refused({"name": "w", "argv": ["x"], "extra": deep})
+
+
+def test_a_key_that_is_not_a_string_is_refused() -> None:
+    assert "keys that are strings" in _refused({"name": "w", "argv": ["x"], 3: "y"})  # type: ignore[dict-item]
+
+
+def test_infinite_or_nan_numbers_are_refused() -> None:
+    assert "WorkerSpec.stop_timeout: expected a finite number" in _refused({"name": "w", "argv": ["x"], "stop_timeout": float("inf")})
+    assert "WorkerSpec.restart_window" in _refused({"name": "w", "argv": ["x"], "restart_window": float("nan")})
+
+
+def test_a_restart_budget_too_large_to_journal_is_refused() -> None:
+    assert "WorkerSpec.max_restarts" in _refused({"name": "w", "argv": ["x"], "max_restarts": 10**30})
+
+
+def test_a_target_with_a_trailing_newline_is_refused() -> None:
+    assert "WorkerSpec.target" in _refused({"name": "w", "target": "m:f\n"})
+
+
+def test_messages_about_huge_values_stay_short() -> None:
+    huge = "z" * 200_000
+    for config in ({"name": "w", "argv": ["x"], "restart": huge}, {"name": huge, "argv": ["x"]}, {"name": "w", "argv": ["x"], huge: 1}):
+        assert len(_refused(config)) < 1000
+
+
+def test_text_that_is_not_utf8_is_refused() -> None:
+    """Lone surrogates cannot be journaled: found by fuzzing (msgspec raised UnicodeEncodeError on an unknown key)."""
+    assert "(the key)" in _refused({"name": "w", "argv": ["x"], "\ud800": None})
+    assert "WorkerSpec.restart" in _refused({"name": "w", "argv": ["x"], "restart": "\udcff"})
+    assert "WorkerSpec.env['A']" in _refused({"name": "w", "argv": ["x"], "env": {"A": "\udcff"}})
+    with pytest.raises(WorkerConfigError, match=r"WorkerSpec\.cwd.*UTF-8"):
+        WorkerSpec(name="w", argv=("x",), cwd="/tmp/\udcff")

@@ -1,0 +1,96 @@
+"""Checks of event fields: the same rules for an event about to be journaled and for one read back.
+
+An event class states what its fields may hold by overriding
+:meth:`Event.check_fields <shipslog.engine.Event.check_fields>` with these
+helpers; each raises :class:`InvalidFieldError` naming the field, the value
+found and what is allowed.  Every check is bounded: nesting is measured
+iteratively and stops at the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import InvalidFieldError
+from ._layout import relpath_name
+from ._names import MAX_NAME_LENGTH, check_name
+
+__all__ = [
+    "MAX_NESTING",
+    "expect_count",
+    "expect_equal",
+    "expect_name",
+    "expect_nested_within",
+    "expect_relpath",
+    "nesting_depth",
+    "reject",
+]
+
+MAX_NESTING = 32
+"""How deep a free-form value (checkpoint meta, a merge report) may nest: maps and lists inside each other."""
+
+
+def nesting_depth(value: object, limit: int) -> int:
+    """How deeply ``value`` nests maps, lists and tuples (a scalar is 0), counted up to ``limit + 1`` at most.
+
+    Iterative, so a value nested far beyond the interpreter's recursion limit
+    is measured without recursion; the walk stops as soon as it passes ``limit``.
+    """
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def reject(field: str, value: object, expected: str) -> None:
+    """Raise :class:`InvalidFieldError` for ``field`` (for a rule the other helpers do not cover)."""
+    raise InvalidFieldError(field, value, expected)
+
+
+def expect_nested_within(field: str, value: object, limit: int = MAX_NESTING) -> None:
+    """``value`` nests at most ``limit`` levels of maps and lists."""
+    if nesting_depth(value, limit) > limit:
+        raise InvalidFieldError(field, f"<a value nested more than {limit} levels deep>", f"at most {limit} levels of nesting")
+
+
+def expect_name(field: str, value: object, what: str) -> str:
+    """``value`` is a plain name (:func:`check_name`): one path component, never ``..`` or a separator."""
+    try:
+        return check_name(what, value)
+    except ValueError as exc:
+        raise InvalidFieldError(field, value, f"a plain {what} name of at most {MAX_NAME_LENGTH} letters, digits and . _ - + = @ ({exc})") from None
+
+
+def expect_equal(field: str, value: object, expected: str) -> None:
+    """``value`` is exactly ``expected`` (a path derived from the operation's own names)."""
+    if value != expected:
+        raise InvalidFieldError(field, value, repr(expected))
+
+
+def expect_relpath(field: str, value: object, folders: tuple[str, ...]) -> str:
+    """``value`` is ``<one of folders>/<plain name>``; returns the name."""
+    name = relpath_name(value, folders)
+    if name is None:
+        shapes = " or ".join(f"'{folder}/<name>'" for folder in folders)
+        raise InvalidFieldError(field, value, f"a root-relative path {shapes} with a plain name")
+    return name
+
+
+def expect_count(field: str, value: object, minimum: int = 0) -> None:
+    """``value`` is an integer (not a bool) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidFieldError(field, value, f"an integer of at least {minimum}")
