@@ -27,13 +27,15 @@ import enum
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from shipslog.journal import crash_point, register_crash_point
 
 from ._errors import ConflictError, NotFoundError
 from ._events import Event
+from ._fields import expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath
+from ._layout import ADAPTERS_DIR, MODELS_DIR, RETIRED_DIR, artifact_relpath, staging_relpath
 from ._manifest import FileEntry, checksum_file, new_manifest, scan_folder, verify_folder, write_manifest
 from ._names import check_name
 from ._optypes import OperationType, Recovery, RecoveryAction
@@ -56,6 +58,7 @@ __all__ = [
     "consolidate",
     "finish",
     "retire_adapter",
+    "retired_relpath",
 ]
 
 _log = logging.getLogger("shipslog.engine.consolidation")
@@ -90,6 +93,13 @@ class ConsolidationBegun(Event, tag="consolidation.begun"):
     pointer: str
     staging: str
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_relpath("base", self.base, (MODELS_DIR,))
+        expect_relpath("adapter", self.adapter, (ADAPTERS_DIR,))
+        expect_name("into", self.into, "model")
+        expect_name("pointer", self.pointer, "pointer")
+        expect_equal("staging", self.staging, staging_relpath(self.op))
+
 
 class ConsolidationMerged(Event, tag="consolidation.merged"):
     """The merged model and its manifest are durable in staging."""
@@ -99,11 +109,20 @@ class ConsolidationMerged(Event, tag="consolidation.merged"):
     manifest_crc: int
     report: dict[str, Any] = {}
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("files", self.files)
+        expect_count("bytes", self.bytes)
+        expect_nested_within("report", self.report)
+
 
 class ConsolidationInstalled(Event, tag="consolidation.installed"):
     """The merged model is at ``path`` (``models/<into>``), durably: a committed model."""
 
     path: str
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        if info is not None:
+            expect_equal("path", self.path, artifact_relpath("model", str(info.get("into"))))
 
 
 class ConsolidationPointerSet(Event, tag="consolidation.pointer-set"):
@@ -114,6 +133,10 @@ class ConsolidationAdapterRetired(Event, tag="consolidation.adapter-retired"):
     """The adapter folder was moved to ``retired`` (a root-relative path under ``retired/``), durably."""
 
     retired: str
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        if info is not None:
+            expect_equal("retired", self.retired, retired_relpath(self.op, str(info.get("adapter", ""))))
 
 
 class ConsolidationCommitted(Event, tag="consolidation.committed"):
@@ -157,14 +180,14 @@ def _installed(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) 
 
 def _pointer_set(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
     name = op.info["pointer"]
-    b.pointers[name] = PointerInfo(name=name, target=f"models/{op.info['into']}", op=op.id, seq=seq, time=time)
+    b.pointers[name] = PointerInfo(name=name, target=artifact_relpath("model", op.info["into"]), op=op.id, seq=seq, time=time)
 
 
 def _adapter_retired(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
     adapter_path = op.info["adapter"]
     b.adapters.pop(adapter_path.partition("/")[2], None)
     assert isinstance(ev, ConsolidationAdapterRetired)
-    b.retired[ev.retired] = f"models/{op.info['into']}"
+    b.retired[ev.retired] = artifact_relpath("model", op.info["into"])
 
 
 _S = ConsolidationState
@@ -230,8 +253,8 @@ def consolidate(core: EngineCore, *, base: str, adapter: str, into: str, pointer
     adapter_manifest = verify_folder(core.path(adapter_art.path))
     core.preflight(base_art.bytes, f"consolidating {adapter!r} into {base!r} ({base_art.bytes} bytes)")
     op = core.new_op_id("consolidation")
-    staging_rel = f"staging/{op}"
-    final_rel = f"models/{into}"
+    staging_rel = staging_relpath(op)
+    final_rel = artifact_relpath("model", into)
 
     def no_conflict(st: EngineState) -> None:
         if into in st.models or os.path.lexists(core.path(final_rel)):
@@ -310,7 +333,7 @@ def finish(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = 
     record = core.state.ops[op]
     info = record.info
     into = info["into"]
-    final_rel = f"models/{into}"
+    final_rel = artifact_relpath("model", into)
     if record.state == _S.MERGED.value:
         staging = core.path(*info["staging"].split("/"))
         if not os.path.lexists(core.path(final_rel)):
@@ -339,10 +362,14 @@ def finish(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = 
     return core.state.models[into]
 
 
+def retired_relpath(op: str, adapter_rel: str) -> str:
+    """``retired/<op>-<name>``: where consolidation ``op`` moves adapter ``adapters/<name>``."""
+    return f"{RETIRED_DIR}/{op}-{adapter_rel.partition('/')[2]}"
+
+
 def retire_adapter(core: EngineCore, op: str, adapter_rel: str) -> str:
     """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path."""
-    name = adapter_rel.partition("/")[2]
-    retired_rel = f"retired/{op}-{name}"
+    retired_rel = retired_relpath(op, adapter_rel)
     src, dst = core.path(*adapter_rel.split("/")), core.path(*retired_rel.split("/"))
     if os.path.lexists(src) and not os.path.lexists(dst):
         core.fs.ensure_dir(core.path("retired"))

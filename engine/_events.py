@@ -12,9 +12,13 @@ with defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+
+from ._fields import expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath, reject
+from ._layout import ARTIFACT_FOLDERS, CHECKPOINTS_DIR, RETAINABLE_FOLDERS, TARGET_FOLDERS, artifact_relpath, staging_relpath
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
@@ -56,6 +60,17 @@ class Event(msgspec.Struct, tag_field="kind", frozen=True, gc=False, omit_defaul
 
     op: str
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        """Raise :class:`~shipslog.engine.InvalidFieldError` when a field holds what its operation does not allow.
+
+        ``info`` is the operation's fields so far (every state-changing event's,
+        merged), or None for the event that begins it.  Called before the event
+        is journaled and again when it is replayed, so a record read back from
+        disk is held to the same rules as the API.  The default checks
+        nothing; override it for every field that names a path, a name or a
+        free-form value (see :mod:`shipslog.engine` ``expect_*`` helpers).
+        """
+
 
 class RawEvent(msgspec.Struct, frozen=True, gc=False):
     """An event whose kind is not registered here, kept as decoded plain data (``data`` holds every field)."""
@@ -79,6 +94,16 @@ class ArtifactBegun(Event, tag="checkpoint.begun"):
     staging: str = ""
     source: str | None = None
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        if self.artifact not in ARTIFACT_FOLDERS:
+            reject("artifact", self.artifact, f"one of {sorted(ARTIFACT_FOLDERS)}")
+        expect_name("name", self.name, self.artifact)
+        expect_equal("staging", self.staging, staging_relpath(self.op))
+        if self.step is not None:
+            expect_count("step", self.step)
+        expect_count("expected_bytes", self.expected_bytes)
+        expect_nested_within("meta", self.meta)
+
 
 class ArtifactDurable(Event, tag="checkpoint.durable"):
     """Every file and the manifest are fsynced in staging; ``files``/``bytes``/``manifest_crc`` describe them."""
@@ -87,11 +112,21 @@ class ArtifactDurable(Event, tag="checkpoint.durable"):
     bytes: int
     manifest_crc: int
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("files", self.files)
+        expect_count("bytes", self.bytes)
+        if not 0 <= self.manifest_crc <= 0xFFFFFFFF:
+            reject("manifest_crc", self.manifest_crc, "a CRC-32 (0 to 2**32 - 1)")
+
 
 class ArtifactCommitted(Event, tag="checkpoint.committed"):
     """The folder was renamed into place (``path``, relative to the root) and that rename is durable."""
 
     path: str
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        if info is not None:
+            expect_equal("path", self.path, artifact_relpath(str(info.get("artifact", "checkpoint")), str(info.get("name"))))
 
 
 class ArtifactAborted(Event, tag="checkpoint.aborted"):
@@ -109,6 +144,12 @@ class PointerIntended(Event, tag="pointer.intended"):
     name: str
     old: str | None
     new: str
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_name("name", self.name, "pointer")
+        expect_relpath("new", self.new, TARGET_FOLDERS)
+        if self.old is not None:
+            expect_relpath("old", self.old, TARGET_FOLDERS)
 
 
 class PointerSet(Event, tag="pointer.set"):
@@ -129,6 +170,10 @@ class RetentionIntended(Event, tag="retention.intended"):
 
     paths: list[str]
     reason: str = ""
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        for i, path in enumerate(self.paths):
+            expect_relpath(f"paths[{i}]", path, RETAINABLE_FOLDERS)
 
 
 class RetentionDeleted(Event, tag="retention.deleted"):
@@ -154,9 +199,14 @@ class RunStarted(Event, tag="run.started"):
     start_step: int
     checkpoint: str | None = None
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("start_step", self.start_step)
+        if self.checkpoint is not None:
+            expect_relpath("checkpoint", self.checkpoint, (CHECKPOINTS_DIR,))
+
 
 class RunProgress(Event, tag="run.progress"):
-    """The run reached global ``step``."""
+    """The run reached global ``step`` (never below the run's step: the projection checks it)."""
 
     step: int
 
@@ -165,6 +215,9 @@ class RunFinished(Event, tag="run.finished"):
     """The run completed at global ``step``."""
 
     step: int
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("step", self.step)
 
 
 class RunFailed(Event, tag="run.failed"):

@@ -15,12 +15,13 @@ from typing import Any
 
 import msgspec
 
-from shipslog.journal import JOURNAL_DIR, JournalReader, Position
+from shipslog.journal import JOURNAL_DIR, CorruptRecordError, JournalReader, Position
 
 from ._builtins import _run_progress
-from ._errors import InvalidTransitionError, UnknownOperationError
+from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperationError
 from ._events import Event, RawEvent
-from ._registry import Registry
+from ._fields import expect_name
+from ._registry import KindRule, Registry
 from ._state import EngineState, OpRecord, StateBuilder
 
 __all__ = ["Reducer", "SequenceGapError", "apply", "replay"]
@@ -45,12 +46,14 @@ class SequenceGapError(InvalidTransitionError):
 class Reducer:
     """Folds records into a private :class:`StateBuilder`; :meth:`state` freezes the result."""
 
-    __slots__ = ("_builder", "_rules", "registry")
+    __slots__ = ("_builder", "_rules", "registry", "source")
 
     def __init__(self, registry: Registry, state: EngineState | None = None) -> None:
         self.registry = registry
         self._rules = registry.rules
         self._builder = StateBuilder(state)
+        self.source = "journal"
+        """Where the records come from (the journal folder), named by :class:`CorruptRecordError`."""
 
     @property
     def seq(self) -> int:
@@ -68,7 +71,7 @@ class Reducer:
         table does not allow is never written.
         """
         ops = self._builder.ops
-        pending: dict[str, str | None] = {}
+        pending: dict[str, tuple[str | None, dict[str, Any]]] = {}
         seq = self._builder.seq
         for ev in events:
             seq += 1
@@ -76,20 +79,27 @@ class Reducer:
             if rule is None:
                 raise ValueError(f"event class {type(ev).__name__} belongs to no registered operation type")
             if ev.op in pending:
-                state = pending[ev.op]
+                state, info = pending[ev.op]
             else:
                 op = ops.get(ev.op)
-                state = op.state if op is not None else None
+                state, info = (op.state, op.info) if op is not None else (None, {})
             if state is None:
                 if rule.begins is None:
                     raise InvalidTransitionError(seq, ev.op, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
+                expect_name("op", ev.op, "operation id")
+                if rule.check is not None:
+                    rule.check(ev, None)
                 nxt = rule.begins
             else:
                 found = rule.moves.get(state)
                 if found is None:
                     raise InvalidTransitionError(seq, ev.op, rule.op_type, state, rule.kind)
+                if rule.check is not None:
+                    rule.check(ev, info)
                 nxt = found
-            pending[ev.op] = None if nxt in rule.terminal else nxt
+            fields = _to_builtins(ev)
+            del fields["kind"], fields["op"]
+            pending[ev.op] = (None if nxt in rule.terminal else nxt, {**info, **fields})
 
     def apply_all(self, records: Iterable[Any]) -> None:
         """Apply each record in order (records with ``seq``, ``time``, ``session`` and a decoded ``event``).
@@ -135,6 +145,7 @@ class Reducer:
                 if op is None:
                     if rule.begins is None:
                         raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
+                    self._check_fields(rule, ev, None, expected)
                     info = _to_builtins(ev)
                     del info["kind"], info["op"]
                     op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)
@@ -145,6 +156,8 @@ class Reducer:
                     nxt = rule.moves.get(state)
                     if nxt is None:
                         raise InvalidTransitionError(expected, op_id, op.type, state, rule.kind)
+                    if rule.check is not None:
+                        self._check_fields(rule, ev, op.info, expected)
                     if nxt != state:  # a move to itself (progress) changes nothing in the table
                         info = _to_builtins(ev)
                         del info["kind"], info["op"]
@@ -167,6 +180,20 @@ class Reducer:
                 b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
             b.seq = expected - 1
 
+    def _check_fields(self, rule: KindRule, ev: Any, info: dict[str, Any] | None, seq: int) -> None:
+        """Hold a replayed event to its class's field rules (and a beginning one's op id to the name rules).
+
+        Raises :class:`CorruptRecordError` naming the record's seq, the field,
+        the value and what was expected; nothing is applied.
+        """
+        try:
+            if info is None:
+                expect_name("op", ev.op, "operation id")
+            if rule.check is not None:
+                rule.check(ev, info)
+        except InvalidFieldError as exc:
+            raise CorruptRecordError(self.source, seq, rule.kind, exc.field, exc.value, exc.expected) from exc
+
     def replay_journal(self, journal_dir: str, *, until: int | None = None, start: Position | None = None) -> JournalReader:
         """Apply every record of ``journal_dir`` after :attr:`seq` (up to ``until``); return the reader.
 
@@ -178,6 +205,7 @@ class Reducer:
         """
         reg = self.registry
         reader = JournalReader(journal_dir)
+        self.source = journal_dir
         collecting = gc.isenabled()
         gc.disable()
         try:

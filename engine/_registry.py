@@ -10,7 +10,7 @@ as a :class:`RawEvent` so it stays readable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -44,6 +44,8 @@ class KindRule:
     moves: dict[str, str]
     terminal: frozenset[str]
     project: Projection | None
+    check: Callable[[Any, Mapping[str, Any] | None], None] | None
+    """The event class's ``check_fields`` when it declares one (None: nothing to check)."""
 
 
 class Registry:
@@ -69,7 +71,7 @@ class Registry:
                 if kind in self.event_classes:
                     raise ValueError(f"event kind {kind!r} is declared by two operation types")
                 self.event_classes[kind] = cls
-                self.rules[cls] = _rule(op_type, kind)
+                self.rules[cls] = _rule(op_type, kind, cls)
         classes = tuple(self.event_classes.values())
         union: Any = Union[classes] if len(classes) > 1 else classes[0]  # noqa: UP007 - built at run time
         self._event_decoder = msgspec.msgpack.Decoder(union)
@@ -135,7 +137,7 @@ class Registry:
         return [k for k in kinds if k not in self.event_classes]
 
 
-def _rule(op_type: OperationType, kind: str) -> KindRule:
+def _rule(op_type: OperationType, kind: str, cls: type[Event]) -> KindRule:
     def value(s: enum.Enum) -> str:
         return str(s.value)
 
@@ -148,4 +150,5 @@ def _rule(op_type: OperationType, kind: str) -> KindRule:
         moves=moves,
         terminal=frozenset(value(s) for s in op_type.terminal),
         project=op_type.projections.get(kind),
+        check=cls.check_fields if cls.check_fields is not Event.check_fields else None,
     )

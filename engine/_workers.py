@@ -30,8 +30,12 @@ in progress holds ``name``, ``slot`` (its supervision's op id), ``attempt``,
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from ._events import Event
+from ._fields import expect_count, expect_name, reject
 from ._optypes import OperationType, Recovery, RecoveryAction
 from ._state import EngineState, OpRecord
 
@@ -75,6 +79,9 @@ class WorkerSupervised(Event, tag="worker.supervised"):
     restart_window: float
     command: list[str] = []
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_name("name", self.name, "worker")
+
 
 class WorkerFailed(Event, tag="worker.failed"):
     """Worker ``name`` will not be restarted: ``reason`` (budget exceeded, or policy ``never``); ``restarts`` made."""
@@ -108,6 +115,13 @@ class WorkerStarting(Event, tag="worker.starting"):
     reason: str = ""
     stop_timeout: float = 10.0
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_name("slot", self.slot, "operation id")
+        expect_name("name", self.name, "worker")
+        expect_count("attempt", self.attempt)
+        if not (math.isfinite(self.stop_timeout) and self.stop_timeout >= 0):
+            reject("stop_timeout", self.stop_timeout, "a finite number of seconds, 0 or more")
+
 
 class WorkerStarted(Event, tag="worker.started"):
     """The process runs: ``pid``, ``create_time`` (psutil, seconds since the epoch), ``start_ticks`` and ``boot_id``.
@@ -124,12 +138,26 @@ class WorkerStarted(Event, tag="worker.started"):
     start_ticks: int | None = None
     boot_id: str = ""
 
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        # pid 0 or -1 would signal a whole process group or every process: never a worker's
+        expect_count("pid", self.pid, 2)
+        expect_count("pgid", self.pgid)
+        if self.pgid == 1:
+            reject("pgid", self.pgid, "0 (unknown) or the worker's own process group, never init's")
+        if not (math.isfinite(self.create_time) and self.create_time > 0):
+            reject("create_time", self.create_time, "a positive, finite time in seconds since the epoch")
+        if self.start_ticks is not None:
+            expect_count("start_ticks", self.start_ticks)
+
 
 class WorkerAdopted(Event, tag="worker.adopted"):
     """A supervisor of session ``session`` took over this running process (found alive after a crash) for supervision ``slot``."""
 
     slot: str
     session: str
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_name("slot", self.slot, "operation id")
 
 
 class WorkerSpawnFailed(Event, tag="worker.spawn-failed"):

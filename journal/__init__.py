@@ -18,6 +18,7 @@ from ._crashpoints import (
 )
 from ._errors import (
     CorruptJournalError,
+    CorruptRecordError,
     CorruptSnapshotError,
     InsufficientSpaceError,
     JournalBrokenError,
@@ -28,7 +29,7 @@ from ._errors import (
     ShipslogError,
     UnsupportedFormatError,
 )
-from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, Record, segment_name
+from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, MAX_RECORDS_PER_FRAME, Record, segment_name
 from ._fs import OS_FS, FileSystem, PathLike, is_temp_name
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
@@ -55,11 +56,13 @@ __all__ = [
     "JOURNAL_DIR",
     "LOCK_NAME",
     "MAX_FRAME_BYTES",
+    "MAX_RECORDS_PER_FRAME",
     "OS_FS",
     "QUARANTINE_DIR",
     "SNAPSHOT_DIR",
     "SNAPSHOT_VERSION",
     "CorruptJournalError",
+    "CorruptRecordError",
     "CorruptSnapshotError",
     "FileSystem",
     "FsOp",

@@ -18,6 +18,7 @@ import os
 
 __all__ = [
     "CorruptJournalError",
+    "CorruptRecordError",
     "CorruptSnapshotError",
     "InsufficientSpaceError",
     "JournalBrokenError",
@@ -46,7 +47,7 @@ class CorruptJournalError(JournalError, ValueError):
     header.  Nothing at or after ``offset`` is ever served.
     """
 
-    def __init__(self, path: str | os.PathLike[str], offset: int, reason: str, *, hint: str = "") -> None:
+    def __init__(self, path: str | os.PathLike[str], offset: int | None, reason: str, *, hint: str = "") -> None:
         self.path = os.fspath(path)
         self.offset = offset
         self.reason = reason
@@ -55,7 +56,39 @@ class CorruptJournalError(JournalError, ValueError):
             "keep a copy of the root, inspect it with 'shipslog verify', and restore the segment "
             "from a backup"
         )
-        super().__init__(f"corrupt journal at {self.path} offset {offset}: {reason}; {advice}")
+        super().__init__(f"corrupt journal at {self.where}: {reason}; {advice}")
+
+    @property
+    def where(self) -> str:
+        """The path, and the byte offset when one is known."""
+        return self.path if self.offset is None else f"{self.path} offset {self.offset}"
+
+
+class CorruptRecordError(CorruptJournalError):
+    """A record whose frame verified says something its operation cannot: a field out of bounds.
+
+    A name that is not a plain name, a path that is not the one its operation
+    owns (outside the root, or another operation's folder), a value nested too
+    deep.  Raised when the record is replayed, before anything acts on it, with
+    the record's ``seq``, its event ``kind``, the ``field``, the ``value``
+    found and what was ``expected``.  Nothing is changed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], seq: int, kind: str, field: str, value: object, expected: str) -> None:
+        self.seq = seq
+        self.kind = kind
+        self.field = field
+        self.value = value
+        self.expected = expected
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        super().__init__(
+            path, None,
+            f"record seq {seq} ({kind}): field {field!r} is {shown}, expected {expected}",
+            hint="shipslog wrote no such record, so the journal was changed by something else; nothing was acted on. "
+            f"Keep a copy of the root and inspect the record with 'shipslog log ROOT --since {seq} --limit 1'",
+        )
 
 
 class UnsupportedFormatError(ShipslogError, ValueError):

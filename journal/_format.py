@@ -39,6 +39,8 @@ __all__ = [
     "FRAME_HEADER_SIZE",
     "HEADER_SIZE",
     "MAX_FRAME_BYTES",
+    "MAX_RECORDS_PER_FRAME",
+    "ALONE_BYTES",
     "Damage",
     "FrameEnd",
     "Record",
@@ -46,6 +48,7 @@ __all__ = [
     "decode_header",
     "encode_header",
     "frame_crc",
+    "record_count",
     "is_zero",
     "mapped_segment",
     "scan_frames",
@@ -61,8 +64,19 @@ HEADER_SIZE = _HEADER.size + 4
 _CRC = struct.Struct("<I")
 _FRAME = struct.Struct("<II")
 FRAME_HEADER_SIZE = _FRAME.size
-MAX_FRAME_BYTES = 256 * 1024 * 1024
-"""The largest payload a frame may carry; a longer length field is damage."""
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+"""The largest payload a frame may carry; the writer never writes a longer one and a longer length field is damage."""
+MAX_RECORDS_PER_FRAME = 4096
+"""The most records one frame may carry; the writer never writes more, and a frame claiming more is refused before it is decoded."""
+
+_MIN_RECORD_BYTES = 5
+"""The shortest msgpack encoding of a record ``[seq, time, session, event]``: one byte each, after the array marker."""
+ALONE_BYTES = MAX_RECORDS_PER_FRAME * _MIN_RECORD_BYTES
+"""Only a payload longer than this can claim too many records: such frames travel alone in a chunk, checked before decoding."""
+_CHUNK_BYTES = 1024 * 1024
+"""A chunk of payloads handed to one decode call holds at most this many bytes (plus one frame), bounding its memory."""
+_SEARCH_BUDGET_FACTOR = 8
+"""The bytes checksummed while looking for valid frames past damage: at most this many per byte searched (plus 1 MiB)."""
 
 _SEGMENT_SUFFIX = ".log"
 _SEQ_DIGITS = 20
@@ -225,7 +239,10 @@ def scan_payloads(
     """:func:`scan_frames` returning only the payloads (replay's fast path; scan_frames is built on it).
 
     Every frame is verified in the chain; frame ``i`` starts at
-    ``start + 8 * i + sum(len(p) for p in payloads[:i])``.
+    ``start + 8 * i + sum(len(p) for p in payloads[:i])``.  A chunk holds at
+    most about a mebibyte of payloads, and a frame longer than :data:`ALONE_BYTES` comes
+    alone in its chunk, so the decoder above can check its record count
+    (:func:`record_count`) before it decodes it: decoding memory stays bounded.
     """
     size = len(data)
     last = size - FRAME_HEADER_SIZE
@@ -236,6 +253,7 @@ def scan_payloads(
     prev = seed
     out: list[bytes] = []
     append = out.append
+    room = _CHUNK_BYTES
     # The fast loop takes only frames that verify; anything else (the end, a
     # zero or oversized length, a short or bad frame) goes to _scan_careful.
     for _ in range(limit):
@@ -246,6 +264,8 @@ def scan_payloads(
         stop = body + length
         if stop > size or not 0 < length <= MAX_FRAME_BYTES:
             break
+        if out and (length > room or length > ALONE_BYTES):
+            return out, off, prev, None  # the next chunk starts with this frame
         payload = data[body:stop]
         head = lengths.get(length)
         if head is None:
@@ -255,11 +275,32 @@ def scan_payloads(
         append(payload)
         prev = crc
         off = stop
+        room -= length
+        if length > ALONE_BYTES:
+            return out, off, prev, None
     else:
         return out, off, prev, None
     frames, off, prev, end = _scan_careful(data, off, prev, limit - len(out))
     out += [payload for _off, _crc, payload in frames]
     return out, off, prev, end
+
+
+def record_count(payload: bytes) -> int | None:
+    """How many records a frame's payload claims, read from its msgpack array header (None: not an array).
+
+    Read before decoding, so a frame claiming more than
+    :data:`MAX_RECORDS_PER_FRAME` records is refused without building them.
+    """
+    if not payload:
+        return None
+    first = payload[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first == 0xDC and len(payload) >= 3:
+        return int.from_bytes(payload[1:3], "big")
+    if first == 0xDD and len(payload) >= 5:
+        return int.from_bytes(payload[1:5], "big")
+    return None
 
 
 _LENGTH_BYTES: dict[int, bytes] = {}
@@ -303,12 +344,12 @@ def _scan_careful(
             return out, off, prev, FrameEnd(off, prev, Damage(off, size, why, is_zero(data, body, size)))
         if stop > size:
             why = f"frame of {length} bytes cut short: only {size - body} bytes left in the file"
-            return out, off, prev, FrameEnd(off, prev, Damage(off, size, why, not _valid_frame_after(data, body, crc)))
+            return out, off, prev, FrameEnd(off, prev, Damage(off, size, why, _no_frame_after(data, body, crc)))
         payload = data[body:stop]
         actual = crc32(payload, crc32(data[off:body - 4], prev))
         if actual != crc:
             why = f"frame crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
-            torn = is_zero(data, stop, size) and not _valid_frame_after(data, body, crc)
+            torn = is_zero(data, stop, size) and _no_frame_after(data, body, crc)
             return out, off, prev, FrameEnd(off, prev, Damage(off, stop, why, torn))
         append((off, crc, payload))
         prev = crc
@@ -316,24 +357,52 @@ def _scan_careful(
     return out, off, prev, None
 
 
-def _valid_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
-    """Whether any valid frame, chained from ``seed``, starts in ``data[start:]``.
+_ARRAY_MARKERS = bytes(range(0x91, 0xA0)) + b"\xdc\xdd"
+"""The first byte of every payload the writer produces: a msgpack array of 1 or more records."""
+
+
+def _no_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
+    """True when it is proven that no valid frame, chained from ``seed``, starts in ``data[start:]``.
 
     A bad frame is a torn write only if the bytes after its header hold no
     valid frame of their own: a damaged length field in the middle of the log
-    makes a frame swallow the valid frames after it.  Only the span up to the
-    last non-zero byte is searched (a frame header is never all zeros).
+    makes a frame swallow the valid frames after it.  Candidates start before
+    the last non-zero byte (a frame header is never all zeros), claim a
+    length the writer can produce that fits in the file, and carry a payload
+    that starts like one (a msgpack array); they are found with one
+    vectorised pass, and only they are checksummed.  The work is linear in
+    the bytes searched: the checksummed bytes are capped at
+    ``_SEARCH_BUDGET_FACTOR`` per byte searched (plus 1 MiB).  When the cap
+    is reached the answer is False ("cannot rule out valid data"), so damage
+    that looks crafted is reported as corruption, never cut back.
     """
-    stop = _nonzero_end(data, start, len(data))
+    import numpy as np
+
+    size = len(data)
+    nonzero_end = _nonzero_end(data, start, size)
+    first_stop = min(nonzero_end, size - FRAME_HEADER_SIZE)  # candidate offsets are below this
+    if first_stop <= start:
+        return True
+    budget = _SEARCH_BUDGET_FACTOR * (nonzero_end - start) + (1 << 20)
     unpack = _FRAME.unpack_from
-    for off in range(start, stop - FRAME_HEADER_SIZE + 1):
-        length, crc = unpack(data, off)
-        body = off + FRAME_HEADER_SIZE
-        if length == 0 or body + length > stop:
-            continue
-        if frame_crc(data[body:body + length], seed) == crc:
-            return True
-    return False
+    markers = np.frombuffer(_ARRAY_MARKERS, dtype=np.uint8)
+    step = 1 << 20
+    for chunk in range(start, first_stop, step):
+        n = min(step, first_stop - chunk)
+        view = np.frombuffer(data, dtype=np.uint8, count=n + FRAME_HEADER_SIZE, offset=chunk)
+        b = view.astype(np.int64)
+        lengths = b[0:n] | (b[1:n + 1] << 8) | (b[2:n + 2] << 16) | (b[3:n + 3] << 24)
+        ends = np.arange(chunk + FRAME_HEADER_SIZE, chunk + FRAME_HEADER_SIZE + n, dtype=np.int64) + lengths
+        plausible = (lengths > 0) & (lengths <= MAX_FRAME_BYTES) & (ends <= size) & np.isin(view[FRAME_HEADER_SIZE:], markers)
+        for off in (np.flatnonzero(plausible) + chunk).tolist():
+            length, crc = unpack(data, off)
+            budget -= length
+            if budget < 0:
+                return False
+            body = off + FRAME_HEADER_SIZE
+            if frame_crc(data[body:body + length], seed) == crc:
+                return False
+    return True
 
 
 def _nonzero_end(data: bytes | mmap.mmap, start: int, stop: int) -> int:

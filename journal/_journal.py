@@ -46,6 +46,7 @@ from ._errors import (
 from ._format import (
     HEADER_SIZE,
     MAX_FRAME_BYTES,
+    MAX_RECORDS_PER_FRAME,
     Record,
     decode_header,
     encode_frame,
@@ -74,6 +75,8 @@ _log = logging.getLogger("shipslog.journal")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 _GROUP_BYTES = 4 * 1024 * 1024
+_RECORD_OVERHEAD = 64
+"""More than the bytes a record adds around its event (array marker, seq, time, session)."""
 _POSITIONS_KEPT = 4096
 
 JOURNAL_DIR = "journal"
@@ -395,6 +398,7 @@ class Journal:
         """
         if not events:
             return []
+        _check_frame_limits(events)
         pending = _Pending([msgspec.Raw(e) for e in events], sync)
         with self._mutex:
             self._check_usable()
@@ -470,12 +474,14 @@ class Journal:
     def _take_batch(self) -> list[_Pending]:
         queue = self._queue
         size = 0
+        count = 0
         taken = 0
         for p in queue:
-            cost = sum(len(e) for e in p.events) + 64 * len(p.events)
-            if taken and size + cost > _GROUP_BYTES:
+            cost = sum(len(e) for e in p.events) + _RECORD_OVERHEAD * len(p.events)
+            if taken and (size + cost > _GROUP_BYTES or count + len(p.events) > MAX_RECORDS_PER_FRAME):
                 break
             size += cost
+            count += len(p.events)
             taken += 1
         batch = queue[:taken]
         del queue[:taken]
@@ -494,7 +500,10 @@ class Journal:
                 records.extend(p.records)
             payload = self._encode(records)
             if len(payload) > MAX_FRAME_BYTES:
-                raise ValueError(f"one append of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit; append fewer or smaller events")
+                raise ValueError(
+                    f"one append of {len(payload)} bytes exceeds the frame limits ({MAX_FRAME_BYTES} bytes, "
+                    f"{MAX_RECORDS_PER_FRAME} records); append fewer or smaller events"
+                )
             if self._offset > HEADER_SIZE and self._offset + len(payload) + 8 > self._segment_bytes:
                 self._roll()
             frame, crc = encode_frame(payload, self._crc)
@@ -721,6 +730,16 @@ class Journal:
 
 
 _OPEN_TOKEN = object()
+
+
+def _check_frame_limits(events: Sequence[bytes]) -> None:
+    """Refuse, before anything is queued, an append that cannot fit in one frame (it would be all or none)."""
+    size = sum(len(e) for e in events) + _RECORD_OVERHEAD * len(events)
+    if len(events) > MAX_RECORDS_PER_FRAME or size > MAX_FRAME_BYTES:
+        raise ValueError(
+            f"one append of {len(events)} records (about {size} bytes) exceeds the frame limits "
+            f"({MAX_RECORDS_PER_FRAME} records, {MAX_FRAME_BYTES} bytes); append fewer or smaller events"
+        )
 
 
 def _last_seq(last_payload: tuple[str, int, bytes] | None, segment_first_seq: int) -> int:

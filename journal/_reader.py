@@ -21,7 +21,11 @@ import msgspec
 
 from ._errors import CorruptJournalError
 from ._format import (
+    ALONE_BYTES,
     FRAME_HEADER_SIZE,
+    MAX_FRAME_BYTES,
+    MAX_RECORDS_PER_FRAME,
+    record_count,
     HEADER_SIZE,
     Record,
     SegmentHeader,
@@ -51,15 +55,41 @@ _ARRAY32 = struct.Struct(">BI")
 _seq_of = attrgetter("seq")
 
 
+def check_record_count(path: str, offset: int, payload: bytes) -> None:
+    """Refuse a frame that claims more records than a frame may hold, before anything of it is decoded.
+
+    Only a payload longer than :data:`ALONE_BYTES` can claim that many; the
+    check reads the msgpack array header alone, so a hostile frame cannot make
+    the decoder build millions of objects.
+    """
+    if len(payload) <= ALONE_BYTES:
+        return
+    count = record_count(payload)
+    if count is not None and count > MAX_RECORDS_PER_FRAME:
+        raise CorruptJournalError(
+            path, offset,
+            f"frame claims {count} records; a frame holds at most {MAX_RECORDS_PER_FRAME} records "
+            f"and {MAX_FRAME_BYTES} bytes, and the writer never writes more",
+        )
+
+
 def decode_payload(path: str, offset: int, payload: bytes) -> list[Record]:
     """Decode one frame's payload into its records, or raise :class:`CorruptJournalError`."""
+    check_record_count(path, offset, payload)
     try:
         records = _decode_batch(payload)
-    except msgspec.DecodeError as exc:
-        raise CorruptJournalError(path, offset, f"frame verified but its payload does not decode as records: {exc}") from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise CorruptJournalError(path, offset, f"frame verified but its payload does not decode as records: {_decode_problem(exc)}") from exc
     if not records:
         raise CorruptJournalError(path, offset, "frame verified but holds no records")
     return records
+
+
+def _decode_problem(exc: BaseException) -> str:
+    """What a failed decode says, with the interpreter's nesting limit named for what it is."""
+    if isinstance(exc, RecursionError):
+        return "it is nested deeper than the decoder allows (hostile or damaged data)"
+    return str(exc)
 
 
 @dataclass(frozen=True)
@@ -299,7 +329,7 @@ class JournalReader:
             if decode_chunk is not None and len(payloads) > 1:
                 try:
                     decoded = decode_chunk(_ARRAY32.pack(0xDD, len(payloads)) + b"".join(payloads))
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     decoded = None  # one of them is bad or needs the slow path: decode them one by one
                 else:
                     # The fast path: no frame is empty and the records' seqs run on without a gap from
@@ -317,12 +347,16 @@ class JournalReader:
                 if index:
                     offset += FRAME_HEADER_SIZE + len(payloads[index - 1])
                 try:
-                    batch = decoded[index] if decoded is not None else decode(payload)
+                    if decoded is not None:
+                        batch = decoded[index]
+                    else:
+                        check_record_count(path, offset, payload)
+                        batch = decode(payload)
                     first = batch[0].seq
                     last = batch[-1].seq
-                except (msgspec.DecodeError, IndexError) as exc:
+                except (msgspec.DecodeError, IndexError, RecursionError) as exc:
                     decode_payload(path, offset, payload)  # raises when the records themselves are damaged
-                    raise CorruptJournalError(path, offset, f"frame verified but an event in it does not decode: {exc}") from exc
+                    raise CorruptJournalError(path, offset, f"frame verified but an event in it does not decode: {_decode_problem(exc)}") from exc
                 if first != expected or last != first + len(batch) - 1:
                     if out:
                         yield out

@@ -25,6 +25,7 @@ from ._fs import FileSystem
 from ._reader import Position
 
 __all__ = [
+    "MAX_SNAPSHOT_BYTES",
     "SNAPSHOT_VERSION",
     "Snapshot",
     "encode_snapshot",
@@ -38,6 +39,8 @@ SNAPSHOT_VERSION = 1
 _HEAD = struct.Struct("<8sHHQQQIQQ")
 _CRC = struct.Struct("<I")
 _SUFFIX = ".snap"
+MAX_SNAPSHOT_BYTES = 1 << 30
+"""The largest snapshot file read; a longer one is not a snapshot this shipslog wrote for a host it can hold in memory."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,10 @@ def read_snapshot(path: str) -> Snapshot:
     :class:`CorruptSnapshotError` for anything else that is wrong.
     """
     with open(path, "rb") as f:
-        data = f.read()
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_SNAPSHOT_BYTES:
+            raise CorruptSnapshotError(path, f"it is {size} bytes, more than the {MAX_SNAPSHOT_BYTES}-byte limit on snapshots")
+        data = f.read(MAX_SNAPSHOT_BYTES + 1)
     if len(data) < _HEAD.size + _CRC.size:
         raise CorruptSnapshotError(path, f"{len(data)} bytes is shorter than a snapshot header")
     magic, version, _flags, seq, segment, offset, prev_crc, first_seq, length = _HEAD.unpack_from(data, 0)

@@ -99,7 +99,7 @@ FACTORIES: dict[str, Callable[[str], Event]] = {
     "recovery.superseded": lambda op: RecoverySuperseded(op=op),
     "consolidation.begun": lambda op: ConsolidationBegun(op=op, base="models/b", adapter="adapters/a", into=f"m-{op}", pointer="cur", staging=f"staging/{op}"),
     "consolidation.merged": lambda op: ConsolidationMerged(op=op, files=1, bytes=3, manifest_crc=7),
-    "consolidation.installed": lambda op: ConsolidationInstalled(op=op, path="models/m"),
+    "consolidation.installed": lambda op: ConsolidationInstalled(op=op, path=f"models/m-{op}"),
     "consolidation.pointer-set": lambda op: ConsolidationPointerSet(op=op),
     "consolidation.adapter-retired": lambda op: ConsolidationAdapterRetired(op=op, retired=f"retired/{op}-a"),
     "consolidation.committed": lambda op: ConsolidationCommitted(op=op),
@@ -331,7 +331,7 @@ def test_checkpoint_commit_adds_it_and_moves_latest_by_step_not_by_order() -> No
     s = EngineState()
     for op, name, step in (("c1", "step-1000", 1000), ("c2", "step-200", 200)):
         for ev in (
-            ArtifactBegun(op=op, name=name, step=step),
+            ArtifactBegun(op=op, name=name, step=step, staging=f"staging/{op}"),
             ArtifactDurable(op=op, files=1, bytes=5, manifest_crc=1),
             ArtifactCommitted(op=op, path=f"checkpoints/{name}"),
         ):
@@ -346,7 +346,7 @@ def test_checkpoint_commit_adds_it_and_moves_latest_by_step_not_by_order() -> No
 def test_a_later_checkpoint_of_the_same_step_becomes_latest() -> None:
     s = EngineState()
     for op, name in (("c1", "a"), ("c2", "b")):
-        for ev in (ArtifactBegun(op=op, name=name, step=7), ArtifactDurable(op=op, files=0, bytes=0, manifest_crc=0),
+        for ev in (ArtifactBegun(op=op, name=name, step=7, staging=f"staging/{op}"), ArtifactDurable(op=op, files=0, bytes=0, manifest_crc=0),
                    ArtifactCommitted(op=op, path=f"checkpoints/{name}")):
             s = apply(s, rec(s.seq + 1, ev))
     assert s.latest == "b"
@@ -354,7 +354,7 @@ def test_a_later_checkpoint_of_the_same_step_becomes_latest() -> None:
 
 def test_a_committed_model_is_not_a_checkpoint() -> None:
     s = EngineState()
-    for ev in (ArtifactBegun(op="m", name="base", artifact="model"), ArtifactDurable(op="m", files=0, bytes=0, manifest_crc=0),
+    for ev in (ArtifactBegun(op="m", name="base", artifact="model", staging="staging/m"), ArtifactDurable(op="m", files=0, bytes=0, manifest_crc=0),
                ArtifactCommitted(op="m", path="models/base")):
         s = apply(s, rec(s.seq + 1, ev))
     assert set(s.models) == {"base"} and s.checkpoints == {} and s.latest is None
@@ -376,7 +376,7 @@ def test_pointer_set_records_the_target_and_aborted_does_not() -> None:
 def test_retention_marks_paths_then_removes_the_checkpoints_and_recomputes_latest() -> None:
     s = EngineState()
     for op, name, step in (("c1", "old", 1), ("c2", "new", 5)):
-        for ev in (ArtifactBegun(op=op, name=name, step=step), ArtifactDurable(op=op, files=0, bytes=0, manifest_crc=0),
+        for ev in (ArtifactBegun(op=op, name=name, step=step, staging=f"staging/{op}"), ArtifactDurable(op=op, files=0, bytes=0, manifest_crc=0),
                    ArtifactCommitted(op=op, path=f"checkpoints/{name}")):
             s = apply(s, rec(s.seq + 1, ev))
     s = apply(s, rec(s.seq + 1, RetentionIntended(op="g", paths=["checkpoints/new"])))
@@ -422,19 +422,19 @@ def test_sessions_track_the_previous_one_and_count_crashes() -> None:
 def scenario() -> list[EventRecord]:
     events: list[Event] = [
         SessionOpened(op="session-a", pid=1, host="h"),
-        ArtifactBegun(op="c1", name="step-100", step=100, meta={"lr": 0.1}),
+        ArtifactBegun(op="c1", name="step-100", step=100, meta={"lr": 0.1}, staging="staging/c1"),
         ArtifactDurable(op="c1", files=2, bytes=10, manifest_crc=3),
         ArtifactCommitted(op="c1", path="checkpoints/step-100"),
         PointerIntended(op="p1", name="best", old=None, new="checkpoints/step-100"),
         PointerSet(op="p1"),
-        ArtifactBegun(op="c2", name="step-200", step=200),
+        ArtifactBegun(op="c2", name="step-200", step=200, staging="staging/c2"),
         RunValidated(op="r1", data_file="/d", lines=1, size=3, crc32=4, required_fields=["text"]),
         RunStarted(op="r1", start_step=100, checkpoint="checkpoints/step-100"),
         ArtifactDurable(op="c2", files=1, bytes=1, manifest_crc=1),
         RunProgress(op="r1", step=150),
         ArtifactCommitted(op="c2", path="checkpoints/step-200"),
         RunFinished(op="r1", step=200),
-        ArtifactBegun(op="c3", name="dead", step=1),
+        ArtifactBegun(op="c3", name="dead", step=1, staging="staging/c3"),
         ArtifactAborted(op="c3", reason="x"),
         RetentionIntended(op="g1", paths=["checkpoints/step-100"]),
         PointerIntended(op="p2", name="best", old="checkpoints/step-100", new="checkpoints/step-200"),
@@ -538,7 +538,7 @@ def test_the_engine_refuses_an_event_the_table_does_not_allow_before_writing(roo
             e.journal_events(PointerSet(op="nope"))
         assert (info.value.seq, info.value.op, info.value.state, info.value.kind) == (2, "nope", None, "pointer.set")
         with pytest.raises(InvalidTransitionError) as second:  # one frame, all or none
-            e.journal_events(ArtifactBegun(op="c", name="a", step=1), ArtifactCommitted(op="c", path="checkpoints/a"))
+            e.journal_events(ArtifactBegun(op="c", name="a", step=1, staging="staging/c"), ArtifactCommitted(op="c", path="checkpoints/a"))
         assert (second.value.seq, second.value.state, second.value.kind) == (3, "begun", "checkpoint.committed")
         assert journal_records(root) == before
         assert e.state.seq == 1 and e.state.ops_of("checkpoint") == []

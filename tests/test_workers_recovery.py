@@ -128,7 +128,7 @@ def test_a_pid_reused_by_an_unrelated_process_is_journaled_died_and_left_alone(e
     me = process_identity(unrelated.pid)
     assert me is not None
     # the journal says a worker had this pid, but it started long before this process did
-    op = fake_started(engine, unrelated.pid, create_time=me.create_time - 3600, start_ticks=(me.start_ticks or 0) - 360_000)
+    op = fake_started(engine, unrelated.pid, create_time=me.create_time - 3600, start_ticks=max(0, (me.start_ticks or 0) - 360_000))
     event = recover_worker(op)
     assert isinstance(event, WorkerDied) and "gone at recovery" in event.reason
     assert running(unrelated.pid)  # never signalled

@@ -242,7 +242,7 @@ def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, l
     try:
         view = open_view(root)
     except CorruptJournalError as exc:
-        return None, [Violation("journal-verifies", f"corrupt journal at {exc.path} offset {exc.offset}: {exc.reason}", exc.path)]
+        return None, [Violation("journal-verifies", f"corrupt journal at {exc.where}: {exc.reason}", exc.path)]
     live = view.state.session.id.removeprefix("session-") if view.holder and view.state.session else None
 
     def check(on_file: Any = None) -> list[Any]:
