@@ -22,6 +22,17 @@ temporaries fit ``memory_budget_bytes``, then cast back to the base dtype.
 Every merged tensor is checked finite (in its base dtype, so an overflow of
 float16 is caught too) before anything is returned.
 
+Untrusted configs.  An adapter_config.json is read with bounds (size,
+JSON nesting) and every failure is an :class:`AdapterError` naming the file
+and the field.  A str ``target_modules`` is a regular expression matched with
+``re.fullmatch`` as PEFT does, accepted only when :func:`regex_refusal` finds
+nothing in it that can backtrack without bound (no backreference, lookaround,
+nested or alternated quantified group, bounded total backtracking work), and
+module names longer than ``MAX_MODULE_NAME`` are refused, so every match runs
+in bounded time.  ``rank_pattern``/``alpha_pattern`` keys are matched as plain
+names (the module itself or a '.'-suffix), never interpolated into a regex;
+keys holding regex metacharacters are refused rather than misread.
+
 Out of memory.  A chunk that fails with an out-of-memory error is retried with
 half the rows (memory freed first); at one row on a CUDA device the merge
 moves to the CPU for the rest.  All of it is counted in the
@@ -30,20 +41,21 @@ moves to the CPU for the rest.  All of it is counted in the
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
+import msgspec
 import torch
-from shipslog.engine import FileEntry
+from shipslog.engine import FileEntry, nesting_depth
 
 from ._errors import AdapterError, MergeOutOfMemoryError, NonFiniteError
-from ._tensorfile import load_state_dict
+from ._target_regex import MAX_MODULE_NAME, regex_refusal
+from ._tensorfile import _show, load_state_dict
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -67,13 +79,41 @@ DEFAULT_MERGE_BUDGET_BYTES = 256 << 20
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _UNSUPPORTED = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_E")
 
+# Bounds on what an adapter config (untrusted bytes on disk) may hold.
+_MAX_CONFIG_BYTES = 4 << 20
+"""The largest adapter_config.json read (checked on the file size before reading)."""
+_MAX_CONFIG_DEPTH = 32
+"""The deepest JSON nesting accepted in an adapter config (PEFT's own nest 3 levels)."""
+_REGEX_METACHARACTERS = frozenset("\\^$*+?{}[]|()")
+"""Characters that make a rank_pattern/alpha_pattern key a regex: such keys are refused (they match by name only)."""
+_MAX_RANK_VALUE = (1 << 63) - 1
+"""The largest LoRA rank accepted (a tensor dimension)."""
+def _compile_target_pattern(pattern: str, where: str) -> re.Pattern[str]:
+    """Check (:func:`regex_refusal`) and compile a target_modules regex; :class:`AdapterError` names ``where`` and the pattern."""
+    reason = regex_refusal(pattern)
+    if reason is None:
+        try:
+            return re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            reason = f"an invalid regular expression ({exc})"
+    raise AdapterError(
+        where, "a regular expression that matches in bounded time (no backreference, lookaround or nested quantifier)",
+        f"{_show(pattern, 600)}: {reason}",
+        hint="list the module names instead (a list matches by exact name or '.'-suffix)",
+    )
+
+
+# --------------------------------------------------------------------------- config
+
 
 @dataclass(frozen=True)
 class LoraConfig:
     """A validated LoRA adapter config (the fields of PEFT's adapter_config.json that a merge uses).
 
-    Guarantee: ``r > 0``, ``lora_alpha`` finite, ``target_modules`` non-empty;
-    built only by :func:`parse_adapter_config`.
+    Guarantee: ``r > 0``, ``lora_alpha`` finite, ``target_modules`` non-empty
+    (a str one passed :func:`regex_refusal` and compiled), ``rank_pattern``
+    and ``alpha_pattern`` keyed by plain module names; built only by
+    :func:`parse_adapter_config`.
     """
 
     r: int
@@ -83,6 +123,11 @@ class LoraConfig:
     fan_in_fan_out: bool = False
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     alpha_pattern: Mapping[str, float] = field(default_factory=dict)
+    _target_regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "_target_regex", _compile_target_pattern(self.target_modules, "target_modules"))
 
     @property
     def scale(self) -> float:
@@ -90,13 +135,23 @@ class LoraConfig:
         return _scale(self.lora_alpha, self.r, self.use_rslora)
 
     def targets(self, module: str) -> bool:
-        """Whether ``module`` is named by ``target_modules`` (PEFT's rule: a regex when a str, else a suffix)."""
-        if isinstance(self.target_modules, str):
-            return re.fullmatch(self.target_modules, module) is not None
+        """Whether ``module`` is named by ``target_modules`` (PEFT's rule: ``re.fullmatch`` when a str, else name or '.'-suffix).
+
+        Guarantee: bounded time (the regex passed :func:`regex_refusal`); a
+        module name longer than ``MAX_MODULE_NAME`` characters raises
+        :class:`AdapterError` instead of being matched.
+        """
+        if len(module) > MAX_MODULE_NAME:
+            raise AdapterError(
+                f"module {_show(module, 120)}", f"a module name of at most {MAX_MODULE_NAME} characters",
+                f"{len(module)} characters", hint="the adapter's tensor names are damaged or crafted",
+            )
+        if self._target_regex is not None:
+            return self._target_regex.fullmatch(module) is not None
         return any(module == t or module.endswith(f".{t}") for t in self.target_modules)
 
     def rank_for(self, module: str) -> int:
-        """The rank of ``module`` (``rank_pattern`` first, as PEFT matches it)."""
+        """The rank of ``module`` (the first ``rank_pattern`` key that is its name or a '.'-suffix of it)."""
         value = _pattern_value(self.rank_pattern, module)
         return int(value) if value is not None else self.r
 
@@ -111,70 +166,135 @@ def _scale(alpha: float, r: int, rslora: bool) -> float:
 
 
 def _pattern_value(patterns: Mapping[str, Any], module: str) -> Any:
+    """The value of the first key of ``patterns`` that is ``module`` or a '.'-suffix of it (plain strings, no regex).
+
+    The same modules PEFT's ``(.*\\.)?(key)$`` match selects for a key that
+    is a plain module name; :func:`parse_adapter_config` refuses keys holding
+    regex metacharacters, so a key is never interpreted as a pattern.
+    """
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if module == key or module.endswith(f".{key}"):
             return value
     return None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_finite_number(value: object) -> TypeGuard[int | float]:
+    """A non-bool int or float that is finite as a float (an int too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _is_rank(value: object) -> TypeGuard[int]:
+    """A non-bool int in ``[1, _MAX_RANK_VALUE]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_RANK_VALUE
+
+
+def _check_pattern_keys(where: str, name: str, patterns: Mapping[Any, Any]) -> None:
+    for key in patterns:
+        if not isinstance(key, str) or not key or _REGEX_METACHARACTERS.intersection(key) or len(key) > MAX_MODULE_NAME:
+            raise AdapterError(
+                f"{where}: {name}", f"keys that are module names or '.'-suffixes of them, of at most {MAX_MODULE_NAME} characters",
+                f"key {_show(key, 120)}",
+                hint="regular expressions are not supported as rank_pattern/alpha_pattern keys; list the modules by name",
+            )
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """Read and decode the adapter config at ``path``.
+
+    Guarantee: returns a JSON object or raises :class:`AdapterError` naming
+    the file: more than ``_MAX_CONFIG_BYTES`` (checked before reading), bytes
+    that are not JSON, a nesting deeper than ``_MAX_CONFIG_DEPTH`` (checked
+    iteratively; a nesting too deep for msgspec is its ``RecursionError``,
+    converted), or a value other than an object.  Never ``RecursionError``,
+    ``UnicodeDecodeError``, ``OSError`` or a msgspec error.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > _MAX_CONFIG_BYTES:
+                raise AdapterError(path, f"an adapter config of at most {_MAX_CONFIG_BYTES} bytes", f"a file of {size} bytes")
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise AdapterError(path, f"an {ADAPTER_CONFIG_NAME} file", "no such file", hint="an adapter folder in the PEFT layout holds adapter_config.json beside its weights") from None
+    except OSError as exc:
+        raise AdapterError(path, "a readable JSON file", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise AdapterError(path, f"an adapter config of at most {_MAX_CONFIG_BYTES} bytes", "a file that grew past it while it was read")
+    nesting = f"a JSON object nested at most {_MAX_CONFIG_DEPTH} levels deep"
+    try:
+        loaded = msgspec.json.decode(raw)
+    except RecursionError:
+        raise AdapterError(path, nesting, "JSON nested too deeply to decode") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(path, "a JSON object", f"bytes that do not parse ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise AdapterError(path, "a JSON object", f"a JSON {type(loaded).__name__}")
+    if nesting_depth(loaded, _MAX_CONFIG_DEPTH) > _MAX_CONFIG_DEPTH:
+        raise AdapterError(path, nesting, f"JSON nested more than {_MAX_CONFIG_DEPTH} levels deep")
+    return loaded
 
 
 def parse_adapter_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> LoraConfig:
     """Validate a PEFT LoRA config (a mapping, or the path of an adapter_config.json).
 
     Guarantee: returns a :class:`LoraConfig` or raises :class:`AdapterError`
-    naming the field, what was expected and what was found.
+    naming the file (when a path was given), the field, what was expected and
+    what was found; never another exception type.  A file is read with the
+    bounds of :func:`_read_config_file`; a str ``target_modules`` must pass
+    :func:`regex_refusal` and compile; ``rank_pattern``/``alpha_pattern``
+    keys must be plain module names (no regex metacharacters), matched by
+    name or '.'-suffix.
     """
-    where = "adapter config"
-    if not isinstance(config, Mapping):
-        path = os.fspath(config)
-        where = path
-        try:
-            with open(path, "rb") as f:
-                loaded = json.load(f)
-        except FileNotFoundError:
-            raise AdapterError(path, f"an {ADAPTER_CONFIG_NAME} file", "no such file", hint="an adapter folder in the PEFT layout holds adapter_config.json beside its weights") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AdapterError(path, "a JSON object", f"bytes that do not parse ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise AdapterError(path, "a JSON object", f"a JSON {type(loaded).__name__}")
-        config = loaded
+    if isinstance(config, Mapping):
+        return _parse_config(config, "adapter config")
+    path = os.fspath(config)
+    return _parse_config(_read_config_file(path), path)
+
+
+def _parse_config(config: Mapping[str, Any], where: str) -> LoraConfig:
+    """:func:`parse_adapter_config` of a mapping; errors name ``where`` (the file, or "adapter config")."""
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
-        raise AdapterError(f"{where}: peft_type", "'LORA'", repr(peft_type), hint="only LoRA adapters can be merged here")
+        raise AdapterError(f"{where}: peft_type", "'LORA'", _show(peft_type), hint="only LoRA adapters can be merged here")
     if config.get("use_dora"):
         raise AdapterError(f"{where}: use_dora", "a plain LoRA adapter (use_dora false)", "use_dora true", hint="merge DoRA adapters with PEFT's merge_and_unload")
     r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise AdapterError(f"{where}: r", "an int > 0 (the LoRA rank)", repr(r))
+    if not _is_rank(r):
+        raise AdapterError(f"{where}: r", f"an int > 0 (the LoRA rank, at most {_MAX_RANK_VALUE})", _show(r))
     if "lora_alpha" not in config:
         raise AdapterError(f"{where}: lora_alpha", "a number (the LoRA scaling alpha)", "no lora_alpha field", hint="add lora_alpha as used in training; guessing it would change the merged weights")
     alpha = config["lora_alpha"]
-    if not _is_number(alpha) or not math.isfinite(alpha):
-        raise AdapterError(f"{where}: lora_alpha", "a finite number", repr(alpha))
+    if not _is_finite_number(alpha):
+        raise AdapterError(f"{where}: lora_alpha", "a finite number", _show(alpha))
     targets = config.get("target_modules")
     if isinstance(targets, str):
         if not targets:
             raise AdapterError(f"{where}: target_modules", "a non-empty list of module names or a regex", "an empty string")
+        _compile_target_pattern(targets, f"{where}: target_modules")
         target_modules: tuple[str, ...] | str = targets
     elif isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets):
         target_modules = tuple(targets)
     else:
-        raise AdapterError(f"{where}: target_modules", "a non-empty list of module names or a regex", repr(targets))
+        raise AdapterError(f"{where}: target_modules", "a non-empty list of module names or a regex", _show(targets))
     flags: dict[str, bool] = {}
     for name in ("use_rslora", "fan_in_fan_out"):
         value = config.get(name, False)
         if not isinstance(value, bool):
-            raise AdapterError(f"{where}: {name}", "true or false", repr(value))
+            raise AdapterError(f"{where}: {name}", "true or false", _show(value))
         flags[name] = value
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    if not isinstance(rank_pattern, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in rank_pattern.values()):
-        raise AdapterError(f"{where}: rank_pattern", "an object of module pattern -> int > 0", repr(rank_pattern))
-    if not isinstance(alpha_pattern, dict) or not all(_is_number(v) and math.isfinite(v) for v in alpha_pattern.values()):
-        raise AdapterError(f"{where}: alpha_pattern", "an object of module pattern -> finite number", repr(alpha_pattern))
+    if not isinstance(rank_pattern, Mapping) or not all(_is_rank(v) for v in rank_pattern.values()):
+        raise AdapterError(f"{where}: rank_pattern", "an object of module name -> int > 0", _show(rank_pattern))
+    if not isinstance(alpha_pattern, Mapping) or not all(_is_finite_number(v) for v in alpha_pattern.values()):
+        raise AdapterError(f"{where}: alpha_pattern", "an object of module name -> finite number", _show(alpha_pattern))
+    _check_pattern_keys(where, "rank_pattern", rank_pattern)
+    _check_pattern_keys(where, "alpha_pattern", alpha_pattern)
     return LoraConfig(
         r=r,
         lora_alpha=float(alpha),
@@ -510,15 +630,8 @@ def load_adapter(
     if not os.path.isfile(config_path):
         raise AdapterError(config_path, f"an {ADAPTER_CONFIG_NAME} file", "no such file", hint="an adapter folder in the PEFT layout holds adapter_config.json beside adapter_model.safetensors")
     state = load_state_dict(folder, entries=entries, device=device, allow_pickle=allow_pickle, prefix="adapter_model")
-    with open(config_path, "rb") as f:
-        raw = f.read()
-    try:
-        config = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(config_path, "a JSON object", f"bytes that do not parse ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(config_path, "a JSON object", f"a JSON {type(config).__name__}")
-    parse_adapter_config(config)
+    config = _read_config_file(config_path)
+    _parse_config(config, config_path)
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise AdapterError(os.path.join(folder, ADAPTER_WEIGHTS_NAME), "a flat dict of named tensors", f"entry {key!r} of type {type(value).__name__}")

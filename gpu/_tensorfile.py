@@ -34,6 +34,20 @@ writing thread writes it), ready for a manifest.
 
 Only little-endian hosts are supported (the format is little-endian and the
 bytes are written straight from the tensors' memory).
+
+Every byte read back is untrusted, and every decoder here is bounded: a
+header is at most ``_MAX_HEADER_BYTES`` (checked on its length prefix before
+it is read) and nests at most 3 levels (the decode schema admits nothing
+deeper); a shape has at most ``_MAX_RANK`` dimensions, each below ``2**63``;
+byte counts are computed with Python ints; a ``tree.json`` or shard index is
+at most ``_MAX_JSON_BYTES`` and nests at most ``_MAX_TREE_JSON_DEPTH`` /
+``_MAX_INDEX_JSON_DEPTH`` levels (checked iteratively).  A file that breaks
+any rule raises :class:`TensorFileError` naming the file (and the tensor or
+place in the tree), never ``RecursionError``, ``TypeError`` or a msgspec
+error.  The writer refuses (:class:`StateDictError`, before any file is
+written) a state that would break them: more than ``_MAX_RANK`` dimensions,
+containers nested more than ``_MAX_STATE_DEPTH`` deep, or a header or JSON
+file over its size limit.
 """
 
 from __future__ import annotations
@@ -44,18 +58,19 @@ import math
 import os
 import pickle
 import queue
+import reprlib
 import sys
 import threading
 import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 import numpy as np
 import torch
-from shipslog.engine import FileEntry, IntegrityError, crc32_file
+from shipslog.engine import FileEntry, IntegrityError, crc32_file, nesting_depth
 from shipslog.journal import OS_FS, FileSystem
 
 from ._errors import PickleRefusedError, StateDictError, TensorFileError, TensorFileNotFoundError
@@ -83,9 +98,29 @@ TREE_SUFFIX = ".tree.json"
 TREE_FORMAT = "shipslog.state-tree"
 TREE_VERSION = 1
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
-_MAX_HEADER_BYTES = 100 << 20
 _BLOCK = 16 << 20
 _METADATA_KEY = "__metadata__"
+
+# Bounds on what is read back from disk (every byte read is untrusted).  The
+# writer refuses, before writing anything, a state that would exceed them, so
+# everything this module saves loads back.
+_MAX_HEADER_BYTES = 100 << 20
+"""The largest safetensors JSON header accepted (checked on the length prefix, before the header is read)."""
+_MAX_HEADER_DEPTH = 3
+"""JSON nesting of a valid header: the root object, a tensor's object, its shape or data_offsets list."""
+_MAX_RANK = 64
+"""The most dimensions a tensor in a tensor file may have."""
+_DIM_LIMIT = 1 << 63
+"""Every dimension, and the product of the non-zero dimensions (torch's strides), is below this."""
+_MAX_JSON_BYTES = 64 << 20
+"""The largest ``P.tree.json`` or ``P.safetensors.index.json`` accepted (checked on the file size, before reading)."""
+_MAX_STATE_DEPTH = 64
+"""The deepest nesting of containers (dicts, lists, tuples) a saved state may have; the root dict counts as 1."""
+_MAX_TREE_JSON_DEPTH = 2 + 3 * _MAX_STATE_DEPTH
+"""The JSON nesting of the tree.json of a state nested ``_MAX_STATE_DEPTH`` deep: the document, the root node, then
+per container its item list, an item's [key, node] pair and the item's node object."""
+_MAX_INDEX_JSON_DEPTH = 16
+"""The JSON nesting accepted in a shard index (its own structure nests 3 levels)."""
 
 
 def _dtype_table() -> dict[str, torch.dtype]:
@@ -119,6 +154,18 @@ DTYPES: dict[str, torch.dtype] = _dtype_table()
 """safetensors dtype code -> torch dtype, for every dtype these files may hold."""
 
 _CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+_ITEMSIZE: dict[str, int] = {code: torch.empty((), dtype=dtype).element_size() for code, dtype in DTYPES.items()}
+_NO_NUMPY: frozenset[Any] = frozenset(getattr(torch, n, None) for n in ("bfloat16", "float8_e4m3fn", "float8_e5m2"))
+"""Dtypes numpy cannot hold: a tree's ``N`` (numpy array) reference may not name a tensor of one of them."""
+
+_HeaderScalar = Union[str, int, float, bool, None]
+_HeaderValue = Union[str, int, float, bool, None, list[_HeaderScalar]]
+_HEADER_DECODER = msgspec.json.Decoder(dict[str, Union[dict[str, _HeaderValue], None]])
+"""Decodes a safetensors header with its nesting bounded by the schema: an object of objects whose values are
+scalars or flat lists of scalars (or null, which only ``__metadata__`` may be).  msgspec refuses a deeper value where it meets it, without descending into it,
+so no header nests more than ``_MAX_HEADER_DEPTH`` levels and none can exhaust the stack."""
+_ENTRY_DECODER = msgspec.json.Decoder(Union[dict[str, _HeaderValue], None])
+_RAW_ENTRIES_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -147,6 +194,33 @@ def _check_prefix(prefix: str) -> None:
             "<prefix>", "a plain file name prefix (no separators, not starting with '.')", repr(prefix),
             hint="pass a prefix such as 'model' or 'optimizer'",
         )
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib.Repr`` that shows a huge int by its size (its digits could exceed Python's int-to-str limit)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = limit
+        self.maxother = limit
+        self.maxlong = 80
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+def _show(value: object, limit: int = 200) -> str:
+    """A repr of ``value`` for an error message: at most ``limit`` characters, never raising.
+
+    Containers are shown only to a few levels and items (``reprlib``), so a
+    value nested arbitrarily deep or holding a huge int cannot make building
+    the message fail or run long.
+    """
+    text = _ShortRepr(limit).repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- flattening
@@ -188,11 +262,24 @@ def _add_tensor(flat: _Flattened, name: str, tensor: torch.Tensor) -> None:
         )
     if tensor.device.type == "meta":
         raise StateDictError(name, "a tensor with data", "a tensor on the meta device", hint="materialize the tensor before saving")
+    if tensor.dim() > _MAX_RANK:
+        raise StateDictError(name, f"a tensor of at most {_MAX_RANK} dimensions", f"{tensor.dim()} dimensions", hint="reshape it before saving")
     flat.tensors[name] = tensor
 
 
-def _encode(value: Any, parts: list[str], flat: _Flattened) -> Any:
+def _encode(value: Any, parts: list[str], flat: _Flattened, depth: int = 1) -> Any:
+    """The tree node of ``value`` (``depth``: containers on its path, itself included when it is one).
+
+    Raises :class:`StateDictError` for a value that cannot be saved, and for
+    containers nested more than ``_MAX_STATE_DEPTH`` deep (which a reader
+    would refuse; this also stops a state that contains itself).
+    """
     name = ".".join(parts)
+    if isinstance(value, (Mapping, list, tuple)) and depth > _MAX_STATE_DEPTH:
+        raise StateDictError(
+            name or "<root>", f"a state nested at most {_MAX_STATE_DEPTH} containers deep",
+            "a deeper nesting (or a container that contains itself)", hint="flatten the state before saving",
+        )
     if isinstance(value, torch.Tensor):
         _add_tensor(flat, name, value)
         return {"T": name}
@@ -206,10 +293,10 @@ def _encode(value: Any, parts: list[str], flat: _Flattened) -> Any:
         items = []
         for key, item in value.items():
             part = _key_part(key, name)
-            items.append([key, _encode(item, [*parts, part], flat)])
+            items.append([key, _encode(item, [*parts, part], flat, depth + 1)])
         return {"O": items} if isinstance(value, OrderedDict) else {"D": items}
     if isinstance(value, (list, tuple)):
-        nodes = [_encode(item, [*parts, str(i)], flat) for i, item in enumerate(value)]
+        nodes = [_encode(item, [*parts, str(i)], flat, depth + 1) for i, item in enumerate(value)]
         return {"U": nodes} if isinstance(value, tuple) else {"L": nodes}
     if value is None or isinstance(value, (bool, str)):
         return {"S": value}
@@ -239,36 +326,49 @@ def _flatten(state: Mapping[str, Any]) -> tuple[_Flattened, Any]:
     return flat, tree
 
 
-def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str) -> Any:
+def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str, where: str = "tree") -> Any:
+    """Rebuild the value of tree node ``node`` (from ``path``, at ``where`` in its tree).
+
+    Guarantee: returns the value, or raises :class:`TensorFileError` naming
+    the file, the place in the tree, what was expected and what was found.
+    The caller bounds the nesting first (``_MAX_TREE_JSON_DEPTH``), so the
+    recursion here is bounded too.
+    """
     if not isinstance(node, dict) or len(node) != 1:
-        raise TensorFileError(path, "a tree node (an object with one key)", repr(node)[:200])
+        raise TensorFileError(path, "a tree node (an object with one key)", f"{_show(node)} at {where}")
     ((kind, body),) = node.items()
     if kind == "T" or kind == "N":
         if not isinstance(body, str) or body not in tensors:
-            raise TensorFileError(path, "a reference to a tensor the tensor files hold", f"a reference to {body!r}")
+            raise TensorFileError(path, "a reference to a tensor the tensor files hold", f"a reference to {_show(body)} at {where}")
         tensor = tensors[body]
-        return tensor.cpu().numpy() if kind == "N" else tensor
+        if kind == "N":
+            if tensor.dtype in _NO_NUMPY:
+                raise TensorFileError(path, "a numpy array reference to a tensor of a dtype numpy holds", f"a reference to {body!r} of dtype {tensor.dtype} at {where}")
+            return tensor.cpu().numpy()
+        return tensor
     if kind == "D" or kind == "O":
+        if not isinstance(body, list):
+            raise TensorFileError(path, "a list of [key, node] pairs", f"{_show(body)} at {where}")
         out: dict[Any, Any] = OrderedDict() if kind == "O" else {}
         for pair in body:
             if not isinstance(pair, list) or len(pair) != 2 or isinstance(pair[0], bool) or not isinstance(pair[0], (str, int)):
-                raise TensorFileError(path, "a [key, node] pair with a str or int key", repr(pair)[:200])
-            out[pair[0]] = _decode(pair[1], tensors, path)
+                raise TensorFileError(path, "a [key, node] pair with a str or int key", f"{_show(pair)} at {where}")
+            out[pair[0]] = _decode(pair[1], tensors, path, f"{where}[{_show(pair[0], 80)}]")
         return out
     if kind == "L" or kind == "U":
         if not isinstance(body, list):
-            raise TensorFileError(path, "a list of tree nodes", repr(body)[:200])
-        items = [_decode(item, tensors, path) for item in body]
+            raise TensorFileError(path, "a list of tree nodes", f"{_show(body)} at {where}")
+        items = [_decode(item, tensors, path, f"{where}[{i}]") for i, item in enumerate(body)]
         return tuple(items) if kind == "U" else items
     if kind == "S":
         if body is not None and not isinstance(body, (bool, int, float, str)):
-            raise TensorFileError(path, "a JSON scalar", repr(body)[:200])
+            raise TensorFileError(path, "a JSON scalar", f"{_show(body)} at {where}")
         return body
     if kind == "F":
         if body not in ("nan", "inf", "-inf"):
-            raise TensorFileError(path, "'nan', 'inf' or '-inf'", repr(body)[:200])
+            raise TensorFileError(path, "'nan', 'inf' or '-inf'", f"{_show(body)} at {where}")
         return float(body)
-    raise TensorFileError(path, "a tree node of kind T, N, D, O, L, U, S or F", f"kind {kind!r}")
+    raise TensorFileError(path, "a tree node of kind T, N, D, O, L, U, S or F", f"kind {_show(kind)} at {where}")
 
 
 # --------------------------------------------------------------------------- writing
@@ -321,7 +421,11 @@ def _byte_view(tensor: torch.Tensor) -> memoryview:
 
 
 def _header_bytes(names: Sequence[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[str]]:
-    """The padded header (with its u64 length prefix) and the order of the data section."""
+    """The padded header (with its u64 length prefix) and the order of the data section.
+
+    Raises :class:`StateDictError` when the header would exceed
+    ``_MAX_HEADER_BYTES`` (a reader refuses such a file).
+    """
     order = sorted(names, key=lambda n: -tensors[n].element_size())
     offsets: dict[str, tuple[int, int]] = {}
     pos = 0
@@ -336,6 +440,11 @@ def _header_bytes(names: Sequence[str], tensors: Mapping[str, torch.Tensor], met
         header[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": list(offsets[name])}
     body = _json_encoder.encode(header)
     body += b" " * (-(8 + len(body)) % 8)
+    if len(body) > _MAX_HEADER_BYTES:
+        raise StateDictError(
+            f"<header of {len(names)} tensors>", f"a safetensors header of at most {_MAX_HEADER_BYTES} bytes", f"{len(body)} bytes",
+            hint="save with a smaller shard_bytes, or with fewer (larger) tensors or less metadata",
+        )
     return len(body).to_bytes(8, "little") + body, order
 
 
@@ -368,8 +477,8 @@ def _write_file(fs: FileSystem, path: str, blocks: Sequence[bytes | memoryview],
     return size, crc
 
 
-def _write_shard(fs: FileSystem, path: str, names: Sequence[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *, fsync: bool) -> tuple[int, int]:
-    header, order = _header_bytes(names, tensors, metadata)
+def _write_shard(fs: FileSystem, path: str, header: bytes, order: Sequence[str], tensors: Mapping[str, torch.Tensor], *, fsync: bool) -> tuple[int, int]:
+    """Write one safetensors file: ``header`` (from :func:`_header_bytes`), then the tensors in ``order``."""
     fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     pipe = _CrcPipe()
     size = 0
@@ -427,7 +536,8 @@ def save_state_dict(
     files are only the results of this call; writing the manifest that makes
     the folder complete is the caller's job.  Tensors on any device are copied
     to the CPU one at a time.  Invalid input (an unsupported value, a name
-    collision, a bad prefix or metadata) raises :class:`StateDictError` before
+    collision, a bad prefix or metadata, a state over the bounds a reader
+    enforces; see the module docstring) raises :class:`StateDictError` before
     any file is written.  Files of the same names are overwritten; pass a
     fresh (staging) folder.  See the module docstring for the layout.
     """
@@ -439,30 +549,39 @@ def save_state_dict(
     meta = _check_metadata(metadata)
     flat, tree = _flatten(state)
     folder = os.fspath(folder)
-    fs.ensure_dir(folder)
 
     names = list(flat.tensors)
     shards = _plan_shards(names, flat.tensors, shard_bytes)
-    entries: list[FileEntry] = []
+    # Everything a reader bounds is built and checked before the first file is written.
+    planned: list[tuple[str, bytes, list[str]]] = []
     weight_map: dict[str, str] = {}
     total = 0
     for i, shard in enumerate(shards, start=1):
         fname = shard_file_name(prefix, i, len(shards))
-        size, crc = _write_shard(fs, os.path.join(folder, fname), shard, flat.tensors, meta, fsync=fsync)
-        entries.append(FileEntry(fname, size, crc))
+        header, order = _header_bytes(shard, flat.tensors, meta)
+        planned.append((fname, header, order))
         for name in shard:
             weight_map[name] = fname
             t = flat.tensors[name]
             total += t.numel() * t.element_size()
+    small: list[tuple[str, bytes]] = []
     if len(shards) > 1:
         index = {"metadata": {"total_size": total, **meta}, "weight_map": weight_map}
-        fname = f"{prefix}{INDEX_SUFFIX}"
-        size, crc = _write_file(fs, os.path.join(folder, fname), [_json_encoder.encode(index)], fsync=fsync)
-        entries.append(FileEntry(fname, size, crc))
+        small.append((f"{prefix}{INDEX_SUFFIX}", _json_encoder.encode(index)))
     if not flat.flat:
         doc = {"format": TREE_FORMAT, "version": TREE_VERSION, "tree": tree}
-        fname = f"{prefix}{TREE_SUFFIX}"
-        size, crc = _write_file(fs, os.path.join(folder, fname), [_json_encoder.encode(doc)], fsync=fsync)
+        small.append((f"{prefix}{TREE_SUFFIX}", _json_encoder.encode(doc)))
+    for fname, data in small:
+        if len(data) > _MAX_JSON_BYTES:
+            raise StateDictError(f"<{fname}>", f"a file of at most {_MAX_JSON_BYTES} bytes", f"{len(data)} bytes", hint="save fewer or larger entries")
+
+    fs.ensure_dir(folder)
+    entries: list[FileEntry] = []
+    for fname, header, order in planned:
+        size, crc = _write_shard(fs, os.path.join(folder, fname), header, order, flat.tensors, fsync=fsync)
+        entries.append(FileEntry(fname, size, crc))
+    for fname, data in small:
+        size, crc = _write_file(fs, os.path.join(folder, fname), [data], fsync=fsync)
         entries.append(FileEntry(fname, size, crc))
     if fsync:
         fs.fsync_dir(folder)
@@ -493,7 +612,8 @@ def save_tensor_file(
             raise StateDictError(str(name), "a str name mapped to a tensor", f"{type(name).__name__} -> {type(tensor).__name__}")
         _add_tensor(flat, name, tensor)
     path = os.fspath(path)
-    size, crc = _write_shard(fs, path, list(flat.tensors), flat.tensors, meta, fsync=fsync)
+    header, order = _header_bytes(list(flat.tensors), flat.tensors, meta)
+    size, crc = _write_shard(fs, path, header, order, flat.tensors, fsync=fsync)
     return FileEntry(os.path.basename(path), size, crc)
 
 
@@ -527,15 +647,118 @@ def _read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
 _Spec = tuple[str, torch.dtype, list[int], int, int]
 
 
+def _first_bad_entry(raw: bytes | bytearray) -> str | None:
+    """The name of the first header entry that does not fit the header schema, when it can be told.
+
+    Only for an error message: ``None`` when the header's top level itself
+    does not decode (as an object of JSON values within msgspec's own depth).
+    """
+    try:
+        entries = _RAW_ENTRIES_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+    for name, value in entries.items():
+        try:
+            _ENTRY_DECODER.decode(value)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return name
+    return None
+
+
+def _decode_header(path: str, raw: bytes | bytearray) -> dict[str, Any]:
+    """Decode header bytes against the header schema (nesting bounded to ``_MAX_HEADER_DEPTH`` levels).
+
+    Guarantee: returns an object of objects whose values are scalars or flat
+    lists of scalars, or raises :class:`TensorFileError` (never
+    ``RecursionError``, ``UnicodeDecodeError`` or a msgspec error).
+    """
+    try:
+        decoded: dict[str, Any] = _HEADER_DECODER.decode(raw)
+        return decoded
+    except msgspec.ValidationError as exc:
+        bad = _first_bad_entry(raw)
+        expected = (
+            f"a JSON object of tensor entries, each an object of strings, numbers and flat lists "
+            f"(nothing nested deeper than {_MAX_HEADER_DEPTH} levels)"
+        )
+        if bad == _METADATA_KEY:
+            expected = "__metadata__ as a flat object of str -> str"
+        raise TensorFileError(path, expected, f"JSON of another shape ({exc})", tensor=bad if bad != _METADATA_KEY else None) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise TensorFileError(path, "a JSON header", f"bytes that do not parse as JSON ({exc})") from None
+    except RecursionError:
+        raise TensorFileError(path, f"a JSON header nested at most {_MAX_HEADER_DEPTH} levels", "JSON nested too deeply to decode") from None
+
+
+def _header_metadata(path: str, value: object) -> dict[str, str]:
+    """Validate ``__metadata__``: absent or null (empty), else a flat object of str -> str."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TensorFileError(path, "__metadata__ as a flat object of str -> str", f"a JSON {type(value).__name__}: {_show(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise TensorFileError(path, "__metadata__ as a flat object of str -> str", f"key {_show(key, 80)} mapped to {_show(item)}")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_spec(path: str, name: str, info: object, data_len: int) -> _Spec:
+    """Validate one header entry against the data section of ``data_len`` bytes.
+
+    Guarantee: returns ``(name, dtype, shape, begin, end)`` only when the name
+    is non-empty, the dtype is one of ``DTYPES``, the shape is a list of at most
+    ``_MAX_RANK`` ints in ``[0, 2**63)`` whose non-zero product is below ``2**63``
+    (so ``torch.empty(shape)`` cannot fail), and ``data_offsets`` is a pair of
+    ints ``0 <= begin <= end <= data_len`` spanning exactly
+    ``product(shape) * itemsize`` bytes (Python ints, no overflow); otherwise
+    raises :class:`TensorFileError` naming the file and the tensor.
+    """
+    if not name:
+        raise TensorFileError(path, "a non-empty tensor name", "an empty name", tensor=name)
+    if not isinstance(info, dict):
+        raise TensorFileError(path, "an object with dtype, shape and data_offsets", _show(info), tensor=name)
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise TensorFileError(path, "an object with dtype, shape and data_offsets", f"no {key} field in {_show(info)}", tensor=name)
+    code = info["dtype"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise TensorFileError(path, f"a dtype among {', '.join(DTYPES)}", f"dtype {_show(code)}", tensor=name, hint="this build cannot read that dtype; convert the file")
+    shape = info["shape"]
+    if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_int(d) and 0 <= d < _DIM_LIMIT for d in shape):
+        raise TensorFileError(path, f"a shape that is a list of at most {_MAX_RANK} ints, each in [0, 2**63)", f"shape {_show(shape)}", tensor=name)
+    if math.prod(max(d, 1) for d in shape) >= _DIM_LIMIT:
+        raise TensorFileError(path, "a shape whose non-zero dimensions multiply to less than 2**63", f"shape {_show(shape)}", tensor=name)
+    offs = info["data_offsets"]
+    if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs) or not 0 <= offs[0] <= offs[1] <= data_len:
+        raise TensorFileError(path, f"data_offsets [begin, end] with 0 <= begin <= end <= {data_len} (the data section)", f"data_offsets {_show(offs)}", tensor=name)
+    nbytes = math.prod(shape) * _ITEMSIZE[code]
+    if offs[1] - offs[0] != nbytes:
+        raise TensorFileError(path, f"{nbytes} bytes for shape {shape} of {code}", f"data_offsets {offs} ({offs[1] - offs[0]} bytes)", tensor=name)
+    return name, DTYPES[code], list(shape), offs[0], offs[1]
+
+
 def _parse_header(path: str, file_size: int, fd: int) -> tuple[bytes, dict[str, str], list[_Spec], list[str]]:
-    """Read and validate the header.
+    """Read and validate the header of the open safetensors file ``fd`` of ``file_size`` bytes.
 
     Returns its raw bytes (with the length prefix), the metadata, the tensors
     in data order (name, dtype, shape, begin, end) and the names in header order.
+
+    Guarantee: the length prefix is checked against the file size and
+    ``_MAX_HEADER_BYTES`` before anything else is read; the JSON decodes
+    against a schema that bounds its nesting; every entry passes
+    :func:`_tensor_spec`; the tensors cover the data section exactly, back to
+    back, without overlap or gap.  Anything else raises
+    :class:`TensorFileError` naming the file (and the tensor where there is one).
     """
     if file_size < 8:
         raise TensorFileError(path, "at least 8 bytes (the header length)", f"a file of {file_size} bytes", hint="the file is truncated; restore it from a good copy")
     raw_len = os.pread(fd, 8, 0)
+    if len(raw_len) != 8:
+        raise TensorFileError(path, "8 bytes of header length", f"{len(raw_len)} bytes", hint="the file shrank while it was read")
     n = int.from_bytes(raw_len, "little")
     if n > file_size - 8:
         raise TensorFileError(path, f"a header of at most {file_size - 8} bytes (the file is {file_size} bytes)", f"a header length of {n} bytes, past the end of the file", hint="the file is truncated or its first 8 bytes are damaged")
@@ -543,39 +766,10 @@ def _parse_header(path: str, file_size: int, fd: int) -> tuple[bytes, dict[str, 
         raise TensorFileError(path, f"a header of at most {_MAX_HEADER_BYTES} bytes", f"a header length of {n} bytes")
     raw = bytearray(n)
     _read_into(fd, memoryview(raw), 8, path)
-    try:
-        header = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise TensorFileError(path, "a JSON header", f"bytes that do not parse as JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise TensorFileError(path, "a JSON object as header", f"a JSON {type(header).__name__}")
-    metadata = header.pop(_METADATA_KEY, None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TensorFileError(path, "__metadata__ as an object of strings", repr(metadata)[:200])
+    header = _decode_header(path, raw)
+    metadata = _header_metadata(path, header.pop(_METADATA_KEY, None))
     data_len = file_size - 8 - n
-    specs: list[tuple[str, torch.dtype, list[int], int, int]] = []
-    for name, info in header.items():
-        if not isinstance(info, dict):
-            raise TensorFileError(path, "an object with dtype, shape and data_offsets", repr(info)[:200], tensor=name)
-        code = info.get("dtype")
-        if code not in DTYPES:
-            raise TensorFileError(path, f"a dtype among {', '.join(DTYPES)}", f"dtype {code!r}", tensor=name, hint="this build cannot read that dtype; convert the file")
-        shape = info.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise TensorFileError(path, "a shape that is a list of non-negative ints", repr(shape), tensor=name)
-        offs = info.get("data_offsets")
-        if (
-            not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
-            or not 0 <= offs[0] <= offs[1] <= data_len
-        ):
-            raise TensorFileError(path, f"data_offsets [begin, end] with 0 <= begin <= end <= {data_len} (the data section)", repr(offs), tensor=name)
-        dtype = DTYPES[code]
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if offs[1] - offs[0] != nbytes:
-            raise TensorFileError(path, f"{nbytes} bytes for shape {shape} of {code}", f"data_offsets {offs} ({offs[1] - offs[0]} bytes)", tensor=name)
-        specs.append((name, dtype, shape, offs[0], offs[1]))
+    specs = [_tensor_spec(path, name, info, data_len) for name, info in header.items()]
     by_offset = sorted(specs, key=lambda s: (s[3], s[4]))
     pos = 0
     for name, _dtype, _shape, begin, end in by_offset:
@@ -680,12 +874,20 @@ def _read_tensor_file(path: str, entry: FileEntry | None) -> tuple[dict[str, tor
     return ordered, metadata, header_names
 
 
-def _read_small(path: str, entry: FileEntry | None) -> bytes:
+def _read_small(path: str, entry: FileEntry | None, *, limit: int, what: str) -> bytes:
+    """The whole content of the small file ``path`` (``what``), verified against ``entry`` when given.
+
+    Guarantee: a file larger than ``limit`` bytes raises
+    :class:`TensorFileError` before any of it is read; a size or CRC-32 that
+    differs from ``entry`` raises :class:`IntegrityError`.
+    """
     fd = _open_read(path)
     try:
         size = os.fstat(fd).st_size
         if entry is not None and size != entry.size:
             raise IntegrityError(path, f"{entry.size} bytes", f"{size} bytes")
+        if size > limit:
+            raise TensorFileError(path, f"{what} of at most {limit} bytes", f"a file of {size} bytes")
         data = bytearray(size)
         _read_into(fd, memoryview(data), 0, path)
     finally:
@@ -773,12 +975,26 @@ def _load_pickle(folder: str, fnames: list[str], prefix: str, listed: Mapping[st
     return loaded
 
 
-def _read_json(path: str, entry: FileEntry | None, what: str) -> Any:
-    raw = _read_small(path, entry)
+def _read_json(path: str, entry: FileEntry | None, what: str, *, max_depth: int) -> Any:
+    """Read and decode the JSON file ``path`` (``what``): at most ``_MAX_JSON_BYTES``, nested at most ``max_depth``.
+
+    Guarantee: returns the decoded value or raises :class:`TensorFileError`
+    (or :class:`IntegrityError` against ``entry``), never ``RecursionError``,
+    ``UnicodeDecodeError`` or a msgspec error.  The size is checked before the
+    file is read; the nesting is checked iteratively on the decoded value (a
+    nesting too deep for msgspec itself is its ``RecursionError``, converted).
+    """
+    raw = _read_small(path, entry, limit=_MAX_JSON_BYTES, what=what)
+    nesting = f"{what} nested at most {max_depth} levels deep"
     try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+        doc = msgspec.json.decode(raw)
+    except RecursionError:
+        raise TensorFileError(path, nesting, "JSON nested too deeply to decode") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise TensorFileError(path, what, f"bytes that do not parse as JSON ({exc})") from None
+    if nesting_depth(doc, max_depth) > max_depth:
+        raise TensorFileError(path, nesting, f"JSON nested more than {max_depth} levels deep")
+    return doc
 
 
 def load_state_dict(
@@ -796,7 +1012,9 @@ def load_state_dict(
     is verified over all its bytes, and every file read must be listed, before
     anything is returned; a mismatch raises :class:`IntegrityError` naming the
     file.  The safetensors headers are validated (truncation, header length,
-    JSON, dtypes, offsets) and a bad one raises :class:`TensorFileError`.
+    JSON and its nesting, dtypes, shapes, offsets, names), as are the index and
+    the tree (size, nesting, references), and a bad one raises
+    :class:`TensorFileError` naming the file and the tensor or tree place.
     Returns the same nested structure that was saved (a flat ``{name: tensor}``
     dict, in saved order, when no ``P.tree.json`` exists) with tensors on
     ``device``; each tensor has its own storage.
@@ -822,10 +1040,10 @@ def load_state_dict(
     weight_map: dict[str, str] = {}
     if index_name in present:
         index_path = os.path.join(folder, index_name)
-        index = _read_json(index_path, _entry_for(folder, index_name, listed), "a JSON shard index")
+        index = _read_json(index_path, _entry_for(folder, index_name, listed), "a JSON shard index", max_depth=_MAX_INDEX_JSON_DEPTH)
         found_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(found_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in found_map.items()):
-            raise TensorFileError(index_path, "an object with a 'weight_map' of tensor name -> shard file", repr(index)[:200])
+        if not isinstance(found_map, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in found_map.items()):
+            raise TensorFileError(index_path, "an object with a 'weight_map' of (non-empty) tensor name -> shard file", _show(index))
         weight_map = found_map
         shard_names = list(dict.fromkeys(weight_map.values()))
         for shard in shard_names:
@@ -851,11 +1069,12 @@ def load_state_dict(
     tree: Any = None
     if has_tree:
         tree_path = os.path.join(folder, tree_name)
-        doc = _read_json(tree_path, _entry_for(folder, tree_name, listed), "a JSON state tree")
+        doc = _read_json(tree_path, _entry_for(folder, tree_name, listed), "a JSON state tree", max_depth=_MAX_TREE_JSON_DEPTH)
         if not isinstance(doc, dict) or doc.get("format") != TREE_FORMAT or "tree" not in doc:
-            raise TensorFileError(tree_path, f"a {TREE_FORMAT!r} document", repr(doc)[:200])
-        if doc.get("version") != TREE_VERSION:
-            raise TensorFileError(tree_path, f"state tree version {TREE_VERSION}", f"version {doc.get('version')!r}", hint="use the shipslog release that wrote it")
+            raise TensorFileError(tree_path, f"a {TREE_FORMAT!r} document", _show(doc))
+        version = doc.get("version")
+        if not _is_int(version) or version != TREE_VERSION:
+            raise TensorFileError(tree_path, f"state tree version {TREE_VERSION}", f"version {_show(version)}", hint="use the shipslog release that wrote it")
         tree = doc["tree"]
 
     tensors: dict[str, torch.Tensor] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 import msgspec
 import shipslog.gpu._lora as lora_mod
+import shipslog.gpu._target_regex as target_regex
 from shipslog.gpu import (
     AdapterError,
     MergeOutOfMemoryError,
@@ -20,6 +22,7 @@ from shipslog.gpu import (
     PickleRefusedError,
     load_adapter,
     merge_lora,
+    parse_adapter_config,
     save_tensor_file,
 )
 
@@ -349,6 +352,143 @@ def test_config_path_that_is_not_json(tmp_path: Path) -> None:
     base, adapter = _model(layers=1)
     with pytest.raises(AdapterError, match="do not parse"):
         merge_lora(base, adapter, path)
+
+
+# --------------------------------------------------------------------- hostile configs
+
+
+def _config_file(tmp_path: Path, config: Any) -> Path:
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("pattern", ["(q_proj", r".*\.(q|v", "[q_proj", "q_proj)", r"\q", "a{2,1}", "*q"])
+def test_invalid_target_modules_regex_is_an_adapter_error(tmp_path: Path, pattern: str) -> None:
+    path = _config_file(tmp_path, _config(target_modules=pattern))
+    with pytest.raises(AdapterError) as caught:
+        parse_adapter_config(path)
+    message = str(caught.value)
+    assert f"{path}: target_modules" in message and repr(pattern) in message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        (r"(a+)+$", "holds a quantifier or an alternation"),
+        (r"(a|aa)*b", "holds a quantifier or an alternation"),
+        (r"(\w+\s?)+$", "holds a quantifier or an alternation"),
+        (r"^(([a-z])+.)+[A-Z]([a-z])+$", "holds a quantifier or an alternation"),
+        (r"(.*\.)*q_proj", "holds a quantifier or an alternation"),
+        ("a?" * 30 + "a" * 30, "backtracking"),
+        (r".*a.*a.*a", "backtracking"),
+        ("x*" * 9, "9 unbounded quantifiers"),
+        (r"(\w)\1", "backreference"),
+        (r"(?P<m>\w)(?P=m)", "backreference"),
+        (r"(a)?(?(1)b|c)", "conditional"),
+        (r"^(?!.*vision).*q_proj", "lookaround"),
+        (r".*(?<=q)_proj", "lookaround"),
+        (r"a{0,99999}", "repetition count above"),
+        ("q" * 513, "more than 512"),
+    ],
+)
+def test_catastrophic_target_modules_regex_is_refused(tmp_path: Path, pattern: str, reason: str) -> None:
+    path = _config_file(tmp_path, _config(target_modules=pattern))
+    with pytest.raises(AdapterError, match="target_modules") as caught:
+        parse_adapter_config(path)
+    assert str(path) in str(caught.value) and reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "module"),
+    [
+        (r".*\.(q_proj|v_proj)", "model.layers.0.self_attn.q_proj"),
+        (r".*\.(q_proj|v_proj)", "model.layers.0.self_attn.k_proj"),
+        (r".*\.(q_proj|v_proj)", "q_proj"),
+        (r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj", "model.layers.12.self_attn.k_proj"),
+        (r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj", "model.layers.x.self_attn.k_proj"),
+        (r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj", "model.layers.12.self_attn.k_proj.extra"),
+        (r".*decoder.*(SelfAttention|EncDecAttention).*(q|v)$", "decoder.block.0.layer.0.SelfAttention.q"),
+        (r".*(q_proj|k_proj|v_proj|o_proj).*", "model.layers.3.self_attn.o_proj"),
+        (r"^model\.layers\.(\d|1\d)\.mlp\.(gate|up|down)_proj$", "model.layers.17.mlp.up_proj"),
+        (r"(?i).*Q_PROJ", "layers.0.q_proj"),
+        (r"[^.]+\.q_proj", "attn.q_proj"),
+    ],
+)
+def test_normal_peft_patterns_are_accepted_and_match_as_re_fullmatch(pattern: str, module: str) -> None:
+    assert target_regex.regex_refusal(pattern) is None
+    config = parse_adapter_config(_config(target_modules=pattern))
+    assert config.targets(module) == (re.fullmatch(pattern, module) is not None)
+
+
+def test_regex_refusal_never_raises_on_odd_syntax() -> None:
+    for pattern in ["", "(", ")", "[", "]", "\\", "{", "}", "{1}", "a{", "a{1", "a{,}", "(?", "(?P", "(?P<", "(?P<1>a)", "(?#", "(?i", "(?-", "[]", "[^]", "[a-\\", r"\N", r"\N{", r"\x4", r"\0", "a**", "a*?+"]:
+        reason = target_regex.regex_refusal(pattern)
+        assert reason is None or isinstance(reason, str)
+
+
+def test_overlong_module_name_is_an_adapter_error() -> None:
+    config = parse_adapter_config(_config(target_modules=r".*\.(q_proj|v_proj)"))
+    with pytest.raises(AdapterError, match="a module name of at most 1000 characters, found 1001 characters"):
+        config.targets("m" * 994 + ".q_proj")
+    assert config.targets("m" * 993 + ".q_proj")
+
+
+@pytest.mark.parametrize("key", [".*", "q_proj|v_proj", "(q)", "layers\\.0", "^model"])
+def test_rank_pattern_key_from_disk_is_never_a_regex(tmp_path: Path, key: str) -> None:
+    path = _config_file(tmp_path, _config(rank_pattern={key: 8}))
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: rank_pattern.*module names or '\.'-suffixes"):
+        parse_adapter_config(path)
+    path = _config_file(tmp_path, _config(alpha_pattern={key: 8}))
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: alpha_pattern"):
+        parse_adapter_config(path)
+
+
+def test_pattern_keys_match_by_name_or_dot_suffix_only() -> None:
+    config = parse_adapter_config(_config(alpha_pattern={"layers.1.attn.v_proj": 2, "attn.q_proj": 4}))
+    assert config.scale_for("model.layers.1.attn.v_proj") == 0.5
+    assert config.scale_for("model.layers.11.attn.v_proj") == 2.0
+    assert config.scale_for("model.layersX1.attn.v_proj") == 2.0
+    assert config.scale_for("model.layers.0.attn.q_proj") == 1.0
+    assert config.scale_for("model.layers.0.xattn.q_proj") == 2.0
+
+
+def test_adapter_config_nested_deeply_is_an_adapter_error(tmp_path: Path) -> None:
+    path = tmp_path / "adapter_config.json"
+    path.write_bytes(b'{"r": 4, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: expected a JSON object nested at most 32 levels deep"):
+        parse_adapter_config(path)
+    path.write_bytes(b'{"r": 4, "x": ' + b"[" * 40 + b"]" * 40 + b"}")
+    with pytest.raises(AdapterError, match=r"adapter_config\.json.*nested more than 32 levels deep"):
+        parse_adapter_config(path)
+
+
+def test_adapter_config_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _config_file(tmp_path, _config())
+    monkeypatch.setattr(lora_mod, "_MAX_CONFIG_BYTES", 16)
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: expected an adapter config of at most 16 bytes"):
+        parse_adapter_config(path)
+
+
+@pytest.mark.parametrize("raw", [b'{"r": "\xff"}', b'{"r": 1' + b"0" * 5000 + b"}", b"[1, 2]", b"NaN", b""])
+def test_adapter_config_that_is_not_a_json_object_is_an_adapter_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "adapter_config.json"
+    path.write_bytes(raw)
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: expected a JSON object"):
+        parse_adapter_config(path)
+
+
+@pytest.mark.parametrize(("field", "value"), [("lora_alpha", 10**400), ("r", 2**64), ("rank_pattern", {"q_proj": 2**64}), ("alpha_pattern", {"q_proj": 10**400})])
+def test_numbers_out_of_range_are_adapter_errors(tmp_path: Path, field: str, value: Any) -> None:
+    path = _config_file(tmp_path, _config(**{field: value}))
+    with pytest.raises(AdapterError, match=rf"adapter_config\.json: {field}"):
+        parse_adapter_config(path)
+
+
+def test_load_adapter_with_hostile_config_is_an_adapter_error(tmp_path: Path) -> None:
+    folder, _base, _adapter = _adapter_folder(tmp_path, _config(target_modules="(a+)+$"))
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: target_modules"):
+        load_adapter(folder)
 
 
 @pytest.mark.cuda

@@ -363,6 +363,206 @@ def test_single_file_round_trip_with_metadata(tmp_path: Path) -> None:
     assert tensor_file_metadata(tmp_path / "one.safetensors") == {"format": "pt", "step": "9"}
 
 
+# --------------------------------------------------------------------- hostile headers and trees
+
+
+def _entry(shape: Any, dtype: Any = "F32", offsets: Any = (0, 0)) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
+
+
+def test_shape_dimension_beyond_int64_is_a_tensor_file_error(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0, 2**63])})
+    with pytest.raises(TensorFileError, match=r"x\.safetensors \(tensor 'w'\): expected a shape .* \[0, 2\*\*63\), found shape \[0, 9223372036854775808\]"):
+        load_tensor_file(path)
+
+
+def test_shape_whose_strides_overflow_is_a_tensor_file_error(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0, 2**62, 4])})
+    with pytest.raises(TensorFileError, match=r"tensor 'w'.*non-zero dimensions multiply to less than 2\*\*63"):
+        load_tensor_file(path)
+
+
+def test_shape_of_more_than_64_dimensions_is_a_tensor_file_error(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0] * 65)})
+    with pytest.raises(TensorFileError, match=r"tensor 'w'.*at most 64 ints"):
+        load_tensor_file(path)
+
+
+@pytest.mark.parametrize("shape", [[1.0], [-1], [True], "4", None, [[1]]])
+def test_malformed_shape_is_a_tensor_file_error(tmp_path: Path, shape: Any) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry(shape)})
+    with pytest.raises(TensorFileError, match=r"x\.safetensors.*tensor 'w'"):
+        load_tensor_file(path)
+
+
+def test_header_nested_deeply_is_a_tensor_file_error(tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for raw in (deep, b'{"w": ' + deep + b"}", b'{"w": {"dtype": "F32", "shape": ' + deep + b', "data_offsets": [0, 0]}}'):
+        path = _write_raw(tmp_path / "x.safetensors", None, raw_header=raw)
+        with pytest.raises(TensorFileError, match=r"x\.safetensors.*nested deeper than 3 levels"):
+            load_tensor_file(path)
+
+
+def test_header_nested_four_levels_names_the_tensor(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"a": _entry([0]), "w": {"dtype": "F32", "shape": [[0]], "data_offsets": [0, 0]}})
+    with pytest.raises(TensorFileError, match=r"x\.safetensors \(tensor 'w'\).*nested deeper than 3 levels"):
+        load_tensor_file(path)
+
+
+@pytest.mark.parametrize("metadata", [{"a": 1}, {"a": ["b"]}, ["a"], "a", 0])
+def test_metadata_that_is_not_a_flat_string_map_is_a_tensor_file_error(tmp_path: Path, metadata: Any) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"__metadata__": metadata})
+    with pytest.raises(TensorFileError, match=r"x\.safetensors.*__metadata__ as a flat object of str -> str"):
+        load_tensor_file(path)
+
+
+def test_null_metadata_reads_as_empty(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"__metadata__": None, "w": _entry([0])})
+    assert tensor_file_metadata(path) == {}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [(["F32"], "a dtype among"), (3, "a dtype among"), (None, "a dtype among"), ({"a": 1}, "nested deeper than 3 levels")],
+)
+def test_dtype_that_is_not_a_string_is_a_tensor_file_error(tmp_path: Path, dtype: Any, expected: str) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0], dtype)})
+    with pytest.raises(TensorFileError, match=rf"tensor 'w'.*expected .*{expected}"):
+        load_tensor_file(path)
+
+
+@pytest.mark.parametrize("offsets", [[0], [0, 1, 2], [1, 0], [-4, 0], [0.0, 4.0], [False, True], "0,4", None])
+def test_malformed_data_offsets_are_a_tensor_file_error(tmp_path: Path, offsets: Any) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([1], "F32", offsets)}, b"\x00" * 4)
+    with pytest.raises(TensorFileError, match=r"tensor 'w'.*data_offsets"):
+        load_tensor_file(path)
+
+
+def test_overlapping_tensors_are_a_tensor_file_error(tmp_path: Path) -> None:
+    header = {"a": _entry([4], "U8", (0, 4)), "b": _entry([2], "U8", (2, 4))}
+    path = _write_raw(tmp_path / "x.safetensors", header, b"\x00" * 4)
+    with pytest.raises(TensorFileError, match=r"tensor 'b'.*overlapping another tensor"):
+        load_tensor_file(path)
+
+
+def test_empty_tensor_name_is_a_tensor_file_error(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", {"": _entry([0])})
+    with pytest.raises(TensorFileError, match="a non-empty tensor name"):
+        load_tensor_file(path)
+
+
+@pytest.mark.parametrize("raw", [b'{"\xff": {}}', b'{"w": {"dtype": "\xed\xa0\x80"}}', b"\x00" * 8])
+def test_header_that_is_not_utf8_json_is_a_tensor_file_error(tmp_path: Path, raw: bytes) -> None:
+    path = _write_raw(tmp_path / "x.safetensors", None, raw_header=raw)
+    with pytest.raises(TensorFileError, match=r"x\.safetensors.*do not parse as JSON"):
+        load_tensor_file(path)
+
+
+def test_header_length_over_the_limit_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shipslog.gpu._tensorfile as tensorfile
+
+    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0])})
+    monkeypatch.setattr(tensorfile, "_MAX_HEADER_BYTES", 16)
+    reads: list[int] = []
+    real = tensorfile._read_into
+    monkeypatch.setattr(tensorfile, "_read_into", lambda fd, view, offset, p: reads.append(len(view)) or real(fd, view, offset, p))
+    with pytest.raises(TensorFileError, match=r"x\.safetensors: expected a header of at most 16 bytes"):
+        load_tensor_file(path)
+    assert reads == []
+
+
+def _nested_state(depth: int) -> dict[str, Any]:
+    state: dict[str, Any] = {"w": torch.ones(1)}
+    for _ in range(depth - 1):
+        state = {"n": state}
+    return state
+
+
+def _write_tree(folder: Path, tree: Any) -> None:
+    save_state_dict({"w": torch.ones(1)}, folder)
+    doc = {"format": "shipslog.state-tree", "version": 1, "tree": tree}
+    (folder / "model.tree.json").write_text(json.dumps(doc))
+
+
+def test_tree_json_nested_deeply_is_refused(tmp_path: Path) -> None:
+    save_state_dict({"w": torch.ones(1)}, tmp_path)
+    tree = tmp_path / "model.tree.json"
+    tree.write_bytes(b'{"format": "shipslog.state-tree", "version": 1, "tree": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json: expected a JSON state tree nested at most \d+ levels deep"):
+        load_state_dict(tmp_path)
+    # Deeper than the limit but shallow enough for the JSON decoder: refused by the explicit bound.
+    tree.write_bytes(b'{"format": "shipslog.state-tree", "version": 1, "tree": ' + b"[" * 400 + b"]" * 400 + b"}")
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json.*JSON nested more than \d+ levels deep"):
+        load_state_dict(tmp_path)
+
+
+def test_state_nested_to_the_limit_round_trips_and_deeper_is_refused_on_save(tmp_path: Path) -> None:
+    from shipslog.gpu._tensorfile import _MAX_STATE_DEPTH
+
+    state = _nested_state(_MAX_STATE_DEPTH)
+    entries = save_state_dict(state, tmp_path / "ok")
+    _assert_same(load_state_dict(tmp_path / "ok", entries=entries), state)
+    with pytest.raises(StateDictError, match=f"nested at most {_MAX_STATE_DEPTH} containers deep"):
+        save_state_dict(_nested_state(_MAX_STATE_DEPTH + 1), tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()
+
+
+def test_state_that_contains_itself_is_refused_on_save(tmp_path: Path) -> None:
+    state: dict[str, Any] = {"w": torch.ones(1)}
+    state["self"] = state
+    with pytest.raises(StateDictError, match="contains itself"):
+        save_state_dict(state, tmp_path)
+
+
+def test_tensor_of_more_than_64_dimensions_is_refused_on_save(tmp_path: Path) -> None:
+    with pytest.raises(StateDictError, match="at most 64 dimensions"):
+        save_state_dict({"w": torch.ones([1] * 65)}, tmp_path)
+
+
+def test_tree_json_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shipslog.gpu._tensorfile as tensorfile
+
+    save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path)
+    monkeypatch.setattr(tensorfile, "_MAX_JSON_BYTES", 16)
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json: expected a JSON state tree of at most 16 bytes"):
+        load_state_dict(tmp_path)
+    with pytest.raises(StateDictError, match="at most 16 bytes"):
+        save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path / "again")
+
+
+@pytest.mark.parametrize(
+    ("tree", "found"),
+    [
+        ({"D": 5}, "5 at tree"),
+        ({"D": [["a", {"L": 3}]]}, "3 at tree['a']"),
+        ({"D": [["a", {"N": "w"}]]}, "of dtype torch.bfloat16 at tree['a']"),
+        ({"D": [["a", {"T": ["w"]}]]}, "a reference to ['w'] at tree['a']"),
+        ({"D": [["a", {"L": [{"S": [1]}]}]]}, "[1] at tree['a'][0]"),
+        ({"D": [[True, {"S": 1}]]}, "[True, {'S': 1}] at tree"),
+    ],
+)
+def test_malformed_tree_node_is_a_tensor_file_error_naming_its_place(tmp_path: Path, tree: Any, found: str) -> None:
+    save_state_dict({"w": torch.ones(1, dtype=torch.bfloat16)}, tmp_path)
+    (tmp_path / "model.tree.json").write_text(json.dumps({"format": "shipslog.state-tree", "version": 1, "tree": tree}))
+    with pytest.raises(TensorFileError, match="model.tree.json") as caught:
+        load_state_dict(tmp_path)
+    assert found in str(caught.value)
+
+
+def test_tree_json_that_is_not_utf8_is_a_tensor_file_error(tmp_path: Path) -> None:
+    save_state_dict({"w": torch.ones(1)}, tmp_path)
+    (tmp_path / "model.tree.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json.*do not parse as JSON"):
+        load_state_dict(tmp_path)
+
+
+def test_index_nested_deeply_is_a_tensor_file_error(tmp_path: Path) -> None:
+    save_state_dict({"a": torch.ones(4), "b": torch.ones(4)}, tmp_path, shard_bytes=16)
+    (tmp_path / "model.safetensors.index.json").write_bytes(b'{"weight_map": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    with pytest.raises(TensorFileError, match=r"model\.safetensors\.index\.json.*nested"):
+        load_state_dict(tmp_path)
+
+
 # --------------------------------------------------------------------- pickle files
 
 
