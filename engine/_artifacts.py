@@ -34,17 +34,18 @@ from shipslog.journal import InsufficientSpaceError, crash_point, register_crash
 from ._errors import ConflictError, IntegrityError, InvalidNameError
 from ._events import ArtifactAborted, ArtifactBegun, ArtifactCommitted, ArtifactDurable
 from ._manifest import MANIFEST_NAME, FileEntry, Manifest, checksum_file, new_manifest, scan_folder, write_manifest
+from ._layout import ARTIFACT_FOLDERS, staging_relpath
 from ._names import check_name
+from ._names import check_relpath as check_names_relpath
 from ._state import ArtifactInfo, EngineState
 
 if TYPE_CHECKING:
     from ._core import EngineCore
 
-__all__ = ["ARTIFACT_FOLDERS", "CheckpointWriter", "begin_artifact", "check_relpath"]
+__all__ = ["CheckpointWriter", "begin_artifact", "check_relpath"]
 
 _log = logging.getLogger("shipslog.engine.checkpoint")
 
-ARTIFACT_FOLDERS = {"checkpoint": "checkpoints", "model": "models", "adapter": "adapters"}
 _COPY_CHUNK = 8 << 20
 
 CP_BEGUN = register_crash_point("checkpoint.after_begun", "checkpoint.begun is durable; the staging folder may not exist yet")
@@ -57,12 +58,8 @@ CP_ABORT_REMOVED = register_crash_point("checkpoint.abort.after_remove", "stagin
 
 
 def check_relpath(relpath: str) -> list[str]:
-    """The components of a '/'-separated path inside a checkpoint; each must be a safe name."""
-    if not isinstance(relpath, str) or not relpath:
-        raise InvalidNameError("file", relpath, "a file inside a checkpoint needs a non-empty relative path")
-    parts = relpath.split("/")
-    for part in parts:
-        check_name("file", part)
+    """The components of a '/'-separated path inside a checkpoint; each must be a safe name, and not the MANIFEST."""
+    parts = check_names_relpath("file", relpath)
     if relpath == MANIFEST_NAME:
         raise InvalidNameError("file", relpath, "MANIFEST is written by the engine")
     return parts
@@ -93,7 +90,7 @@ def begin_artifact(
     core.check_usable()
     core.preflight(expected_bytes, f"{artifact} {name!r} ({expected_bytes} bytes)")
     op = core.new_op_id("checkpoint")
-    staging_rel = f"staging/{op}"
+    staging_rel = staging_relpath(op)
     final = core.path(ARTIFACT_FOLDERS[artifact], name)
 
     def no_conflict(state: EngineState) -> None:
@@ -186,7 +183,7 @@ class CheckpointWriter:
         parts = check_relpath(relpath)
         full = os.path.join(self.path, *parts)
         if len(parts) > 1:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
+            self._core.fs.ensure_dir(os.path.dirname(full))
         return full
 
     def write_bytes(self, relpath: str, data: bytes | bytearray | memoryview) -> FileEntry:

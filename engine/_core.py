@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 
 from shipslog.journal import (
+    DelegatingFileSystem,
     FileSystem,
-    PathLike,
     InsufficientSpaceError,
     Journal,
     JournalBrokenError,
@@ -44,11 +44,7 @@ from ._state import STATE_VERSION, ArtifactInfo, EngineState, PointerInfo
 from ._subscribers import Subscribers, Subscription
 
 __all__ = [
-    "CHECKPOINTS_DIR",
-    "MODELS_DIR",
-    "POINTERS_DIR",
     "SPACE_RESERVE_BYTES",
-    "STAGING_DIR",
     "EngineCore",
     "WatchedFileSystem",
     "decode_state",
@@ -57,11 +53,6 @@ __all__ = [
 
 _log = logging.getLogger("shipslog.engine")
 
-STAGING_DIR = "staging"
-CHECKPOINTS_DIR = "checkpoints"
-MODELS_DIR = "models"
-POINTERS_DIR = "pointers"
-ADAPTERS_DIR = "adapters"
 SPACE_RESERVE_BYTES = 16 << 20
 """Free space kept in reserve by preflight checks, so the journal can still record an abort."""
 
@@ -82,7 +73,7 @@ def decode_state(payload: bytes) -> EngineState:
     return state
 
 
-class WatchedFileSystem(FileSystem):
+class WatchedFileSystem(DelegatingFileSystem):
     """The durable primitives of ``inner``, reporting a failed fsync to the engine (which then refuses every call).
 
     Every single-call primitive is delegated to ``inner`` (the real file system,
@@ -91,39 +82,8 @@ class WatchedFileSystem(FileSystem):
     """
 
     def __init__(self, inner: FileSystem, *, on_failure: Callable[[BaseException], None]) -> None:
-        super().__init__(sync=inner.sync)
-        self.inner = inner
+        super().__init__(inner)
         self._on_failure = on_failure
-
-    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
-        return self.inner.open(path, flags, mode)
-
-    def close(self, fd: int) -> None:
-        self.inner.close(fd)
-
-    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
-        self.inner.write_all(fd, data, offset)
-
-    def truncate(self, fd: int, size: int) -> None:
-        self.inner.truncate(fd, size)
-
-    def preallocate(self, fd: int, size: int) -> bool:
-        return self.inner.preallocate(fd, size)
-
-    def replace(self, src: PathLike, dst: PathLike) -> None:
-        self.inner.replace(src, dst)
-
-    def mkdir(self, path: PathLike) -> None:
-        self.inner.mkdir(path)
-
-    def unlink(self, path: PathLike) -> None:
-        self.inner.unlink(path)
-
-    def rmdir(self, path: PathLike) -> None:
-        self.inner.rmdir(path)
-
-    def free_bytes(self, path: PathLike) -> int:
-        return self.inner.free_bytes(path)
 
     def fsync(self, fd: int) -> None:
         try:

@@ -19,12 +19,14 @@ __all__ = [
     "EngineClosedError",
     "EngineError",
     "EngineLockedError",
+    "ForeignFolderError",
     "IntegrityError",
     "InvalidFieldError",
     "InvalidNameError",
     "InvalidTransitionError",
     "MissingDependencyError",
     "NotFoundError",
+    "RootLayoutError",
     "UnknownOperationError",
 ]
 
@@ -43,6 +45,48 @@ class EngineBrokenError(JournalBrokenError):
 
 class EngineLockedError(JournalLockedError):
     """Another engine (in this or another process) holds the root."""
+
+
+class RootLayoutError(EngineError, NotADirectoryError):
+    """One of the root's own folders is a symbolic link or not a folder; the root is refused before anything is touched.
+
+    Every file of a root stays inside it, so ``checkpoints/``, ``journal/`` and
+    the other folders the engine owns must be real folders.  To keep a root on
+    another disk, link (or mount) the whole root and open its real path.
+    """
+
+    def __init__(self, root: str, folder: str, found: str) -> None:
+        self.root = root
+        self.folder = folder
+        super().__init__(
+            f"{root}: expected {folder}/ to be a real folder, found {found}; shipslog keeps every file of a root inside it "
+            f"and never follows a link out of it. Move the content into a real folder {os.path.join(root, folder)} "
+            "(to keep a root on another disk, link or mount the whole root and open it there); nothing was changed"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ForeignFolderError(EngineError, FileExistsError):
+    """``Engine.open`` was given a folder that is not a shipslog root but already holds files in folders the engine owns.
+
+    Opening it would treat those files as unaccounted for and move them to
+    ``quarantine/``; the folder is refused instead, and nothing is changed.
+    """
+
+    def __init__(self, root: str, entries: Sequence[str]) -> None:
+        self.root = root
+        self.entries = tuple(entries)
+        shown = ", ".join(self.entries[:5]) + (f" and {len(self.entries) - 5} more" if len(self.entries) > 5 else "")
+        super().__init__(
+            f"{root} is not a shipslog root (its journal/ holds no segment) but already holds {shown}; "
+            "shipslog would have to quarantine them. Open an empty folder (or a new one) instead, and bring existing "
+            "checkpoints, models and adapters in with engine.adopt_checkpoint(path), adopt_model or adopt_adapter; nothing was changed"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class InvalidNameError(EngineError, ValueError):

@@ -2,12 +2,18 @@
 
 Every path the engine acts on is one of these shapes, built from a name that
 passed :func:`~shipslog.engine.check_name`; records read back from disk are
-checked against the same shapes (:func:`check_relpath_shape`), so a record can
+checked against the same shapes (:func:`relpath_name`), so a record can
 never steer an effect outside the folder its operation owns.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+
+from shipslog.journal import JOURNAL_DIR, QUARANTINE_DIR, SNAPSHOT_DIR, is_temp_name, list_segments
+
+from ._errors import ForeignFolderError, RootLayoutError
 from ._names import MAX_NAME_LENGTH, check_name
 
 __all__ = [
@@ -21,7 +27,9 @@ __all__ = [
     "RETIRED_DIR",
     "STAGING_DIR",
     "TARGET_FOLDERS",
+    "ROOT_FOLDERS",
     "artifact_relpath",
+    "check_root_folders",
     "relpath_name",
     "staging_relpath",
 ]
@@ -38,6 +46,9 @@ ARTIFACT_FOLDERS = {"checkpoint": CHECKPOINTS_DIR, "model": MODELS_DIR, "adapter
 
 ENGINE_FOLDERS = (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, ADAPTERS_DIR, RETIRED_DIR, POINTERS_DIR)
 """The folders whose every entry must be accounted for by the journal."""
+
+ROOT_FOLDERS = (JOURNAL_DIR, SNAPSHOT_DIR, QUARANTINE_DIR, *ENGINE_FOLDERS)
+"""Every folder the engine keeps directly under a root."""
 
 TARGET_FOLDERS = (CHECKPOINTS_DIR, MODELS_DIR)
 """Where a pointer's target may live."""
@@ -74,3 +85,37 @@ def relpath_name(relpath: object, folders: tuple[str, ...]) -> str | None:
     except ValueError:
         return None
     return name
+
+
+def check_root_folders(root: str, *, new_root_is_empty: bool = False) -> None:
+    """Refuse a root whose own folders are not real folders; with ``new_root_is_empty``, also a non-root holding files.
+
+    Raises :class:`RootLayoutError` when a folder of :data:`ROOT_FOLDERS`
+    exists as a symbolic link or as something other than a folder.  With
+    ``new_root_is_empty`` (``Engine.open``), a folder whose ``journal/`` holds
+    no segment yet (not a root yet) raises :class:`ForeignFolderError` when
+    any of the engine's folders already holds entries, so someone's files
+    are never quarantined by a first open.  Files of the user's directly under
+    the root are never the engine's concern.  Reads only.
+    """
+    for folder in ROOT_FOLDERS:
+        path = os.path.join(root, folder)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise RootLayoutError(root, folder, f"a symbolic link to {os.readlink(path)}")
+        if not stat.S_ISDIR(st.st_mode):
+            raise RootLayoutError(root, folder, "a file")
+    if not new_root_is_empty or list_segments(os.path.join(root, JOURNAL_DIR)):
+        return
+    found: list[str] = []
+    for folder in ROOT_FOLDERS:
+        try:
+            names = sorted(os.listdir(os.path.join(root, folder)))
+        except FileNotFoundError:
+            continue
+        found += [f"{folder}/{name}" for name in names if not is_temp_name(name)]  # a first open cut off leaves only temporary files
+    if found:
+        raise ForeignFolderError(root, found)

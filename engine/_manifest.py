@@ -25,13 +25,18 @@ import msgspec
 
 from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name
 
-from ._errors import IntegrityError
+from ._errors import IntegrityError, InvalidFieldError
+from ._fields import MAX_NESTING, expect_count, expect_name, expect_nested_within, reject
+from ._layout import ARTIFACT_FOLDERS
+from ._names import check_relpath
 
 __all__ = [
+    "MAX_MANIFEST_BYTES",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "FileEntry",
     "Manifest",
+    "check_manifest",
     "checksum_file",
     "new_manifest",
     "crc32_file",
@@ -77,6 +82,38 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Manifest)
+
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""The largest MANIFEST read (about half a million files); a longer one is refused before it is read whole."""
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Raise :class:`InvalidFieldError` unless every field of a manifest read from disk is one shipslog writes.
+
+    ``kind`` a known artifact kind, ``name`` a plain name, ``step`` and every
+    size non-negative, every CRC-32 in range, every file path a safe relative
+    path (never ``..``, never absolute, never the MANIFEST) listed once, and
+    ``meta`` nested at most :data:`MAX_NESTING` levels.  So verifying a folder
+    never reads a file outside it.
+    """
+    if manifest.kind not in ARTIFACT_FOLDERS:
+        reject("kind", manifest.kind, f"one of {sorted(ARTIFACT_FOLDERS)}")
+    expect_name("name", manifest.name, manifest.kind)
+    if manifest.step is not None:
+        expect_count("step", manifest.step)
+    expect_nested_within("meta", manifest.meta, MAX_NESTING)
+    seen: set[str] = set()
+    for i, entry in enumerate(manifest.files):
+        try:
+            check_relpath("file", entry.path)
+        except ValueError as exc:
+            reject(f"files[{i}].path", entry.path, f"a safe path inside the folder ({exc})")
+        if entry.path == MANIFEST_NAME or entry.path in seen:
+            reject(f"files[{i}].path", entry.path, "a file listed once, other than the MANIFEST")
+        seen.add(entry.path)
+        expect_count(f"files[{i}].size", entry.size)
+        if not 0 <= entry.crc32 <= 0xFFFFFFFF:
+            reject(f"files[{i}].crc32", entry.crc32, "a CRC-32 (0 to 2**32 - 1)")
 
 
 def crc32_file(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -153,19 +190,28 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     path = os.path.join(os.fspath(folder), MANIFEST_NAME)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise IntegrityError(path, f"a MANIFEST of at most {MAX_MANIFEST_BYTES} bytes", f"{size} bytes")
+            data = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise IntegrityError(path, "a MANIFEST (written last, when the folder is complete)", "no MANIFEST") from None
     try:
         head = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise IntegrityError(path, "a JSON manifest", f"bytes that do not parse ({exc})") from None
+    except RecursionError:
+        raise IntegrityError(path, f"a JSON manifest nested at most {MAX_NESTING} levels", "one nested deeper than the decoder allows") from None
     if isinstance(head, dict) and isinstance(head.get("version"), int) and head["version"] > MANIFEST_VERSION:
         raise UnsupportedFormatError(path, "manifest", head["version"], MANIFEST_VERSION)
     try:
-        return _decoder.decode(data)
+        manifest = _decoder.decode(data)
+        check_manifest(manifest)
     except msgspec.ValidationError as exc:
         raise IntegrityError(path, "a valid manifest", f"a manifest that does not validate ({exc})") from None
+    except InvalidFieldError as exc:
+        raise IntegrityError(path, f"a valid manifest: {exc.field} {exc.expected}", f"{exc.field} = {exc.value!r:.200}") from None
+    return manifest
 
 
 def verify_folder(

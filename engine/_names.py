@@ -11,9 +11,11 @@ import re
 
 from ._errors import InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "inside_root"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_RELPATH_PARTS", "check_name", "check_relpath", "inside_root"]
 
 MAX_NAME_LENGTH = 200
+MAX_RELPATH_PARTS = 32
+"""The most components of a file's path inside a checkpoint (``a/b/c.bin`` has 3)."""
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 
 
@@ -40,6 +42,23 @@ def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) ->
     if not _ALLOWED.fullmatch(name):
         raise InvalidNameError(what, name, "it must start with a letter or digit and use only letters, digits and . _ - + = @")
     return name
+
+
+def check_relpath(what: str, relpath: object) -> list[str]:
+    """The components of a '/'-separated path inside a folder, each a safe name (:func:`check_name`).
+
+    At most :data:`MAX_RELPATH_PARTS` components: no empty component, no
+    ``.`` or ``..``, no absolute path, nothing that could lead out of the
+    folder.  Raises :class:`InvalidNameError`.
+    """
+    if not isinstance(relpath, str) or not relpath:
+        raise InvalidNameError(what, relpath, "a file inside a folder needs a non-empty relative path")
+    parts = relpath.split("/")
+    if len(parts) > MAX_RELPATH_PARTS:
+        raise InvalidNameError(what, relpath, f"it has {len(parts)} components, the limit is {MAX_RELPATH_PARTS}")
+    for part in parts:
+        check_name(what, part)
+    return parts
 
 
 def inside_root(root: str, path: str) -> str:

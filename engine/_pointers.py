@@ -15,7 +15,9 @@ import msgspec
 
 from shipslog.journal import crash_point, register_crash_point
 
-from ._errors import ConflictError, NotFoundError
+from ._errors import ConflictError, IntegrityError, InvalidFieldError, NotFoundError
+from ._fields import expect_name, expect_relpath
+from ._layout import TARGET_FOLDERS
 from ._events import PointerAborted, PointerIntended, PointerSet
 from ._manifest import verify_folder
 from ._names import check_name
@@ -24,7 +26,7 @@ from ._state import ArtifactInfo, EngineState, PointerInfo
 if TYPE_CHECKING:
     from ._core import EngineCore
 
-__all__ = ["POINTER_VERSION", "PointerFile", "read_pointer_file", "resolve_target", "set_pointer"]
+__all__ = ["MAX_POINTER_BYTES", "POINTER_VERSION", "PointerFile", "read_pointer_file", "resolve_target", "set_pointer"]
 
 POINTER_VERSION = 1
 
@@ -45,10 +47,32 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(PointerFile).decode
 
 
+MAX_POINTER_BYTES = 64 * 1024
+"""The largest pointer file read (they are a few hundred bytes)."""
+
+
 def read_pointer_file(path: str) -> PointerFile:
-    """Parse a pointer file; ``ValueError`` (msgspec) when it is empty, truncated or not a pointer."""
+    """Parse a pointer file; :class:`IntegrityError` when it is empty, truncated, too long or not a pointer.
+
+    Its ``pointer`` must be a plain name and its ``target`` a
+    ``checkpoints/<name>`` or ``models/<name>`` path, as the engine writes
+    them.  ``OSError`` when it cannot be read.
+    """
     with open(path, "rb") as f:
-        return _decode(f.read())
+        data = f.read(MAX_POINTER_BYTES + 1)
+    if len(data) > MAX_POINTER_BYTES:
+        raise IntegrityError(path, f"a pointer file of at most {MAX_POINTER_BYTES} bytes", "a longer file")
+    try:
+        found = _decode(data)
+        expect_name("pointer", found.pointer, "pointer")
+        expect_relpath("target", found.target, TARGET_FOLDERS)
+        expect_name("op", found.op, "operation id")
+    except (msgspec.DecodeError, RecursionError) as exc:
+        why = "nesting deeper than the decoder allows" if isinstance(exc, RecursionError) else str(exc)
+        raise IntegrityError(path, 'a pointer file {"version", "pointer", "target", "op"}', f"bytes that do not parse as one ({why})") from None
+    except InvalidFieldError as exc:
+        raise IntegrityError(path, f"a pointer file whose {exc.field} is {exc.expected}", repr(exc.value)) from None
+    return found
 
 
 def resolve_target(state: EngineState, target: str) -> ArtifactInfo:

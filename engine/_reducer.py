@@ -46,14 +46,18 @@ class SequenceGapError(InvalidTransitionError):
 class Reducer:
     """Folds records into a private :class:`StateBuilder`; :meth:`state` freezes the result."""
 
-    __slots__ = ("_builder", "_rules", "registry", "source")
+    __slots__ = ("_builder", "_rules", "registry", "skip_unknown", "skipped", "source")
 
-    def __init__(self, registry: Registry, state: EngineState | None = None) -> None:
+    def __init__(self, registry: Registry, state: EngineState | None = None, *, skip_unknown: bool = False) -> None:
         self.registry = registry
         self._rules = registry.rules
         self._builder = StateBuilder(state)
         self.source = "journal"
         """Where the records come from (the journal folder), named by :class:`CorruptRecordError`."""
+        self.skip_unknown = skip_unknown
+        """Whether events of kinds no registered type declares are skipped (read-only views) instead of refused."""
+        self.skipped: dict[str, int] = {}
+        """With :attr:`skip_unknown`: how many records of each unregistered kind were skipped."""
 
     @property
     def seq(self) -> int:
@@ -139,7 +143,11 @@ class Reducer:
                 rule = rules.get(ev.__class__)
                 if rule is None:
                     kind = ev.kind if isinstance(ev, RawEvent) else type(ev).__name__
-                    raise UnknownOperationError([kind])
+                    if not self.skip_unknown:
+                        raise UnknownOperationError([kind])
+                    self.skipped[kind] = self.skipped.get(kind, 0) + 1
+                    expected += 1
+                    continue
                 op_id = ev.op
                 op = ops.get(op_id)
                 if op is None:

@@ -20,6 +20,7 @@ from shipslog.journal import Record
 
 from ._builtins import BUILTIN_OPERATIONS
 from ._events import Event, RawEvent
+from ._fields import MAX_NESTING, nesting_depth
 from ._optypes import OperationType, Projection
 
 __all__ = ["EventRecord", "KindRule", "Registry"]
@@ -123,6 +124,8 @@ class Registry:
     def decode_event(self, data: bytes) -> Event | RawEvent:
         """The event in ``data``: a registered class, or a :class:`RawEvent` holding its fields."""
         head = self._head_decoder.decode(data)
+        if nesting_depth(head, MAX_NESTING + 1) > MAX_NESTING + 1:  # the event map itself is one level
+            raise msgspec.ValidationError(f"the event nests more than {MAX_NESTING} levels deep")
         kind = head.get("kind")
         op = head.get("op")
         if not isinstance(kind, str) or not isinstance(op, str):

@@ -597,6 +597,15 @@ def _environ_op(proc: psutil.Process) -> str | None:
     return str(value) if value is not None else None
 
 
+def _environ_op_of(pid: int) -> str | None:
+    """The worker op id in process ``pid``'s environment (None: gone, unreadable, or not a worker)."""
+    try:
+        proc = psutil.Process(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return _environ_op(proc)
+
+
 def find_worker_processes(op_id: str) -> list[psutil.Process]:
     """The live processes started for worker op ``op_id`` (and their children): those whose environment carries it.
 
@@ -732,7 +741,10 @@ def stop_worker(
     process is never signalled), ``"terminated"`` when it ended within
     ``timeout`` seconds of SIGTERM (sent to its process group when it leads
     one), ``"killed"`` when SIGKILL was needed.  It is reaped when it is a
-    child of this process.  The live members of its group that are provably
+    child of this process.  With ``op_id`` (recovery, acting on journaled
+    identities, which are untrusted), the process itself must carry ``op_id``
+    in its environment (:data:`WORKER_OP_ENV`) to be stopped: a process that
+    matches the identity but not the mark is left alone and reported gone.  The live members of its group that are provably
     ours are killed too: with ``op_id``, those carrying it in their
     environment (whether or not the leader was alive); without it, only
     after the leader was verified to be the worker.  Raises
@@ -743,7 +755,14 @@ def stop_worker(
         raise ValueError(f"timeout must be 0 or more seconds, got {timeout}")
     outcome = "gone"
     if probe_worker(pid, create_time, start_ticks=start_ticks, boot_id=boot_id):
-        outcome = _end_process(pid, create_time, timeout, start_ticks=start_ticks, boot_id=boot_id)
+        if op_id is not None and _environ_op_of(pid) != op_id:
+            # the journal is untrusted: a process it names is stopped only when it is provably the worker
+            _log.warning(
+                "process %d matches the journaled identity of worker %s but does not carry %s=%s in its environment: "
+                "not a worker of this root, left alone", pid, op_id, WORKER_OP_ENV, op_id,
+            )
+        else:
+            outcome = _end_process(pid, create_time, timeout, start_ticks=start_ticks, boot_id=boot_id)
     elif op_id is None:
         return outcome  # the group id may belong to whoever reuses the pid now: only a member carrying op_id is ours
     leftovers = _group_members(pid, create_time, op_id)
@@ -854,7 +873,7 @@ def recover_worker(op: OpRecord, *, adopt: bool = False, timeout: float | None =
         info = op.info
         pid, created = int(info["pid"]), float(info["create_time"])
         ticks, boot = info.get("start_ticks"), info.get("boot_id") or None
-        if adopt and probe_worker(pid, created, start_ticks=ticks, boot_id=boot):
+        if adopt and probe_worker(pid, created, start_ticks=ticks, boot_id=boot) and _environ_op_of(pid) == op.id:
             return None
         outcome = stop_worker(pid, created, wait, start_ticks=ticks, boot_id=boot, op_id=op.id)
         return settle_worker_event(op, outcome)
@@ -1259,10 +1278,11 @@ class Supervisor:
             inc.pidfd = os.pidfd_open(pid)
         except OSError:
             inc.pidfd = None
-        if inc.pidfd is None or not probe_worker(pid, created, start_ticks=ticks, boot_id=boot):
+        # the journal is untrusted: only a live process with the journaled identity *and* the op id mark is adopted
+        if inc.pidfd is None or not probe_worker(pid, created, start_ticks=ticks, boot_id=boot) or _environ_op_of(pid) != op.id:
             if inc.pidfd is not None:
                 os.close(inc.pidfd)
-            self._journal(WorkerDied(op=op.id, reason=f"gone at recovery: no live process {pid} with its create time"))
+            self._journal(WorkerDied(op=op.id, reason=f"gone at recovery: no live process {pid} with its create time and {WORKER_OP_ENV}"))
             return False
         self._sel.register(inc.pidfd, selectors.EVENT_READ, inc)
         with self._cond:

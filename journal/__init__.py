@@ -26,11 +26,12 @@ from ._errors import (
     JournalError,
     JournalLockedError,
     JournalWriteError,
+    PathEscapeError,
     ShipslogError,
     UnsupportedFormatError,
 )
 from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, MAX_RECORDS_PER_FRAME, Record, segment_name
-from ._fs import OS_FS, FileSystem, PathLike, is_temp_name
+from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -64,6 +65,7 @@ __all__ = [
     "CorruptJournalError",
     "CorruptRecordError",
     "CorruptSnapshotError",
+    "DelegatingFileSystem",
     "FileSystem",
     "FsOp",
     "InsufficientSpaceError",
@@ -75,10 +77,12 @@ __all__ = [
     "JournalReader",
     "JournalWriteError",
     "OpenReport",
+    "PathEscapeError",
     "PathLike",
     "Position",
     "Record",
     "RecordingFileSystem",
+    "RootedFileSystem",
     "ShipslogError",
     "Snapshot",
     "TailRepair",

@@ -19,6 +19,7 @@ import os
 __all__ = [
     "CorruptJournalError",
     "CorruptRecordError",
+    "PathEscapeError",
     "CorruptSnapshotError",
     "InsufficientSpaceError",
     "JournalBrokenError",
@@ -89,6 +90,27 @@ class CorruptRecordError(CorruptJournalError):
             hint="shipslog wrote no such record, so the journal was changed by something else; nothing was acted on. "
             f"Keep a copy of the root and inspect the record with 'shipslog log ROOT --since {seq} --limit 1'",
         )
+
+
+class PathEscapeError(ShipslogError, PermissionError):
+    """A file effect was refused because its path leads outside the root (``..``, or a symbolic link on the way).
+
+    Raised before anything is touched.  shipslog builds every path from
+    checked names, so this means a folder inside the root was replaced by a
+    link, or a bug; nothing outside the root is ever changed.
+    """
+
+    def __init__(self, root: str, path: str, what: str, reason: str) -> None:
+        self.root = root
+        self.path = path
+        super().__init__(
+            errno.EACCES,
+            f"refused to {what} {path}: {reason}, and shipslog changes nothing outside the root {root}; "
+            "replace any symbolic link inside the root with a real folder and try again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class UnsupportedFormatError(ShipslogError, ValueError):

@@ -25,9 +25,12 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from typing import Union
 
-__all__ = ["FileSystem", "OS_FS", "PathLike", "is_temp_name"]
+from ._errors import PathEscapeError
+
+__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -256,3 +259,123 @@ class FileSystem:
 
 OS_FS = FileSystem()
 """The shared default: the real file system, with fsync on."""
+
+
+class DelegatingFileSystem(FileSystem):
+    """Every single-call primitive handed to ``inner``; the composites of :class:`FileSystem` are built on them.
+
+    A base for file systems that add something around the primitives
+    (checks, bookkeeping) while ``inner`` (the real file system, or a
+    recording one in tests) still sees every effect.
+    """
+
+    def __init__(self, inner: FileSystem) -> None:
+        super().__init__(sync=inner.sync)
+        self.inner = inner
+
+    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
+        return self.inner.open(path, flags, mode)
+
+    def close(self, fd: int) -> None:
+        self.inner.close(fd)
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        self.inner.write_all(fd, data, offset)
+
+    def fsync(self, fd: int) -> None:
+        self.inner.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self.inner.fdatasync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.inner.truncate(fd, size)
+
+    def preallocate(self, fd: int, size: int) -> bool:
+        return self.inner.preallocate(fd, size)
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        self.inner.replace(src, dst)
+
+    def mkdir(self, path: PathLike) -> None:
+        self.inner.mkdir(path)
+
+    def unlink(self, path: PathLike) -> None:
+        self.inner.unlink(path)
+
+    def rmdir(self, path: PathLike) -> None:
+        self.inner.rmdir(path)
+
+    def free_bytes(self, path: PathLike) -> int:
+        return self.inner.free_bytes(path)
+
+
+def _opens_folder_read_only(flags: int) -> bool:
+    return flags & os.O_ACCMODE == os.O_RDONLY and bool(flags & os.O_DIRECTORY) and not flags & os.O_CREAT
+
+
+class RootedFileSystem(DelegatingFileSystem):
+    """The primitives of ``inner``, refusing every effect on a path outside ``root``.
+
+    Guarantee: no file is created, written, renamed, or removed, and no folder
+    created or removed, anywhere but strictly inside ``root`` (creating
+    ``root`` itself and its missing parents excepted, and opening them
+    read-only to fsync them).  A path is inside when it is lexically under
+    ``root`` after normalization (no ``..`` escape) and no folder between
+    ``root`` and it is a symbolic link; a final component is never followed
+    (``open`` uses ``O_NOFOLLOW``; rename and unlink act on a link itself).
+    The folders in ``trusted`` (the root's own folders, checked to be real
+    folders when the root is opened) are not looked at again, so the usual
+    effect costs no extra system call.  A refused effect raises
+    :class:`PathEscapeError` before anything is touched.
+    """
+
+    def __init__(self, inner: FileSystem, root: PathLike, *, trusted: Iterable[str] = ()) -> None:
+        super().__init__(inner)
+        self.root = os.path.abspath(os.fspath(root))
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._trusted = {self.root, *(os.path.join(self.root, name) for name in trusted)}
+
+    def _inside(self, path: PathLike, what: str) -> str:
+        """``path`` made absolute, once it is checked to be strictly inside the root through real folders."""
+        full = os.path.abspath(os.fspath(path))
+        if not full.startswith(self._prefix):
+            raise PathEscapeError(self.root, full, what, "it is not under the root")
+        folder = os.path.dirname(full)
+        while folder not in self._trusted:
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                pass  # the effect itself fails on a missing folder; nothing below it can be a link out
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise PathEscapeError(self.root, full, what, f"{folder} is a symbolic link")
+            folder = os.path.dirname(folder)  # ends at the root, which is trusted
+        return full
+
+    def _at_or_above_root(self, path: PathLike) -> bool:
+        full = os.path.abspath(os.fspath(path))
+        return full == self.root or self._prefix.startswith(full.rstrip(os.sep) + os.sep)
+
+    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
+        if not (_opens_folder_read_only(flags) and self._at_or_above_root(path)):
+            self._inside(path, "open")
+        return self.inner.open(path, flags, mode)
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        self._inside(src, "rename")
+        self._inside(dst, "rename onto")
+        self.inner.replace(src, dst)
+
+    def mkdir(self, path: PathLike) -> None:
+        if not self._at_or_above_root(path):
+            self._inside(path, "create the folder")
+        self.inner.mkdir(path)
+
+    def unlink(self, path: PathLike) -> None:
+        self._inside(path, "remove")
+        self.inner.unlink(path)
+
+    def rmdir(self, path: PathLike) -> None:
+        self._inside(path, "remove the folder")
+        self.inner.rmdir(path)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import msgspec
 
 from shipslog.engine import (
+    ARTIFACT_FOLDERS,
     ArtifactAborted,
     ArtifactCommitted,
     EngineCore,
@@ -35,7 +36,6 @@ from shipslog.engine import (
     verify_folder,
 )
 from shipslog.engine import settle_cut_off_worker
-from shipslog.engine._artifacts import ARTIFACT_FOLDERS
 from shipslog.engine._consolidation import ConsolidationAborted
 from shipslog.engine._consolidation import finish as finish_consolidation
 from shipslog.engine._pointers import read_pointer_file, write_pointer_file
@@ -229,7 +229,7 @@ def _checkpoint_roll_forward(core: EngineCore, action: Action, moved: list[str])
 def _pointer_file_target(core: EngineCore, name: str) -> str | None:
     try:
         return read_pointer_file(core.path("pointers", name)).target
-    except (OSError, msgspec.DecodeError):
+    except (OSError, IntegrityError):
         return None
 
 

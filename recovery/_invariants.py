@@ -97,7 +97,7 @@ def check_invariants(
         pointer_file = os.path.join(root, "pointers", pointer.name)
         try:
             on_disk = read_pointer_file(pointer_file).target
-        except (OSError, msgspec.DecodeError) as exc:
+        except (OSError, IntegrityError) as exc:
             found.append(Violation("pointers-verify", f"pointer file of {pointer.name!r} is unreadable: {exc}", pointer_file))
         else:
             if on_disk != pointer.target:

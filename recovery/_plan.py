@@ -13,8 +13,7 @@ import os
 
 import msgspec
 
-from shipslog.engine import EngineState, OpRecord, Registry
-from shipslog.engine._artifacts import ARTIFACT_FOLDERS
+from shipslog.engine import ARTIFACT_FOLDERS, ENGINE_FOLDERS, EngineState, OpRecord, Registry
 from shipslog.journal import QUARANTINE_DIR, is_temp_name
 
 __all__ = [
@@ -25,9 +24,6 @@ __all__ = [
     "plan",
     "quarantine_name",
 ]
-
-ENGINE_FOLDERS = ("staging", "checkpoints", "models", "adapters", "retired", "pointers")
-"""The folders whose every entry must be accounted for by the journal."""
 
 _DELETING = ".deleting"
 

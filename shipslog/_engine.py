@@ -20,18 +20,23 @@ from typing import Any
 import msgspec
 
 from shipslog.engine import (
+    ENGINE_FOLDERS,
+    ROOT_FOLDERS,
     ArtifactInfo,
     MissingDependencyError,
     CutOffOperationsError,
     EngineLockedError,
     EngineState,
+    InvalidFieldError,
     OperationType,
     Registry,
     SessionClosed,
     SessionOpened,
+    check_root_folders,
+    check_state,
 )
 from shipslog.engine._consolidation import MergeFn
-from shipslog.engine._core import CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, STAGING_DIR, EngineCore, WatchedFileSystem, decode_state
+from shipslog.engine._core import EngineCore, WatchedFileSystem, decode_state
 from shipslog.engine._reducer import Reducer
 from shipslog.journal import (
     DEFAULT_SEGMENT_BYTES,
@@ -40,6 +45,7 @@ from shipslog.journal import (
     FileSystem,
     Journal,
     JournalLockedError,
+    RootedFileSystem,
     crash_point,
     register_crash_point,
 )
@@ -111,13 +117,15 @@ class Engine(EngineCore):
             raise ValueError(f"snapshot_every must be 0 (off) or a positive number of records, got {snapshot_every!r}")
         registry = Registry(operations)
         holder: list[EngineCore] = []
+        root = os.path.abspath(os.fspath(root))
+        check_root_folders(root, new_root_is_empty=True)
 
         def on_fsync_failure(exc: BaseException) -> None:
             if holder:
                 holder[0].mark_broken(exc)
 
         base = fs if fs is not None else (OS_FS if fsync else FileSystem(sync=False))
-        watched = WatchedFileSystem(base, on_failure=on_fsync_failure)
+        watched = WatchedFileSystem(RootedFileSystem(base, root, trusted=ROOT_FOLDERS), on_failure=on_fsync_failure)
         try:
             journal = Journal.open(root, fs=watched, segment_bytes=segment_bytes, preallocate=preallocate)
         except JournalLockedError as exc:
@@ -132,7 +140,7 @@ class Engine(EngineCore):
                 ops = [(a.target, a.op_type or "", a.state or "") for a in refused if a.op_type is not None]
                 paths = [a.target for a in refused if a.op_type is None]
                 raise CutOffOperationsError(journal.root, ops, paths)
-            for folder in (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, POINTERS_DIR, QUARANTINE_DIR, "adapters", "retired"):
+            for folder in (*ENGINE_FOLDERS, QUARANTINE_DIR):
                 watched.ensure_dir(os.path.join(journal.root, folder))
             engine = cls(journal, registry, state, fs=watched, snapshot_every=snapshot_every)
             holder.append(engine)
@@ -225,8 +233,10 @@ def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]
     if snap is not None:
         try:
             start = decode_state(snap.payload)
-        except msgspec.DecodeError as exc:
-            _log.warning("snapshot %s cannot be used by this shipslog (%s); replaying the whole journal", snap.path, exc)
+            check_state(start, registry)
+        except (msgspec.DecodeError, RecursionError, InvalidFieldError) as exc:
+            why = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+            _log.warning("snapshot %s cannot be used by this shipslog (%s); replaying the whole journal", snap.path, why)
             start = None
     reducer = Reducer(registry, start)
     first = reducer.seq

@@ -137,6 +137,29 @@ def test_a_pid_reused_by_an_unrelated_process_is_journaled_died_and_left_alone(e
     assert settle_cut_off_worker(engine, op.id) == f"worker {op.id} is settled already"
 
 
+def test_a_live_process_with_the_journaled_identity_but_without_the_op_id_mark_is_left_alone(
+    engine: Engine, root: str, procs: list[Any]
+) -> None:
+    # the journal is untrusted: a record naming any process by pid and create time must not get it killed
+    bystander = spawn(procs, [SLEEP, "1000"])
+    op = fake_started(engine, bystander.pid)
+    assert settle_cut_off_worker(engine, op.id).startswith("worker w (pid ")
+    assert running(bystander.pid)
+    last = journal_records(root)[-1].event
+    assert isinstance(last, WorkerDied) and "gone at recovery" in last.reason
+    assert recover_worker(op, adopt=True) is not None  # never adopted either
+
+
+def test_a_supervisor_does_not_adopt_a_process_without_the_op_id_mark(engine: Engine, root: str, procs: list[Any]) -> None:
+    bystander = spawn(procs, [SLEEP, "1000"])
+    op = fake_started(engine, bystander.pid, "w")
+    with Supervisor(engine, [WorkerSpec(name="w", argv=(SLEEP, "1000"), output="devnull")], adopt=True) as sv:
+        assert sv.workers()["w"].pid not in (None, bystander.pid) and not sv.workers()["w"].adopted
+    died = [r.event for r in journal_records(root) if isinstance(r.event, WorkerDied)]
+    assert [d.op for d in died] == [op.id] and "gone at recovery" in died[0].reason
+    assert running(bystander.pid)
+
+
 # -- a start cut off before its pid was journaled -----------------------------------------------------
 
 

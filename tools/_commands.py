@@ -66,7 +66,18 @@ def _findings(view: RootView) -> list[str]:
     if view.torn is not None:
         where = f"{view.torn.path} offset {view.torn.offset}"
         found.append(f"torn frame at {where} ({'a write in progress' if view.holder else 'repaired at the next open'})")
+    if view.unregistered:
+        found.append(_unregistered_message(view.unregistered))
     return found
+
+
+def _unregistered_message(kinds: dict[str, int]) -> str:
+    """One line naming the unregistered event kinds of a root and how many records each has."""
+    listed = ", ".join(f"{kind} ({count} record{'s' if count != 1 else ''})" for kind, count in sorted(kinds.items()))
+    return (
+        f"events of operation types this command does not know: {listed}; their operations are left out of this view "
+        "(the host registers them with Engine.open(root, operations=[...]); 'shipslog log' shows the records)"
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -113,8 +124,9 @@ def _record_dict(rec: Any) -> dict[str, Any]:
 
 def _cmd_log(args: argparse.Namespace) -> int:
     view = open_view(args.root)
-    if args.kind is not None and args.kind not in view.registry.event_classes:
-        args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(sorted(view.registry.event_classes))}")
+    if args.kind is not None and args.kind not in view.registry.event_classes and args.kind not in view.unregistered:
+        known = sorted([*view.registry.event_classes, *view.unregistered])
+        args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(known)}")
     last = view.state.seq
     if args.since > last + 1:
         args.parser.error(f"--since {args.since} is past the end of the journal (last seq {last})")
@@ -156,15 +168,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         args.parser.error(str(exc))
     if args.json:
-        _json(view.state)
+        _json({**msgspec.to_builtins(view.state), "unregistered": view.unregistered})
         return EXIT_OK
     st = view.status()
+    unregistered = f"  {_unregistered_message(view.unregistered)}\n" if view.unregistered else ""
     _out(
         f"state of {view.root} as of seq {view.state.seq}\n"
         f"  global step {st.global_step}; latest checkpoint {st.latest.path if st.latest else None}\n"
         f"  checkpoints {sorted(view.state.checkpoints)}\n  models {sorted(view.state.models)}\n"
         f"  pointers {{{', '.join(f'{n}: {p.target}' for n, p in sorted(view.state.pointers.items()))}}}\n"
         f"  in progress {[f'{o.type} {o.id} {o.state}' for o in view.state.ops.values()]}\n"
+        f"{unregistered}"
     )
     return EXIT_OK
 
@@ -232,6 +246,8 @@ _ADVICE = {
     "adapters-kept": "restore the adapter or its merged model from a backup",
     "nothing-unaccounted": "run 'shipslog recover {root}': it moves the entry to quarantine/ (nothing is deleted)",
     "recovery-idempotent": "run 'shipslog recover {root}' again and report this as a bug if it persists",
+    "events-registered": "inspect them with 'shipslog log {root}'; an engine opens the root only with their types registered, "
+    "and the invariants of their operations were not checked",
 }
 
 
@@ -244,10 +260,12 @@ def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, l
     except CorruptJournalError as exc:
         return None, [Violation("journal-verifies", f"corrupt journal at {exc.where}: {exc.reason}", exc.path)]
     live = view.state.session.id.removeprefix("session-") if view.holder and view.state.session else None
+    unregistered = [Violation("events-registered", _unregistered_message(view.unregistered))] if view.unregistered else []
 
     def check(on_file: Any = None) -> list[Any]:
         with reading(view.root):
-            return check_invariants(view.root, view.state, registry=view.registry, live_session=live, deep=args.deep, on_file=on_file)
+            found = check_invariants(view.root, view.state, registry=view.registry, live_session=live, deep=args.deep, on_file=on_file)
+        return unregistered + found
 
     if not args.deep:
         return view.state.seq, check()

@@ -136,8 +136,14 @@ def _segment_holding(journal_dir: str, seq: int) -> str:
     return found
 
 
-def replay_root(root: str, registry: Registry, *, until: int | None = None) -> tuple[EngineState, TornTail | None]:
-    """The state of ``root`` as of ``until`` (default: the end) and the torn tail if any, read-only.
+def replay_root(
+    root: str, registry: Registry, *, until: int | None = None, skip_unknown: bool = False
+) -> tuple[EngineState, TornTail | None, dict[str, int]]:
+    """The state of ``root`` as of ``until`` (default: the end), the torn tail if any, and the unregistered kinds skipped, read-only.
+
+    With ``skip_unknown``, events of kinds no registered type declares are
+    left out of the state and counted by kind (the third value); without it
+    they raise :class:`~shipslog.engine.UnknownOperationError`.
 
     Refuses a root whose journal segment or event schema is newer than this
     build with :class:`UnsupportedFormatError` naming the file and both
@@ -147,7 +153,7 @@ def replay_root(root: str, registry: Registry, *, until: int | None = None) -> t
     skips it with a warning.  ``until`` past the end raises ``ValueError``.
     """
     journal_dir = os.path.join(root, JOURNAL_DIR)
-    reducer = Reducer(registry)
+    reducer = Reducer(registry, skip_unknown=skip_unknown)
     try:
         reader = reducer.replay_journal(journal_dir, until=until)
     except UnsupportedFormatError as exc:
@@ -157,18 +163,23 @@ def replay_root(root: str, registry: Registry, *, until: int | None = None) -> t
         raise UnsupportedFormatError(_segment_holding(journal_dir, seq), f"record seq {seq}: event schema", exc.found, exc.supported) from exc
     if until is not None and reducer.seq < until:
         raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
-    return reducer.state(), reader.tail
+    return reducer.state(), reader.tail, dict(reducer.skipped)
 
 
 class RootView:
-    """A root's journal replayed read-only: the state, the records (on demand) and a torn tail if any."""
+    """A root's journal replayed read-only: the state, the records (on demand) and a torn tail if any.
+
+    Events of kinds that are not registered (a host's own operation types)
+    stay readable: :meth:`records` shows them raw, the state leaves them out,
+    and :attr:`unregistered` counts them by kind.
+    """
 
     def __init__(self, root: str, registry: Registry, until: int | None) -> None:
         self.root = root
         self.registry = registry
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
         with reading(root):
-            self.state, self.torn = replay_root(root, registry, until=until)
+            self.state, self.torn, self.unregistered = replay_root(root, registry, until=until, skip_unknown=True)
             self.holder = live_holder(root)
 
     def records(self, since: int = 1, until: int | None = None) -> Iterator[Any]:
