@@ -102,12 +102,20 @@ class Registry:
     def decode_frame(self, payload: bytes) -> list[Any]:
         """Decode one frame into records with typed events (unknown kinds as :class:`RawEvent`).
 
-        Raises ``msgspec.DecodeError`` when the payload is not a list of records at all.
+        Raises ``msgspec.DecodeError`` when the payload is not a list of records at all, or an event does not
+        decode (nesting deeper than the decoder allows included).
         """
         try:
             return self._frame_decoder.decode(payload)
         except msgspec.ValidationError:
-            return [self.typed(rec) for rec in self._raw_frame_decoder.decode(payload)]
+            pass
+        except RecursionError:
+            raise _too_deep() from None
+        try:
+            raw = self._raw_frame_decoder.decode(payload)
+        except RecursionError:
+            raise _too_deep() from None
+        return [self.typed(rec) for rec in raw]
 
     def decode_frames(self, chunk: bytes) -> list[list[Any]]:
         """Decode a msgpack array of frame payloads in one call (the replay fast path).
@@ -122,8 +130,14 @@ class Registry:
         return EventRecord(record.seq, record.time, record.session, self.decode_event(bytes(record.event)))
 
     def decode_event(self, data: bytes) -> Event | RawEvent:
-        """The event in ``data``: a registered class, or a :class:`RawEvent` holding its fields."""
-        head = self._head_decoder.decode(data)
+        """The event in ``data``: a registered class, or a :class:`RawEvent` holding its fields.
+
+        Raises ``msgspec.DecodeError`` for anything else, nesting too deep for the decoder included.
+        """
+        try:
+            head = self._head_decoder.decode(data)
+        except RecursionError:
+            raise _too_deep() from None
         if nesting_depth(head, MAX_NESTING + 1) > MAX_NESTING + 1:  # the event map itself is one level
             raise msgspec.ValidationError(f"the event nests more than {MAX_NESTING} levels deep")
         kind = head.get("kind")
@@ -138,6 +152,10 @@ class Registry:
     def unknown_kinds(self, kinds: Sequence[str]) -> list[str]:
         """The kinds in ``kinds`` that no registered type declares."""
         return [k for k in kinds if k not in self.event_classes]
+
+
+def _too_deep() -> msgspec.DecodeError:
+    return msgspec.DecodeError(f"it is nested deeper than the decoder allows (events nest at most {MAX_NESTING} levels)")
 
 
 def _rule(op_type: OperationType, kind: str, cls: type[Event]) -> KindRule:
