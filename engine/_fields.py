@@ -63,6 +63,8 @@ def reject(field: str, value: object, expected: str) -> None:
 
 def expect_nested_within(field: str, value: object, limit: int = MAX_NESTING) -> None:
     """``value`` nests at most ``limit`` levels of maps and lists."""
+    if not value:
+        return  # an empty map or list, or a scalar that is false, nests one level at most
     if nesting_depth(value, limit) > limit:
         raise InvalidFieldError(field, f"<a value nested more than {limit} levels deep>", f"at most {limit} levels of nesting")
 

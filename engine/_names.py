@@ -11,12 +11,17 @@ import re
 
 from ._errors import InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "MAX_RELPATH_PARTS", "check_name", "check_relpath", "inside_root"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_RELPATH_PARTS", "check_name", "check_relpath", "inside_root", "is_plain_name"]
 
 MAX_NAME_LENGTH = 200
 MAX_RELPATH_PARTS = 32
 """The most components of a file's path inside a checkpoint (``a/b/c.bin`` has 3)."""
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether :func:`check_name` accepts ``name`` (of the default length); the replay's fast test, never raises."""
+    return len(name) <= MAX_NAME_LENGTH and _ALLOWED.fullmatch(name) is not None
 
 
 def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) -> str:
@@ -27,6 +32,8 @@ def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) ->
     names, ``.``/``..``, separators, absolute paths, NUL and every control
     character, and hidden names (which the engine uses for work in progress).
     """
+    if isinstance(name, str) and len(name) <= max_length and _ALLOWED.fullmatch(name):
+        return name  # the one test that decides; the ones below only say why a name fails it
     if not isinstance(name, str):
         raise InvalidNameError(what, name, f"expected a string, found {type(name).__name__}")
     if not name:
@@ -39,9 +46,7 @@ def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) ->
         raise InvalidNameError(what, name, "it names a folder, not an entry")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidNameError(what, name, "it contains a control character")
-    if not _ALLOWED.fullmatch(name):
-        raise InvalidNameError(what, name, "it must start with a letter or digit and use only letters, digits and . _ - + = @")
-    return name
+    raise InvalidNameError(what, name, "it must start with a letter or digit and use only letters, digits and . _ - + = @")
 
 
 def check_relpath(what: str, relpath: object) -> list[str]:

@@ -21,6 +21,7 @@ from ._builtins import _run_progress
 from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperationError
 from ._events import Event, RawEvent
 from ._fields import expect_name
+from ._names import is_plain_name
 from ._registry import KindRule, Registry
 from ._state import EngineState, OpRecord, StateBuilder
 
@@ -153,7 +154,8 @@ class Reducer:
                 if op is None:
                     if rule.begins is None:
                         raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
-                    self._check_fields(rule, ev, None, expected)
+                    if rule.check is not None or not is_plain_name(op_id):
+                        self._check_fields(rule, ev, None, expected)
                     info = _to_builtins(ev)
                     del info["kind"], info["op"]
                     op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)

@@ -31,8 +31,10 @@ def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_b
     result = json.loads(out)
     for key in ("raw_fdatasync_per_s", "sqlite_wal_full_per_s", "journal_append_per_s", "group_commit_per_s", "replay_events_per_s"):
         assert result[key] > 0
-    assert set(result["ratios"]) >= {"journal_vs_raw", "journal_vs_sqlite", "group_vs_single"}
-    assert set(result["targets"]) >= {"journal_vs_raw_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "replay_ge_1m"}
+    assert set(result["ratios"]) >= {"journal_vs_raw", "journal_vs_sqlite", "group_vs_single", "damage_1m_vs_128k"}
+    assert set(result["targets"]) >= {"journal_vs_raw_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "replay_ge_1m",
+                                      "damage_1m_lt_10x_128k"}
+    assert result["damage_scan_s_128k"] > 0 and result["damage_scan_s_1m"] > 0
     assert result["replay_events"] >= 200
     assert os.listdir(tmp_path) == []
 
@@ -43,8 +45,9 @@ def test_bench_journal_table_shows_each_measure_and_a_verdict_per_target(tmp_pat
     assert out.startswith(f"shipslog bench journal in {tmp_path}: 20 records, 2 threads, 200 replay events")
     for label in ("raw write + fdatasync", "sqlite WAL synchronous=FULL", "journal append", "group commit (2 threads)"):
         assert label in out
-    verdicts = [line.split()[-1] for line in out.splitlines() if line.strip().startswith(("journal /", "group /", "replay events/s"))]
-    assert len(verdicts) == 4 and set(verdicts) <= {"PASS", "MISS"}
+    verdicts = [line.split()[-1] for line in out.splitlines()
+                if line.strip().startswith(("journal /", "group /", "replay events/s", "damage scan"))]
+    assert len(verdicts) == 5 and set(verdicts) <= {"PASS", "MISS"}
 
 
 def test_bench_engine_json_has_replay_open_and_checkpoint_figures(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import pytest
 from _helpers import frames, segments
 
 from shipslog.journal import MAX_RECORDS_PER_FRAME, CorruptJournalError, Journal, JournalReader
+from shipslog.tools._bench_journal import crafted_damage
 
 _FRAME = struct.Struct("<II")
 
@@ -95,14 +96,9 @@ def test_crafted_bytes_after_a_bad_frame_are_corruption_never_cut_back(root: str
     path = segments(root)[-1]
     off, length = frames(path)[-1]
     end = off + 8 + length
-    n = 256 << 10
-    crafted = bytearray()
-    while len(crafted) < n:
-        crafted += struct.pack("<II", max(1, n - len(crafted) - 16), 0x12345678) + b"\x91\x94" + b"\x01" * 6
-    bad = _FRAME.pack(n + 64, 0xDEADBEEF)  # its claimed end lies in the zeros after the crafted bytes
     with open(path, "r+b") as f:
         f.seek(end)
-        f.write(bad + bytes(crafted[:n]))
+        f.write(crafted_damage(256 << 10))  # a bad frame whose claimed end lies in the zeros after the crafted bytes
     before = _read(path)
     with pytest.raises(CorruptJournalError, match="crc mismatch"):
         Journal.open(root, fsync=False, segment_bytes=1 << 22)

@@ -11,7 +11,11 @@ the same ~60-byte msgpack events:
   record durable before the call returns;
 * the same from several threads at once (group commit shares writes and fsyncs);
 * replay: reading, crc-checking and decoding every record of a journal with one
-  record per frame, through :class:`shipslog.journal.JournalReader`.
+  record per frame, through :class:`shipslog.journal.JournalReader`;
+* the damage scan: reading a journal whose last frame is bad and followed by
+  crafted bytes (many offsets that look like frame starts claiming long
+  frames), 128 KiB and 1 MiB of them; the work past damage is bounded, so the
+  1 MiB read must take less than 10 times the 128 KiB one.
 
 The folder is removed at the end.  Nothing here prints; progress is logged at
 INFO on the ``shipslog.tools.bench`` logger.
@@ -26,15 +30,16 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from shipslog.journal import JOURNAL_DIR, Journal, JournalReader
+from shipslog.journal import HEADER_SIZE, JOURNAL_DIR, CorruptJournalError, Journal, JournalReader
 
-__all__ = ["EVENT_BYTES", "REPLAY_TARGET_PER_S", "TARGETS", "make_event", "run_journal_bench"]
+__all__ = ["DAMAGE_SCAN_MAX_RATIO", "EVENT_BYTES", "REPLAY_TARGET_PER_S", "TARGETS", "crafted_damage", "make_event", "run_journal_bench"]
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -53,6 +58,11 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 REPLAY_TARGET_PER_S = 1_000_000
 """The replay target, in records per second."""
+
+DAMAGE_SCAN_MAX_RATIO = 10.0
+"""Reading past 1 MiB of crafted damage takes less than this many times 128 KiB of it (linear work, not quadratic)."""
+_DAMAGE_SIZES = (128 << 10, 1 << 20)
+_FRAME_HEAD = struct.Struct("<II")
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -204,6 +214,51 @@ def _bench_replay(root: str, replay_events: int) -> float:
     return _rate(count, elapsed)
 
 
+def crafted_damage(size: int) -> bytes:
+    """A bad frame followed by ``size`` crafted bytes, to write after the last frame of a segment.
+
+    The bad frame claims a length that reaches past the crafted bytes into the
+    zeros of a preallocated segment, so the reader must decide whether a valid
+    frame hides inside them; every 16th offset looks like a frame start (a
+    length that fits, a payload that begins like a msgpack array of records)
+    claiming a frame as long as the rest.  A search that checksums every
+    candidate in full is quadratic in ``size``.
+    """
+    crafted = bytearray()
+    while len(crafted) < size:
+        crafted += _FRAME_HEAD.pack(max(1, size - len(crafted) - 16), 0x12345678) + b"\x91\x94" + b"\x01" * 6
+    return _FRAME_HEAD.pack(size + 64, 0xDEADBEEF) + bytes(crafted[:size])
+
+
+def _bench_damage_scan(root: str, size: int, repeats: int = 3) -> float:
+    """Median seconds to read a journal whose last frame is followed by :func:`crafted_damage` of ``size`` bytes."""
+    with Journal.open(root, fsync=False, segment_bytes=max(4 << 20, 2 * size)) as journal:
+        journal.append(make_event(0))
+        segment = os.path.join(root, JOURNAL_DIR, sorted(os.listdir(os.path.join(root, JOURNAL_DIR)))[-1])
+    with open(segment, "r+b") as f:
+        data = f.read()
+        off = HEADER_SIZE
+        while True:
+            length, _crc = _FRAME_HEAD.unpack_from(data, off)
+            if length == 0:
+                break
+            off += 8 + length
+        f.seek(off)
+        f.write(crafted_damage(size))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reported = False
+        try:
+            collections.deque(JournalReader(os.path.join(root, JOURNAL_DIR)).batches(), maxlen=0)
+        except CorruptJournalError:
+            reported = True  # the expected verdict: damage followed by bytes that could not be ruled out as data
+        samples.append(time.perf_counter() - start)
+        if not reported:
+            raise RuntimeError(f"the crafted damage in {segment} was read as a clean or torn end, not reported")
+    return sorted(samples)[len(samples) // 2]
+
+
 def _timed(label: str, fn: Callable[[], float]) -> float:
     _log.info("measuring %s", label)
     rate = fn()
@@ -230,7 +285,8 @@ def run_journal_bench(
 
     Returns a dict with the rates (``raw_fdatasync_per_s``,
     ``sqlite_wal_full_per_s``, ``journal_append_per_s``, ``group_commit_per_s``,
-    ``replay_events_per_s``, rounded to integers), ``group_commit_threads``,
+    ``replay_events_per_s``, rounded to integers), the damage scan's median
+    seconds (``damage_scan_s_128k``, ``damage_scan_s_1m``), ``group_commit_threads``,
     ``replay_events``, ``ratios`` (3 decimals), ``targets`` (booleans),
     ``records`` and ``dir`` (the absolute ``directory``).  Raises ``ValueError``
     for a count below 1 or fewer records than threads, and ``RuntimeError`` when
@@ -273,6 +329,8 @@ def run_journal_bench(
         replay = _timed(
             "replay", lambda: _bench_replay(os.path.join(folder, "replay"), replay_events)
         )
+        _log.info("measuring the damage scan")
+        damage = [_bench_damage_scan(os.path.join(folder, f"damage-{n}"), n) for n in _DAMAGE_SIZES]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if os.path.exists(folder):
@@ -282,9 +340,11 @@ def run_journal_bench(
         "journal_vs_raw": _ratio(single, raw),
         "journal_vs_sqlite": _ratio(single, sqlite),
         "group_vs_single": _ratio(group, single),
+        "damage_1m_vs_128k": _ratio(damage[1], damage[0]),
     }
     targets = {key: ratios[name] >= minimum for key, (name, minimum) in TARGETS.items()}
     targets["replay_ge_1m"] = replay >= REPLAY_TARGET_PER_S
+    targets["damage_1m_lt_10x_128k"] = ratios["damage_1m_vs_128k"] < DAMAGE_SCAN_MAX_RATIO
     return {
         "raw_fdatasync_per_s": round(raw),
         "sqlite_wal_full_per_s": round(sqlite),
@@ -293,6 +353,8 @@ def run_journal_bench(
         "group_commit_threads": threads,
         "replay_events": replay_events,
         "replay_events_per_s": round(replay),
+        "damage_scan_s_128k": round(damage[0], 4),
+        "damage_scan_s_1m": round(damage[1], 4),
         "ratios": ratios,
         "targets": targets,
         "records": records,

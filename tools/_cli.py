@@ -320,6 +320,11 @@ def _format_bench_journal(result: dict[str, Any]) -> str:
     lines.append(
         f"  {'replay events/s':<30} {result['replay_events_per_s']:>12,}   {'>= 1,000,000':<12} {verdict}"
     )
+    verdict = "PASS" if targets["damage_1m_lt_10x_128k"] else "MISS"
+    lines.append(f"  {'damage scan 1 MiB / 128 KiB':<30} {ratios['damage_1m_vs_128k']:>12.3f}   {'< 10':<12} {verdict}")
+    lines.append(
+        f"  (reading past crafted damage: {result['damage_scan_s_128k']:.4f} s for 128 KiB, {result['damage_scan_s_1m']:.4f} s for 1 MiB)"
+    )
     return "\n".join(lines) + "\n"
 
 
