@@ -42,7 +42,7 @@ from ._journal import (
     TailRepair,
 )
 from ._lock import LOCK_NAME, read_lock_holder
-from ._reader import JournalReader, Position, TornTail, list_segments
+from ._reader import JournalReader, Position, TornTail, last_record_seq, list_segments
 from ._recording import FsOp, RecordingFileSystem
 from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, read_snapshot
 
@@ -90,6 +90,7 @@ __all__ = [
     "UnsupportedFormatError",
     "crash_point",
     "is_temp_name",
+    "last_record_seq",
     "list_segments",
     "list_snapshots",
     "read_lock_holder",

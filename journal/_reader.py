@@ -44,6 +44,7 @@ __all__ = [
     "TornTail",
     "WalkEnd",
     "decode_payload",
+    "last_record_seq",
     "list_segments",
     "segment_start_position",
     "walk",
@@ -388,3 +389,21 @@ def segment_start_position(journal_dir: str, seq: int) -> Position | None:
     with mapped_segment(chosen[1]) as data:
         header = decode_header(chosen[1], data)
     return Position(chosen[0], HEADER_SIZE, header.header_crc, chosen[0])
+
+
+def last_record_seq(journal_dir: str) -> int:
+    """The seq of the last verified record of the journal (0 when it holds none), read-only.
+
+    Reads only the last segment (from its first frame), so it costs a scan of
+    one segment however long the history; records are not decoded beyond the
+    envelope.  A torn frame at the end is not counted; damage before it raises
+    :class:`CorruptJournalError`.
+    """
+    segments = list_segments(journal_dir)
+    if not segments:
+        return 0
+    first = segments[-1][0]
+    last = first - 1
+    for batch in JournalReader(journal_dir).batches(first, start=segment_start_position(journal_dir, first)):
+        last = batch[-1].seq
+    return last

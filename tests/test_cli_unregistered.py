@@ -108,3 +108,21 @@ def test_verify_of_a_record_naming_a_path_outside_the_root_reports_it_and_reads_
     assert violation["invariant"] == "journal-verifies"
     assert "field 'path' is '../../../../etc', expected 'checkpoints/x'" in violation["message"]
     assert violation["path"] == os.path.join(root, "journal")
+
+
+def test_log_shows_a_record_the_engine_refuses_with_a_note(root: str, capsys: pytest.CaptureFixture[str]) -> None:
+    open_engine(root).close()
+    with Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
+        journal.append(msgspec.msgpack.encode({"kind": "checkpoint.begun", "op": "ck-1", "name": "x", "staging": "../victim"}))
+        seq = journal.last_seq
+    before = unchanged(root)
+    code, out, err = cli(capsys, "log", root, "--since", str(seq), "--json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["seq"] == seq and row["staging"] == "../victim"
+    assert f"record seq {seq} (checkpoint.begun): field 'staging'" in err and err.count("\n") == 1
+    code, out, err = cli(capsys, "export", root)
+    assert code == 0 and '"../victim"' in out.splitlines()[-1]
+    code, _out, err = cli(capsys, "status", root)
+    assert code == 2 and "field 'staging'" in err
+    assert unchanged(root) == before

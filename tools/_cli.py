@@ -561,7 +561,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         raise EngineLockedError(root, exc.holder) from None
     try:
         with reading(root):
-            state, _torn, _skipped = replay_root(root, Registry())
+            state, _torn, _skipped, _refused = replay_root(root, Registry())
             actions = plan(state, list_root(root))
     finally:
         lock.release()

@@ -23,7 +23,7 @@ from shipslog.engine import probe_worker, worker_incarnations
 from shipslog.journal import CorruptJournalError, ShipslogError
 
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
-from ._inspect import RootView, event_fields, event_kind, format_time, open_view, reading
+from ._inspect import RootView, event_fields, event_kind, format_time, open_records, open_view, reading
 from ._render import ByteProgress, Printer, event_style
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "add_commands"]
@@ -38,6 +38,13 @@ _RECORD_STYLES = ["dim", "dim", "", "", "bold", "dim"]
 def _out(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _note_refused(view: RootView) -> None:
+    """Say on stderr, in one line, that a record shown is one the engine refuses to replay (the output stays data)."""
+    if view.refused is not None:
+        sys.stderr.write(f"shipslog: note: the engine refuses to open this root: {view.refused}\n")
+        sys.stderr.flush()
 
 
 def _json(obj: Any) -> None:
@@ -123,11 +130,8 @@ def _record_dict(rec: Any) -> dict[str, Any]:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
-    if args.kind is not None and args.kind not in view.registry.event_classes and args.kind not in view.unregistered:
-        known = sorted([*view.registry.event_classes, *view.unregistered])
-        args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(known)}")
-    last = view.state.seq
+    view = open_records(args.root)
+    last = view.last_seq
     if args.since > last + 1:
         args.parser.error(f"--since {args.since} is past the end of the journal (last seq {last})")
     if args.until is not None and args.until > last:
@@ -135,14 +139,21 @@ def _cmd_log(args: argparse.Namespace) -> int:
     if args.until is not None and args.until < args.since:
         args.parser.error(f"--until {args.until} is before --since {args.since}; give --until at or after --since")
     rows: list[Any] = []
+    seen_kinds: set[str] = set()
     for rec in view.records(args.since, args.until):
+        kind = event_kind(rec.event)
+        seen_kinds.add(kind)
         if args.op is not None and rec.event.op != args.op:
             continue
-        if args.kind is not None and event_kind(rec.event) != args.kind:
+        if args.kind is not None and kind != args.kind:
             continue
         rows.append(rec)
+    if args.kind is not None and args.kind not in view.registry.event_classes and args.kind not in seen_kinds:
+        known = sorted({*view.registry.event_classes, *seen_kinds})
+        args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(known)}")
     if args.limit is not None:
         rows = rows[-args.limit:]
+    _note_refused(view)
     if args.json:
         _json([_record_dict(r) for r in rows])
         return EXIT_OK
@@ -151,12 +162,13 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
+    view = open_records(args.root)
     encode = msgspec.json.Encoder().encode
     out = sys.stdout.buffer
     for rec in view.records():
         out.write(encode(_record_dict(rec)) + b"\n")
     out.flush()
+    _note_refused(view)
     return EXIT_OK
 
 
@@ -184,14 +196,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
-    since = max(1, view.state.seq - args.lines + 1)
+    view = open_records(args.root)
+    since = max(1, view.last_seq - args.lines + 1)
     printer = Printer()
 
     def row(rec: Any) -> None:
         cells = _record_cells(rec)
         printer.fields(cells, [*_RECORD_STYLES[:4], event_style(cells[4]) or "bold", _RECORD_STYLES[5]])
 
+    _note_refused(view)
     printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS))
     last = since - 1
     for rec in view.records(since):

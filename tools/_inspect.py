@@ -27,10 +27,12 @@ from shipslog.engine._reducer import Reducer
 from shipslog.engine._status import status_of
 from shipslog.journal import (
     JOURNAL_DIR,
+    CorruptRecordError,
     JournalReader,
     ShipslogError,
     TornTail,
     UnsupportedFormatError,
+    last_record_seq,
     list_segments,
     read_lock_holder,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "event_fields",
     "event_kind",
     "live_holder",
+    "open_records",
     "open_view",
     "reading",
     "replay_root",
@@ -137,13 +140,17 @@ def _segment_holding(journal_dir: str, seq: int) -> str:
 
 
 def replay_root(
-    root: str, registry: Registry, *, until: int | None = None, skip_unknown: bool = False
-) -> tuple[EngineState, TornTail | None, dict[str, int]]:
-    """The state of ``root`` as of ``until`` (default: the end), the torn tail if any, and the unregistered kinds skipped, read-only.
+    root: str, registry: Registry, *, until: int | None = None, skip_unknown: bool = False, stop_at_refused: bool = False
+) -> tuple[EngineState, TornTail | None, dict[str, int], CorruptRecordError | None]:
+    """The state of ``root`` as of ``until`` (default: the end), the torn tail if any, the unregistered kinds skipped,
+    and the record refused, read-only.
 
     With ``skip_unknown``, events of kinds no registered type declares are
     left out of the state and counted by kind (the third value); without it
-    they raise :class:`~shipslog.engine.UnknownOperationError`.
+    they raise :class:`~shipslog.engine.UnknownOperationError`.  With
+    ``stop_at_refused``, a :class:`~shipslog.journal.CorruptRecordError` ends
+    the replay there and is returned (the fourth value, the state as of the
+    record before it) instead of raised.
 
     Refuses a root whose journal segment or event schema is newer than this
     build with :class:`UnsupportedFormatError` naming the file and both
@@ -156,6 +163,10 @@ def replay_root(
     reducer = Reducer(registry, skip_unknown=skip_unknown)
     try:
         reader = reducer.replay_journal(journal_dir, until=until)
+    except CorruptRecordError as exc:
+        if not stop_at_refused:
+            raise
+        return reducer.state(), None, dict(reducer.skipped), exc
     except UnsupportedFormatError as exc:
         if os.path.isfile(exc.path):
             raise  # a segment header: it names its file already
@@ -163,7 +174,7 @@ def replay_root(
         raise UnsupportedFormatError(_segment_holding(journal_dir, seq), f"record seq {seq}: event schema", exc.found, exc.supported) from exc
     if until is not None and reducer.seq < until:
         raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
-    return reducer.state(), reader.tail, dict(reducer.skipped)
+    return reducer.state(), reader.tail, dict(reducer.skipped), None
 
 
 class RootView:
@@ -171,16 +182,26 @@ class RootView:
 
     Events of kinds that are not registered (a host's own operation types)
     stay readable: :meth:`records` shows them raw, the state leaves them out,
-    and :attr:`unregistered` counts them by kind.
+    and :attr:`unregistered` counts them by kind.  With ``records_only``
+    (``log``, ``tail``, ``export``), a record the engine refuses to replay (a
+    :class:`~shipslog.journal.CorruptRecordError`: a field its operation does
+    not allow) does not stop the view: :attr:`refused` holds the error, the
+    state stops before that record, and :meth:`records` shows every record as
+    it is.  Damage to the frames, or a journal newer than this build, still
+    refuses the root.
     """
 
-    def __init__(self, root: str, registry: Registry, until: int | None) -> None:
+    def __init__(self, root: str, registry: Registry, until: int | None, *, records_only: bool = False) -> None:
         self.root = root
         self.registry = registry
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
+        self.refused: CorruptRecordError | None = None
         with reading(root):
-            self.state, self.torn, self.unregistered = replay_root(root, registry, until=until, skip_unknown=True)
+            self.state, self.torn, self.unregistered, self.refused = replay_root(
+                root, registry, until=until, skip_unknown=True, stop_at_refused=records_only
+            )
             self.holder = live_holder(root)
+            self.last_seq = self.state.seq if self.refused is None else last_record_seq(self.journal_dir)
 
     def records(self, since: int = 1, until: int | None = None) -> Iterator[Any]:
         """Every record from ``since`` to ``until`` with its event decoded (unknown kinds raw)."""
@@ -227,6 +248,11 @@ def require_root(root: str) -> str:
 def open_view(root: str, *, until: int | None = None) -> RootView:
     """Replay ``root`` read-only (see :func:`require_root` and :func:`replay_root` for what it refuses)."""
     return RootView(require_root(root), Registry(), until)
+
+
+def open_records(root: str) -> RootView:
+    """``root``'s records read-only; a record the engine refuses to replay is shown, not refused (see :class:`RootView`)."""
+    return RootView(require_root(root), Registry(), None, records_only=True)
 
 
 def format_time(t: float) -> str:
