@@ -86,7 +86,7 @@ from ._errors import (
     RootLayoutError,
     UnknownOperationError,
 )
-from ._fields import MAX_NESTING, expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath, nesting_depth, reject
+from ._fields import MAX_NESTING, decode_json_within, expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath, nesting_depth, reject
 from ._layout import (
     ADAPTERS_DIR,
     ARTIFACT_FOLDERS,
@@ -283,6 +283,7 @@ __all__ = [
     "check_state",
     "checksum_file",
     "crc32_file",
+    "decode_json_within",
     "expect_count",
     "expect_equal",
     "expect_name",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from shipslog.journal import JournalBrokenError, JournalClosedError, JournalLockedError, ShipslogError
+from shipslog.journal import JournalBrokenError, JournalClosedError, JournalLockedError, ShipslogError, short_repr
 
 __all__ = [
     "ConflictError",
@@ -117,10 +117,7 @@ class InvalidFieldError(EngineError, ValueError):
         self.field = field
         self.value = value
         self.expected = expected
-        shown = repr(value)
-        if len(shown) > 200:
-            shown = shown[:200] + "..."
-        super().__init__(f"field {field!r} is {shown}, expected {expected}")
+        super().__init__(f"field {field!r} is {short_repr(value)}, expected {expected}")
 
 
 class InvalidTransitionError(EngineError, ValueError):

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from ._errors import InvalidFieldError
 from ._layout import relpath_name
 from ._names import MAX_NAME_LENGTH, check_name
 
 __all__ = [
     "MAX_NESTING",
+    "decode_json_within",
     "expect_count",
     "expect_equal",
     "expect_name",
@@ -54,6 +57,26 @@ def nesting_depth(value: object, limit: int) -> int:
                 return deepest
         stack.extend((child, depth) for child in children)
     return deepest
+
+
+def decode_json_within(data: bytes, max_depth: int) -> Any:
+    """Decode JSON ``data`` that nests at most ``max_depth`` levels of objects and arrays.
+
+    Raises ``msgspec.DecodeError`` saying why for anything else: bytes that
+    are not JSON (invalid UTF-8 included), or a nesting deeper than
+    ``max_depth`` (checked iteratively; one too deep for the decoder itself
+    is its ``RecursionError``, turned into the same error).  Never another
+    exception; callers turn it into their format's error.
+    """
+    try:
+        value = msgspec.json.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError(f"it nests more than {max_depth} levels deep") from None
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"it is not UTF-8 ({exc})") from None
+    if nesting_depth(value, max_depth) > max_depth:
+        raise msgspec.DecodeError(f"it nests more than {max_depth} levels deep")
+    return value
 
 
 def reject(field: str, value: object, expected: str) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import msgspec
 
-from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name
+from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name, read_limited
 
 from ._errors import IntegrityError, InvalidFieldError
-from ._fields import MAX_NESTING, expect_count, expect_name, expect_nested_within, reject
+from ._fields import MAX_NESTING, decode_json_within, expect_count, expect_name, expect_nested_within, reject
 from ._layout import ARTIFACT_FOLDERS
 from ._names import check_relpath
 
@@ -189,19 +189,15 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     """Read and parse ``folder/MANIFEST``; a missing or unreadable manifest is an :class:`IntegrityError`."""
     path = os.path.join(os.fspath(folder), MANIFEST_NAME)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_MANIFEST_BYTES:
-                raise IntegrityError(path, f"a MANIFEST of at most {MAX_MANIFEST_BYTES} bytes", f"{size} bytes")
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+        data = read_limited(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise IntegrityError(path, "a MANIFEST (written last, when the folder is complete)", "no MANIFEST") from None
+    if data is None:
+        raise IntegrityError(path, f"a MANIFEST of at most {MAX_MANIFEST_BYTES} bytes", "a larger file")
     try:
-        head = msgspec.json.decode(data)
+        head = decode_json_within(data, MAX_NESTING + 2)  # the manifest, its meta, then meta's own levels
     except msgspec.DecodeError as exc:
         raise IntegrityError(path, "a JSON manifest", f"bytes that do not parse ({exc})") from None
-    except RecursionError:
-        raise IntegrityError(path, f"a JSON manifest nested at most {MAX_NESTING} levels", "one nested deeper than the decoder allows") from None
     if isinstance(head, dict) and isinstance(head.get("version"), int) and head["version"] > MANIFEST_VERSION:
         raise UnsupportedFormatError(path, "manifest", head["version"], MANIFEST_VERSION)
     try:

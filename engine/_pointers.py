@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from shipslog.journal import crash_point, register_crash_point
+from shipslog.journal import crash_point, read_limited, register_crash_point
 
 from ._errors import ConflictError, IntegrityError, InvalidFieldError, NotFoundError
 from ._fields import expect_name, expect_relpath
@@ -58,9 +58,8 @@ def read_pointer_file(path: str) -> PointerFile:
     ``checkpoints/<name>`` or ``models/<name>`` path, as the engine writes
     them.  ``OSError`` when it cannot be read.
     """
-    with open(path, "rb") as f:
-        data = f.read(MAX_POINTER_BYTES + 1)
-    if len(data) > MAX_POINTER_BYTES:
+    data = read_limited(path, MAX_POINTER_BYTES)
+    if data is None:
         raise IntegrityError(path, f"a pointer file of at most {MAX_POINTER_BYTES} bytes", "a longer file")
     try:
         found = _decode(data)

@@ -24,15 +24,13 @@ from shipslog.journal import crash_point, register_crash_point
 
 from ._errors import ConflictError, DataFileError
 from ._events import RunFailed, RunFinished, RunProgress, RunStarted, RunValidated
-from ._fields import nesting_depth
+from ._fields import decode_json_within
 from ._state import EngineState, RunInfo
 
 if TYPE_CHECKING:
     from ._core import EngineCore
 
 __all__ = ["MAX_LINE_BYTES", "MAX_LINE_DEPTH", "DataFileSummary", "Run", "start_run", "validate_data_file"]
-
-_decode_line = msgspec.json.decode
 
 CP_STARTED = register_crash_point("run.after_started", "run.validated and run.started are durable; no progress is journaled")
 CP_PROGRESS = register_crash_point("run.after_progress", "a run.progress is durable; the run is still started")
@@ -128,16 +126,11 @@ def _check_line(full: str, number: int, line: bytes, fields: list[str]) -> None:
     if not text.strip():
         raise DataFileError(full, number, "the line is blank; every line must be one JSON object")
     try:
-        obj = _decode_line(text)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise DataFileError(full, number, f"the line is not JSON ({_cap(str(exc))})") from None
-    except RecursionError:
-        raise DataFileError(full, number, f"the line is nested deeper than {MAX_LINE_DEPTH} levels (MAX_LINE_DEPTH)") from None
+        obj = decode_json_within(text, MAX_LINE_DEPTH)
+    except msgspec.DecodeError as exc:
+        raise DataFileError(full, number, f"the line is not JSON nested at most {MAX_LINE_DEPTH} levels (MAX_LINE_DEPTH): {_cap(str(exc))}") from None
     if not isinstance(obj, dict):
         raise DataFileError(full, number, f"expected a JSON object, found {type(obj).__name__}")
-    depth = nesting_depth(obj, MAX_LINE_DEPTH)
-    if depth > MAX_LINE_DEPTH:
-        raise DataFileError(full, number, f"the line is nested deeper than {MAX_LINE_DEPTH} levels (MAX_LINE_DEPTH), at least {depth}")
     missing = [k for k in fields if k not in obj]
     if missing:
         keys = sorted(obj)

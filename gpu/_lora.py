@@ -51,7 +51,8 @@ from typing import Any, TypeGuard
 
 import msgspec
 import torch
-from shipslog.engine import FileEntry, nesting_depth
+from shipslog.engine import FileEntry, decode_json_within
+from shipslog.journal import read_limited
 
 from ._errors import AdapterError, MergeOutOfMemoryError, NonFiniteError
 from ._target_regex import MAX_MODULE_NAME, regex_refusal
@@ -214,28 +215,19 @@ def _read_config_file(path: str) -> dict[str, Any]:
     ``UnicodeDecodeError``, ``OSError`` or a msgspec error.
     """
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > _MAX_CONFIG_BYTES:
-                raise AdapterError(path, f"an adapter config of at most {_MAX_CONFIG_BYTES} bytes", f"a file of {size} bytes")
-            raw = f.read(_MAX_CONFIG_BYTES + 1)
+        raw = read_limited(path, _MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise AdapterError(path, f"an {ADAPTER_CONFIG_NAME} file", "no such file", hint="an adapter folder in the PEFT layout holds adapter_config.json beside its weights") from None
     except OSError as exc:
         raise AdapterError(path, "a readable JSON file", f"{type(exc).__name__}: {exc.strerror or exc}") from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise AdapterError(path, f"an adapter config of at most {_MAX_CONFIG_BYTES} bytes", "a file that grew past it while it was read")
-    nesting = f"a JSON object nested at most {_MAX_CONFIG_DEPTH} levels deep"
+    if raw is None:
+        raise AdapterError(path, f"an adapter config of at most {_MAX_CONFIG_BYTES} bytes", "a larger file")
     try:
-        loaded = msgspec.json.decode(raw)
-    except RecursionError:
-        raise AdapterError(path, nesting, "JSON nested too deeply to decode") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(path, "a JSON object", f"bytes that do not parse ({exc})") from None
+        loaded = decode_json_within(raw, _MAX_CONFIG_DEPTH)
+    except msgspec.DecodeError as exc:
+        raise AdapterError(path, f"a JSON object nested at most {_MAX_CONFIG_DEPTH} levels deep", f"bytes that do not parse ({exc})") from None
     if not isinstance(loaded, dict):
         raise AdapterError(path, "a JSON object", f"a JSON {type(loaded).__name__}")
-    if nesting_depth(loaded, _MAX_CONFIG_DEPTH) > _MAX_CONFIG_DEPTH:
-        raise AdapterError(path, nesting, f"JSON nested more than {_MAX_CONFIG_DEPTH} levels deep")
     return loaded
 
 

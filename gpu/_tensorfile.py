@@ -70,7 +70,7 @@ from typing import Any, Union
 import msgspec
 import numpy as np
 import torch
-from shipslog.engine import FileEntry, IntegrityError, crc32_file, nesting_depth
+from shipslog.engine import FileEntry, IntegrityError, crc32_file, decode_json_within
 from shipslog.journal import OS_FS, FileSystem
 
 from ._errors import PickleRefusedError, StateDictError, TensorFileError, TensorFileNotFoundError
@@ -985,16 +985,10 @@ def _read_json(path: str, entry: FileEntry | None, what: str, *, max_depth: int)
     nesting too deep for msgspec itself is its ``RecursionError``, converted).
     """
     raw = _read_small(path, entry, limit=_MAX_JSON_BYTES, what=what)
-    nesting = f"{what} nested at most {max_depth} levels deep"
     try:
-        doc = msgspec.json.decode(raw)
-    except RecursionError:
-        raise TensorFileError(path, nesting, "JSON nested too deeply to decode") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise TensorFileError(path, what, f"bytes that do not parse as JSON ({exc})") from None
-    if nesting_depth(doc, max_depth) > max_depth:
-        raise TensorFileError(path, nesting, f"JSON nested more than {max_depth} levels deep")
-    return doc
+        return decode_json_within(raw, max_depth)
+    except msgspec.DecodeError as exc:
+        raise TensorFileError(path, f"{what} nested at most {max_depth} levels deep", f"bytes that do not parse as JSON ({exc})") from None
 
 
 def load_state_dict(

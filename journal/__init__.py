@@ -29,9 +29,10 @@ from ._errors import (
     PathEscapeError,
     ShipslogError,
     UnsupportedFormatError,
+    short_repr,
 )
 from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, MAX_RECORDS_PER_FRAME, Record, segment_name
-from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name
+from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name, read_limited
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -92,6 +93,8 @@ __all__ = [
     "is_temp_name",
     "last_record_seq",
     "list_segments",
+    "read_limited",
+    "short_repr",
     "list_snapshots",
     "read_lock_holder",
     "read_snapshot",

@@ -29,7 +29,14 @@ __all__ = [
     "JournalWriteError",
     "ShipslogError",
     "UnsupportedFormatError",
+    "short_repr",
 ]
+
+
+def short_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters (then ``...``), so no message repeats a huge value read from disk."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 class ShipslogError(Exception):
@@ -81,12 +88,9 @@ class CorruptRecordError(CorruptJournalError):
         self.field = field
         self.value = value
         self.expected = expected
-        shown = repr(value)
-        if len(shown) > 200:
-            shown = shown[:200] + "..."
         super().__init__(
             path, None,
-            f"record seq {seq} ({kind}): field {field!r} is {shown}, expected {expected}",
+            f"record seq {seq} ({kind}): field {field!r} is {short_repr(value)}, expected {expected}",
             hint="shipslog wrote no such record, so the journal was changed by something else; nothing was acted on. "
             f"Keep a copy of the root and inspect the record with 'shipslog log ROOT --since {seq} --limit 1'",
         )

@@ -30,7 +30,7 @@ from typing import Union
 
 from ._errors import PathEscapeError
 
-__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name"]
+__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name", "read_limited"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,6 +47,20 @@ def is_temp_name(name: str) -> bool:
     moves them to quarantine.
     """
     return name.startswith(".") and (_TEMP_MARK in name or name.endswith(_DELETING_MARK))
+
+
+def read_limited(path: PathLike, limit: int) -> bytes | None:
+    """The whole content of the file at ``path``, or None when it holds more than ``limit`` bytes.
+
+    The size is looked at before anything is read, and at most ``limit + 1``
+    bytes are ever read (a file that grows meanwhile is caught too), so a
+    huge or endless file costs no memory.  ``OSError`` when it cannot be read.
+    """
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size > limit:
+            return None
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 class FileSystem:

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ._errors import CorruptSnapshotError, UnsupportedFormatError
-from ._fs import FileSystem
+from ._fs import FileSystem, read_limited
 from ._reader import Position
 
 __all__ = [
@@ -92,11 +92,9 @@ def read_snapshot(path: str) -> Snapshot:
     Raises :class:`UnsupportedFormatError` for an unknown version and
     :class:`CorruptSnapshotError` for anything else that is wrong.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_SNAPSHOT_BYTES:
-            raise CorruptSnapshotError(path, f"it is {size} bytes, more than the {MAX_SNAPSHOT_BYTES}-byte limit on snapshots")
-        data = f.read(MAX_SNAPSHOT_BYTES + 1)
+    data = read_limited(path, MAX_SNAPSHOT_BYTES)
+    if data is None:
+        raise CorruptSnapshotError(path, f"it is larger than the {MAX_SNAPSHOT_BYTES}-byte limit on snapshots")
     if len(data) < _HEAD.size + _CRC.size:
         raise CorruptSnapshotError(path, f"{len(data)} bytes is shorter than a snapshot header")
     magic, version, _flags, seq, segment, offset, prev_crc, first_seq, length = _HEAD.unpack_from(data, 0)

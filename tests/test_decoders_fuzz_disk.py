@@ -12,6 +12,8 @@ derandomized (tests/conftest.py).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import shutil
 import struct
@@ -64,16 +66,25 @@ def base_root() -> Iterator[str]:
         yield root
 
 
-def _copy(base: str) -> tuple[str, str]:
-    """A fresh copy of ``base`` beside a sibling folder that must never change; (root, sibling)."""
+@contextlib.contextmanager
+def _hostile_copy(base: str) -> Iterator[str]:
+    """A fresh copy of ``base`` for the block to damage; then the property is checked at every entry point
+    (read, replay, open: values or a ShipslogError) and a sibling folder must be unchanged."""
     place = tempfile.mkdtemp(prefix="fuzz-")
-    root = os.path.join(place, "root")
-    shutil.copytree(base, root, symlinks=True)
-    sibling = os.path.join(place, "sibling")
-    os.makedirs(sibling)
-    with open(os.path.join(sibling, "keep.txt"), "w") as f:
-        f.write("keep\n")
-    return root, sibling
+    try:
+        root = os.path.join(place, "root")
+        shutil.copytree(base, root, symlinks=True)
+        sibling = os.path.join(place, "sibling")
+        os.makedirs(sibling)
+        with open(os.path.join(sibling, "keep.txt"), "w") as f:
+            f.write("keep\n")
+        yield root
+        _read_or_shipslog_error(root)
+        _replay_or_shipslog_error(root)
+        _open_or_shipslog_error(root)
+        assert tree(sibling, skip=()) == {"keep.txt": b"keep\n"}
+    finally:
+        shutil.rmtree(place)
 
 
 def _last_frame_end(path: str) -> tuple[int, int]:
@@ -110,6 +121,13 @@ def _open_or_shipslog_error(root: str) -> None:
     engine.close()
 
 
+def _read_or_shipslog_error(root: str) -> None:
+    try:
+        collections.deque(JournalReader(os.path.join(root, "journal")).batches(decode=Registry().decode_frame), maxlen=0)
+    except ShipslogError:
+        return
+
+
 def _replay_or_shipslog_error(root: str) -> None:
     try:
         shipslog.replay(root)
@@ -123,51 +141,32 @@ def _replay_or_shipslog_error(root: str) -> None:
 @FUZZ
 @given(tail=st.binary(max_size=600), at=st.integers(min_value=0, max_value=400))
 def test_segment_bytes_after_the_header_are_records_or_a_journal_error(base_root: str, tail: bytes, at: int) -> None:
-    root, sibling = _copy(base_root)
-    try:
+    with _hostile_copy(base_root) as root:
         seg = os.path.join(root, "journal", sorted(os.listdir(os.path.join(root, "journal")))[-1])
         off, _crc = _last_frame_end(seg)
         with open(seg, "r+b") as f:
             f.seek(max(HEADER_SIZE, off - at))
             f.write(tail)
-        try:
-            list(JournalReader(os.path.join(root, "journal")).batches(decode=Registry().decode_frame))
-        except ShipslogError:
-            pass
-        _replay_or_shipslog_error(root)
-        _open_or_shipslog_error(root)
-        assert tree(sibling, skip=()) == {"keep.txt": b"keep\n"}
-    finally:
-        shutil.rmtree(os.path.dirname(root))
 
 
 @FUZZ
 @given(data=st.binary(max_size=200))
 def test_a_whole_segment_file_of_any_bytes_is_a_journal_error(base_root: str, data: bytes) -> None:
-    root, _sibling = _copy(base_root)
-    try:
+    with _hostile_copy(base_root) as root:
         journal = os.path.join(root, "journal")
         seg = os.path.join(journal, sorted(os.listdir(journal))[-1])
         with open(seg, "wb") as f:
             f.write(data)
         with pytest.raises(ShipslogError):
             list(JournalReader(journal).records())
-    finally:
-        shutil.rmtree(os.path.dirname(root))
 
 
 @FUZZ
 @given(payload=st.one_of(st.binary(max_size=300), VALUES.map(packb), DEEP))
 def test_a_verified_frame_of_any_payload_is_records_or_a_journal_error(base_root: str, payload: bytes) -> None:
-    root, sibling = _copy(base_root)
-    try:
+    with _hostile_copy(base_root) as root:
         if payload:
             _append_frame(root, payload)
-        _replay_or_shipslog_error(root)
-        _open_or_shipslog_error(root)
-        assert tree(sibling, skip=()) == {"keep.txt": b"keep\n"}
-    finally:
-        shutil.rmtree(os.path.dirname(root))
 
 
 # -- records and events ------------------------------------------------------------------------------
@@ -188,17 +187,11 @@ def hostile_events(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(events=st.lists(st.one_of(hostile_events(), DEEP), min_size=1, max_size=4))
 def test_records_with_hostile_events_replay_or_raise_a_shipslog_error(base_root: str, events: list[bytes]) -> None:
-    root, sibling = _copy(base_root)
-    try:
+    with _hostile_copy(base_root) as root:
         with Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
             first = journal.last_seq + 1
         records = b"".join(packb([first + i, 1.0, "fuzz", msgspec.Raw(e)]) for i, e in enumerate(events))
         _append_frame(root, b"\xdd" + len(events).to_bytes(4, "big") + records)
-        _replay_or_shipslog_error(root)
-        _open_or_shipslog_error(root)
-        assert tree(sibling, skip=()) == {"keep.txt": b"keep\n"}
-    finally:
-        shutil.rmtree(os.path.dirname(root))
 
 
 @FUZZ
@@ -229,14 +222,8 @@ def state_like(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(payload=st.one_of(st.binary(max_size=200), VALUES.map(packb), state_like(), DEEP))
 def test_a_snapshot_of_any_payload_is_used_or_ignored_and_the_root_opens(base_root: str, payload: bytes) -> None:
-    root, sibling = _copy(base_root)
-    try:
-        with Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
-            journal.save_snapshot(journal.last_seq, payload)
-        _open_or_shipslog_error(root)
-        assert tree(sibling, skip=()) == {"keep.txt": b"keep\n"}
-    finally:
-        shutil.rmtree(os.path.dirname(root))
+    with _hostile_copy(base_root) as root, Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
+        journal.save_snapshot(journal.last_seq, payload)
 
 
 @FUZZ

@@ -229,14 +229,14 @@ def _bad_line(tmp_path: Any, data: bytes) -> DataFileError:
 
 def test_deeply_nested_data_line_is_a_data_file_error(tmp_path: Any) -> None:
     err = _bad_line(tmp_path, b'{"text": "a"}\n{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
-    assert err.line == 2 and "line 2" in str(err) and "nested deeper than 64" in str(err)
+    assert err.line == 2 and "line 2" in str(err) and "nests more than 64 levels deep" in str(err)
 
 
 def test_data_line_nested_just_past_the_limit_is_refused(tmp_path: Any) -> None:
     ok = b'{"text": ' + b"[" * 63 + b"]" * 63 + b"}\n"  # 64 levels, the object included
     assert validate_data_file(data_file(tmp_path, ok, "ok.jsonl"), ["text"]).lines == 1
     err = _bad_line(tmp_path, ok + b'{"text": ' + b"[" * 64 + b"]" * 64 + b"}\n")
-    assert err.line == 2 and "nested deeper than 64" in str(err)
+    assert err.line == 2 and "nests more than 64 levels deep" in str(err)
 
 
 def test_overlong_data_line_is_a_data_file_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

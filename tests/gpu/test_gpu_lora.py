@@ -459,7 +459,7 @@ def test_adapter_config_nested_deeply_is_an_adapter_error(tmp_path: Path) -> Non
     with pytest.raises(AdapterError, match=r"adapter_config\.json: expected a JSON object nested at most 32 levels deep"):
         parse_adapter_config(path)
     path.write_bytes(b'{"r": 4, "x": ' + b"[" * 40 + b"]" * 40 + b"}")
-    with pytest.raises(AdapterError, match=r"adapter_config\.json.*nested more than 32 levels deep"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json.*nests more than 32 levels deep"):
         parse_adapter_config(path)
 
 

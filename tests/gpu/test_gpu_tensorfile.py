@@ -492,7 +492,7 @@ def test_tree_json_nested_deeply_is_refused(tmp_path: Path) -> None:
         load_state_dict(tmp_path)
     # Deeper than the limit but shallow enough for the JSON decoder: refused by the explicit bound.
     tree.write_bytes(b'{"format": "shipslog.state-tree", "version": 1, "tree": ' + b"[" * 400 + b"]" * 400 + b"}")
-    with pytest.raises(TensorFileError, match=r"model\.tree\.json.*JSON nested more than \d+ levels deep"):
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json.*nests more than \d+ levels deep"):
         load_state_dict(tmp_path)
 
 
