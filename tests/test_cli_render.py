@@ -263,3 +263,46 @@ def test_read_only_commands_on_a_terminal_change_no_byte_of_a_live_root(
         assert unchanged(root) == before
         with open(lock, "rb") as f:
             assert f.read() == lock_bytes
+
+
+# -- text read from disk never reaches the terminal as control characters ---------------------------
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\rover\x9b31m"
+
+
+def _hostile_root(root: str) -> None:
+    """A root whose journal holds a record whose fields carry escape sequences (a run's data file path, a raw field)."""
+    import msgspec
+
+    from shipslog.journal import Journal
+
+    open_engine(root).close()
+    with Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
+        journal.append(msgspec.msgpack.encode({"kind": "run.validated", "op": "run-x", "data_file": HOSTILE, "lines": 1, "size": 1, "crc32": 0}))
+        journal.append(msgspec.msgpack.encode({"kind": "mine.thing", "op": "m-1", "note": HOSTILE}))
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+@pytest.mark.parametrize("argv", [["log"], ["tail", "-n", "5"], ["status"]], ids=["log", "tail", "status"])
+def test_control_characters_from_the_journal_are_escaped_in_every_output(
+    root: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, terminal: bool, argv: list[str]
+) -> None:
+    _hostile_root(root)
+    if terminal:
+        monkeypatch.setattr(render, "use_rich", lambda stream, environ=None: True)
+        monkeypatch.setenv("COLUMNS", "400")
+    _code, out, _err = cli(capsys, argv[0], root, *argv[1:])
+    for char in ("\x07", "\r", "\x9b", "\x1b]"):
+        assert char not in out
+    if not terminal:
+        assert "\x1b" not in out
+    if argv[0] != "status":
+        assert "\\x1b]0;owned\\x07" in out
+
+
+def test_printable_escapes_c0_del_and_c1_and_keeps_newlines_only_when_asked() -> None:
+    assert render.printable("a\x00b\x7fc\x85d\te") == "a\\x00b\\x7fc\\x85d\\x09e"
+    assert render.printable("one\ntwo") == "one\\x0atwo"
+    assert render.printable("one\ntwo", newlines=True) == "one\ntwo"
+    assert render.printable("plain [bold] é") == "plain [bold] é"

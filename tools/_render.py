@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-__all__ = ["ByteProgress", "Printer", "event_style", "plain_table", "use_rich"]
+__all__ = ["ByteProgress", "Printer", "event_style", "plain_table", "printable", "use_rich"]
 
 _log = logging.getLogger("shipslog.tools")
 
@@ -74,12 +74,24 @@ def event_style(kind: str) -> str:
     return ""
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS_BUT_NEWLINE = {c: e for c, e in _CONTROLS.items() if c != 0x0A}
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every control character (C0, DEL, C1) written as ``\\xNN``, so nothing read from disk
+    (a name, a path, a message) can send an escape sequence to the terminal or break a line; with
+    ``newlines``, line breaks are kept."""
+    return text.translate(_CONTROLS_BUT_NEWLINE if newlines else _CONTROLS)
+
+
 def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, indent: str = "") -> str:
     """Aligned plain-text columns: each padded to its widest cell, two spaces apart, trailing spaces cut.
 
     The format scripts read: a header line, then one line per row, each
-    starting with ``indent``.
+    starting with ``indent``.  Control characters in a cell are escaped (:func:`printable`).
     """
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = [indent + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in (headers, *rows)]
     return "\n".join(lines) + "\n"
@@ -121,7 +133,8 @@ class Printer:
         self.stream.flush()
 
     def line(self, text: str = "", style: str = "") -> None:
-        """One line of text (plain: ``text`` and a newline)."""
+        """One line of text (plain: ``text`` and a newline; control characters escaped, :func:`printable`)."""
+        text = printable(text, newlines=True)
         if self._console is None:
             self._write(text + "\n")
         else:
@@ -139,6 +152,7 @@ class Printer:
         styles: Mapping[str, CellStyle] | None = None,
     ) -> None:
         """A table (plain: :func:`plain_table`); ``right`` names columns aligned right, ``styles`` colours cells by column."""
+        rows = [[printable(c) for c in row] for row in rows]
         if self._console is None:
             self._write(plain_table(headers, rows, indent=indent))
             return
@@ -156,6 +170,7 @@ class Printer:
 
     def pairs(self, pairs: Sequence[tuple[str, str]], *, styles: Mapping[str, str] | None = None) -> None:
         """Key/value lines (plain: each key padded to the longest, one space, the value); ``styles`` colours rows by key."""
+        pairs = [(printable(k), printable(v)) for k, v in pairs]
         width = max((len(k) for k, _ in pairs), default=0)
         if self._console is None:
             self._write("".join(f"{k.ljust(width)} {v}\n" for k, v in pairs))
@@ -174,6 +189,7 @@ class Printer:
 
     def fields(self, cells: Sequence[str], styles: Sequence[str] = ()) -> None:
         """One row of a stream of rows (plain: the cells joined by two spaces); ``styles`` colours cells by position."""
+        cells = [printable(c) for c in cells]
         if self._console is None:
             self._write("  ".join(cells) + "\n")
             return
