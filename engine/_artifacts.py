@@ -269,7 +269,7 @@ class CheckpointWriter:
         )
         crash_point(CP_DURABLE)
         try:
-            os.makedirs(os.path.dirname(self.final_path), exist_ok=True)
+            core.fs.ensure_dir(os.path.dirname(self.final_path))
             if os.path.lexists(self.final_path):
                 raise ConflictError(f"{self.artifact} name {self.name!r}", f"an existing folder {self.final_path}")
             # Only the destination folder is fsynced: if a power cut keeps the staging entry
