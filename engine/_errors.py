@@ -55,12 +55,13 @@ class RootLayoutError(EngineError, NotADirectoryError):
     another disk, link (or mount) the whole root and open its real path.
     """
 
-    def __init__(self, root: str, folder: str, found: str) -> None:
+    def __init__(self, root: str, folder: str, found: str, *, folder_kind: str = "folder") -> None:
         self.root = root
         self.folder = folder
+        what = f"{folder}/ to be a real folder" if folder_kind == "folder" else f"{folder} to be a regular file"
         super().__init__(
-            f"{root}: expected {folder}/ to be a real folder, found {found}; shipslog keeps every file of a root inside it "
-            f"and never follows a link out of it. Move the content into a real folder {os.path.join(root, folder)} "
+            f"{root}: expected {what}, found {found}; shipslog keeps every file of a root inside it "
+            f"and never follows a link out of it. Replace it with a real {folder_kind} {os.path.join(root, folder)} "
             "(to keep a root on another disk, link or mount the whole root and open it there); nothing was changed"
         )
 

@@ -126,7 +126,10 @@ class ArtifactCommitted(Event, tag="checkpoint.committed"):
 
     def check_fields(self, info: Mapping[str, Any] | None) -> None:
         if info is not None:
-            expect_equal("path", self.path, artifact_relpath(str(info.get("artifact", "checkpoint")), str(info.get("name"))))
+            artifact = info.get("artifact", "checkpoint")
+            if artifact not in ARTIFACT_FOLDERS:
+                reject("path", self.path, f"the folder of a {artifact!r}, which is not an artifact kind")
+            expect_equal("path", self.path, artifact_relpath(str(artifact), str(info.get("name"))))
 
 
 class ArtifactAborted(Event, tag="checkpoint.aborted"):

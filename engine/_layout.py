@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
-from shipslog.journal import JOURNAL_DIR, QUARANTINE_DIR, SNAPSHOT_DIR, is_temp_name, list_segments
+from shipslog.journal import JOURNAL_DIR, LOCK_NAME, QUARANTINE_DIR, SNAPSHOT_DIR, is_temp_name, list_segments
 
 from ._errors import ForeignFolderError, RootLayoutError
 from ._names import MAX_NAME_LENGTH, check_name
@@ -91,7 +91,8 @@ def check_root_folders(root: str, *, new_root_is_empty: bool = False) -> None:
     """Refuse a root whose own folders are not real folders; with ``new_root_is_empty``, also a non-root holding files.
 
     Raises :class:`RootLayoutError` when a folder of :data:`ROOT_FOLDERS`
-    exists as a symbolic link or as something other than a folder.  With
+    exists as a symbolic link or as something other than a folder, or the
+    ``LOCK`` file as anything but a regular file.  With
     ``new_root_is_empty`` (``Engine.open``), a folder whose ``journal/`` holds
     no segment yet (not a root yet) raises :class:`ForeignFolderError` when
     any of the engine's folders already holds entries, so someone's files
@@ -108,6 +109,9 @@ def check_root_folders(root: str, *, new_root_is_empty: bool = False) -> None:
             raise RootLayoutError(root, folder, f"a symbolic link to {os.readlink(path)}")
         if not stat.S_ISDIR(st.st_mode):
             raise RootLayoutError(root, folder, "a file")
+    lock = os.path.join(root, LOCK_NAME)
+    if os.path.lexists(lock) and not stat.S_ISREG(os.lstat(lock).st_mode):
+        raise RootLayoutError(root, LOCK_NAME, "a symbolic link or a special file where the lock file belongs", folder_kind="file")
     if not new_root_is_empty or list_segments(os.path.join(root, JOURNAL_DIR)):
         return
     found: list[str] = []

@@ -14,6 +14,7 @@ defence against deliberate tampering.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -25,10 +26,10 @@ import msgspec
 
 from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name, read_limited
 
-from ._errors import IntegrityError, InvalidFieldError
+from ._errors import IntegrityError, InvalidFieldError, InvalidNameError
 from ._fields import MAX_NESTING, decode_json_within, expect_count, expect_name, expect_nested_within, reject
 from ._layout import ARTIFACT_FOLDERS
-from ._names import check_relpath
+from ._names import MAX_RELPATH_PARTS, check_relpath
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
@@ -93,7 +94,8 @@ def check_manifest(manifest: Manifest) -> None:
     ``kind`` a known artifact kind, ``name`` a plain name, ``step`` and every
     size non-negative, every CRC-32 in range, every file path a safe relative
     path (never ``..``, never absolute, never the MANIFEST) listed once, and
-    ``meta`` nested at most :data:`MAX_NESTING` levels.  So verifying a folder
+    ``meta`` nested at most :data:`MAX_NESTING` levels (one more for a merged
+    model's, which holds the merge report).  So verifying a folder
     never reads a file outside it.
     """
     if manifest.kind not in ARTIFACT_FOLDERS:
@@ -101,7 +103,7 @@ def check_manifest(manifest: Manifest) -> None:
     expect_name("name", manifest.name, manifest.kind)
     if manifest.step is not None:
         expect_count("step", manifest.step)
-    expect_nested_within("meta", manifest.meta, MAX_NESTING)
+    expect_nested_within("meta", manifest.meta, MAX_NESTING + 1)  # a merged model's meta holds its merge report
     seen: set[str] = set()
     for i, entry in enumerate(manifest.files):
         try:
@@ -144,17 +146,24 @@ def scan_folder(folder: str | os.PathLike[str]) -> list[str]:
     Raises :class:`IntegrityError` for anything that is neither a folder nor a
     regular file (a symlink, a device): the engine never follows links out of
     its folders.  Temporary names left by an interrupted atomic write are
-    reported too, since they are not results.
+    reported too, since they are not results; so is a name a manifest could
+    not list (:func:`check_relpath`) and a folder nested deeper than
+    :data:`MAX_RELPATH_PARTS`.  Iterative: any depth on disk is refused
+    without recursion.
     """
     folder = os.fspath(folder)
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, folder)
-        for name in sorted(dirnames + filenames):
+    pending: list[tuple[str, str]] = [(folder, "")]
+    while pending:
+        dirpath, rel_dir = pending.pop()
+        for name in os.listdir(dirpath):
             full = os.path.join(dirpath, name)
+            rel = f"{rel_dir}{name}"
             st = os.lstat(full)
-            rel = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
             if stat.S_ISDIR(st.st_mode):
+                if rel.count("/") + 2 > MAX_RELPATH_PARTS:
+                    raise IntegrityError(full, f"files at most {MAX_RELPATH_PARTS} folders deep", "a deeper folder")
+                pending.append((full, f"{rel}/"))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError(full, "a regular file or folder", "a symlink or special file")
@@ -162,6 +171,10 @@ def scan_folder(folder: str | os.PathLike[str]) -> list[str]:
                 continue
             if is_temp_name(name):
                 raise IntegrityError(full, "only complete files", "a temporary file left by an interrupted write")
+            try:
+                check_relpath("file", rel)
+            except InvalidNameError as exc:
+                raise IntegrityError(full, "a file name a manifest can list", exc.reason) from None
             found.append(rel)
     return sorted(found)
 
@@ -192,10 +205,14 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         data = read_limited(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise IntegrityError(path, "a MANIFEST (written last, when the folder is complete)", "no MANIFEST") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.EISDIR):
+            raise
+        raise IntegrityError(path, "a MANIFEST that is a regular file", "a symbolic link, a folder or a special file") from None
     if data is None:
         raise IntegrityError(path, f"a MANIFEST of at most {MAX_MANIFEST_BYTES} bytes", "a larger file")
     try:
-        head = decode_json_within(data, MAX_NESTING + 2)  # the manifest, its meta, then meta's own levels
+        head = decode_json_within(data, MAX_NESTING + 3)  # the manifest, its meta (and a merge report in it), then their levels
     except msgspec.DecodeError as exc:
         raise IntegrityError(path, "a JSON manifest", f"bytes that do not parse ({exc})") from None
     if isinstance(head, dict) and isinstance(head.get("version"), int) and head["version"] > MANIFEST_VERSION:

@@ -9,9 +9,20 @@ from __future__ import annotations
 import os
 import re
 
+from shipslog.journal import is_temp_name
+
 from ._errors import InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "MAX_RELPATH_PARTS", "check_name", "check_relpath", "inside_root", "is_plain_name"]
+__all__ = [
+    "MAX_FILE_NAME_BYTES",
+    "MAX_NAME_LENGTH",
+    "MAX_RELPATH_PARTS",
+    "check_file_name",
+    "check_name",
+    "check_relpath",
+    "inside_root",
+    "is_plain_name",
+]
 
 MAX_NAME_LENGTH = 200
 MAX_RELPATH_PARTS = 32
@@ -49,8 +60,42 @@ def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) ->
     raise InvalidNameError(what, name, "it must start with a letter or digit and use only letters, digits and . _ - + = @")
 
 
+MAX_FILE_NAME_BYTES = 255
+"""The longest component of a file's path inside a checkpoint, in UTF-8 bytes (what file systems allow)."""
+
+
+def check_file_name(what: str, name: object) -> str:
+    """Return ``name`` when it can be one component of a file's path inside a checkpoint, else raise :class:`InvalidNameError`.
+
+    Files inside a checkpoint are named by the libraries that write them
+    (``__0_0.distcp``, ``.metadata``, ``model-00001-of-00002.safetensors``),
+    so this is wider than :func:`check_name`: anything but an empty name,
+    ``.``/``..``, a separator, a control character, text that is not UTF-8
+    (a lone surrogate), a name of the engine's work in progress, or more than
+    :data:`MAX_FILE_NAME_BYTES` bytes.  Such
+    a name stays one entry of the folder it is in.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(what, name, f"expected a string, found {type(name).__name__}")
+    if name in ("", ".", ".."):
+        raise InvalidNameError(what, name, "it is empty or names a folder, not an entry")
+    if is_temp_name(name):
+        raise InvalidNameError(what, name, "it is a name the engine gives work in progress (.<name>.tmp-*, .<name>.deleting)")
+    if "/" in name or "\\" in name:
+        raise InvalidNameError(what, name, "it contains a path separator")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise InvalidNameError(what, name, "it contains a control character")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidNameError(what, name, "it is not UTF-8 text") from None
+    if size > MAX_FILE_NAME_BYTES:
+        raise InvalidNameError(what, name, f"it is {size} bytes long, the limit is {MAX_FILE_NAME_BYTES}")
+    return name
+
+
 def check_relpath(what: str, relpath: object) -> list[str]:
-    """The components of a '/'-separated path inside a folder, each a safe name (:func:`check_name`).
+    """The components of a '/'-separated path inside a folder, each a file name (:func:`check_file_name`).
 
     At most :data:`MAX_RELPATH_PARTS` components: no empty component, no
     ``.`` or ``..``, no absolute path, nothing that could lead out of the
@@ -62,7 +107,7 @@ def check_relpath(what: str, relpath: object) -> list[str]:
     if len(parts) > MAX_RELPATH_PARTS:
         raise InvalidNameError(what, relpath, f"it has {len(parts)} components, the limit is {MAX_RELPATH_PARTS}")
     for part in parts:
-        check_name(what, part)
+        check_file_name(what, part)
     return parts
 
 

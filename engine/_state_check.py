@@ -75,15 +75,21 @@ def _check_op(op_id: str, op: OpRecord, registry: Registry) -> None:
     terminal = {s.value for s in op_type.terminal}
     if op.state not in {s.value for s in op_type.states} or op.state in terminal:
         reject(f"{where}.state", op.state, f"a state of a {op.type} operation in progress")
-    for cls in op_type.events:
-        if not _has_own_check(cls):
+    classes = {str(cls.__struct_config__.tag): cls for cls in op_type.events}
+    recorded = {kind: _event_from_info(cls, op_id, op.info) for kind, cls in classes.items()}
+    # the fields of the event that began it, and of one that moved it into its state, must all be there:
+    # recovery acts on them
+    needed = [set(op_type.begins)]
+    if op.state not in {s.value for s in op_type.begins.values()}:
+        needed.append({k for (src, k), dst in op_type.transitions.items() if dst.value == op.state and src.value != op.state})
+    for kinds in needed:
+        if not any(recorded[k] is not None for k in kinds):
+            reject(f"{where}.info", sorted(op.info), f"every field of one of {sorted(kinds)}")
+    for kind, event in recorded.items():
+        if event is None or not _has_own_check(classes[kind]):
             continue
-        event = _event_from_info(cls, op_id, op.info)
-        if event is None:
-            continue
-        begins = cls.__struct_config__.tag in op_type.begins
         try:
-            event.check_fields(None if begins else op.info)
+            event.check_fields(None if kind in op_type.begins else op.info)
         except InvalidFieldError as exc:
             raise InvalidFieldError(f"{where}.info.{exc.field}", exc.value, exc.expected) from None
 

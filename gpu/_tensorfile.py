@@ -71,7 +71,7 @@ import msgspec
 import numpy as np
 import torch
 from shipslog.engine import FileEntry, IntegrityError, crc32_file, decode_json_within
-from shipslog.journal import OS_FS, FileSystem
+from shipslog.journal import OS_FS, FileSystem, open_regular
 
 from ._errors import PickleRefusedError, StateDictError, TensorFileError, TensorFileNotFoundError
 
@@ -622,10 +622,12 @@ def save_tensor_file(
 
 def _open_read(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return open_regular(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise TensorFileError(path, "a regular file", "a symlink", hint="shipslog never follows symlinks in its folders") from None
+        if exc.errno in (errno.EINVAL, errno.EISDIR):
+            raise TensorFileError(path, "a regular file", "a folder or a special file (FIFO, socket, device)") from None
         raise
 
 

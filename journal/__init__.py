@@ -32,7 +32,7 @@ from ._errors import (
     short_repr,
 )
 from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, MAX_RECORDS_PER_FRAME, Record, segment_name
-from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name, read_limited
+from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name, open_regular, read_limited
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -93,6 +93,7 @@ __all__ = [
     "is_temp_name",
     "last_record_seq",
     "list_segments",
+    "open_regular",
     "read_limited",
     "short_repr",
     "list_snapshots",

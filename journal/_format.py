@@ -23,6 +23,7 @@ commit become durable, or are torn, together.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import struct
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import msgspec
 
 from ._errors import CorruptJournalError, UnsupportedFormatError
+from ._fs import open_regular
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,8 +68,12 @@ _FRAME = struct.Struct("<II")
 FRAME_HEADER_SIZE = _FRAME.size
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 """The largest payload a frame may carry; the writer never writes a longer one and a longer length field is damage."""
-MAX_RECORDS_PER_FRAME = 4096
-"""The most records one frame may carry; the writer never writes more, and a frame claiming more is refused before it is decoded."""
+MAX_RECORDS_PER_FRAME = 65536
+"""The most records one frame may carry; the writer never writes more, and a frame claiming more is refused before it is decoded.
+
+A decoded record costs about a hundred bytes, so a frame's records stay within
+a few MiB whatever its bytes say; group commits (at most 4 MiB of payload)
+never came near it."""
 
 _MIN_RECORD_BYTES = 5
 """The shortest msgpack encoding of a record ``[seq, time, session, event]``: one byte each, after the array marker."""
@@ -75,8 +81,11 @@ ALONE_BYTES = MAX_RECORDS_PER_FRAME * _MIN_RECORD_BYTES
 """Only a payload longer than this can claim too many records: such frames travel alone in a chunk, checked before decoding."""
 _CHUNK_BYTES = 1024 * 1024
 """A chunk of payloads handed to one decode call holds at most this many bytes (plus one frame), bounding its memory."""
-_SEARCH_BUDGET_FACTOR = 8
-"""The bytes checksummed while looking for valid frames past damage: at most this many per byte searched (plus 1 MiB)."""
+_SEARCH_BUDGET_FACTOR = 64
+"""The bytes checksummed while looking for valid frames past damage: at most this many per byte searched (plus 64 MiB)."""
+_SEARCH_BUDGET_BASE = 64 << 20
+_TRAILING_ZEROS = 64
+"""How far past the last non-zero byte a valid frame may end: a payload may end in zero bytes (a float 0.0 is eight)."""
 
 _SEGMENT_SUFFIX = ".log"
 _SEQ_DIGITS = 20
@@ -357,8 +366,10 @@ def _scan_careful(
     return out, off, prev, None
 
 
-_ARRAY_MARKERS = bytes(range(0x91, 0xA0)) + b"\xdc\xdd"
-"""The first byte of every payload the writer produces: a msgpack array of 1 or more records."""
+_FIXARRAYS = bytes(range(0x91, 0xA0))
+"""The first byte of a payload of 1 to 15 records (a msgpack fixarray); 0xdc and 0xdd start longer ones."""
+_RECORD_MARKER = 0x94
+"""The first byte of every record: a msgpack array of 4 (seq, time, session, event)."""
 
 
 def _no_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
@@ -372,28 +383,41 @@ def _no_frame_after(data: bytes | mmap.mmap, start: int, seed: int) -> bool:
     that starts like one (a msgpack array); they are found with one
     vectorised pass, and only they are checksummed.  The work is linear in
     the bytes searched: the checksummed bytes are capped at
-    ``_SEARCH_BUDGET_FACTOR`` per byte searched (plus 1 MiB).  When the cap
-    is reached the answer is False ("cannot rule out valid data"), so damage
-    that looks crafted is reported as corruption, never cut back.
+    ``_SEARCH_BUDGET_FACTOR`` per byte searched (plus 64 MiB), far more than
+    any frame the writer produces needs.  When the cap is reached the
+    answer is False ("cannot rule out valid data"), so damage that looks
+    crafted is reported as corruption, never cut back.
+
+    A valid frame ends before the zeros that end the data (give or take the
+    zero bytes a payload may end with), so a candidate claiming a frame that
+    reaches into them is not one: this keeps a torn frame's own half-written
+    payload from posing as many long candidates.
     """
     import numpy as np
 
     size = len(data)
     nonzero_end = _nonzero_end(data, start, size)
-    first_stop = min(nonzero_end, size - FRAME_HEADER_SIZE)  # candidate offsets are below this
+    last_end = min(size, nonzero_end + _TRAILING_ZEROS)
+    look = FRAME_HEADER_SIZE + 2  # a candidate's header, its array marker and its first record's marker
+    first_stop = min(nonzero_end, size - look)  # candidate offsets are below this
     if first_stop <= start:
         return True
-    budget = _SEARCH_BUDGET_FACTOR * (nonzero_end - start) + (1 << 20)
+    budget = _SEARCH_BUDGET_FACTOR * (nonzero_end - start) + _SEARCH_BUDGET_BASE
     unpack = _FRAME.unpack_from
-    markers = np.frombuffer(_ARRAY_MARKERS, dtype=np.uint8)
+    fixarrays = np.frombuffer(_FIXARRAYS, dtype=np.uint8)
     step = 1 << 20
     for chunk in range(start, first_stop, step):
         n = min(step, first_stop - chunk)
-        view = np.frombuffer(data, dtype=np.uint8, count=n + FRAME_HEADER_SIZE, offset=chunk)
+        view = np.frombuffer(data, dtype=np.uint8, count=n + look, offset=chunk)
         b = view.astype(np.int64)
         lengths = b[0:n] | (b[1:n + 1] << 8) | (b[2:n + 2] << 16) | (b[3:n + 3] << 24)
         ends = np.arange(chunk + FRAME_HEADER_SIZE, chunk + FRAME_HEADER_SIZE + n, dtype=np.int64) + lengths
-        plausible = (lengths > 0) & (lengths <= MAX_FRAME_BYTES) & (ends <= size) & np.isin(view[FRAME_HEADER_SIZE:], markers)
+        marker = view[FRAME_HEADER_SIZE:FRAME_HEADER_SIZE + n]
+        # a fixarray payload's first record follows at once; 0xdc/0xdd carry a count first (rare: kept as candidates)
+        starts_like_records = (np.isin(marker, fixarrays) & (view[FRAME_HEADER_SIZE + 1:FRAME_HEADER_SIZE + 1 + n] == _RECORD_MARKER)) | (
+            (marker == 0xDC) | (marker == 0xDD)
+        )
+        plausible = (lengths > 0) & (lengths <= MAX_FRAME_BYTES) & (ends <= last_end) & starts_like_records
         for off in (np.flatnonzero(plausible) + chunk).tolist():
             length, crc = unpack(data, off)
             budget -= length
@@ -422,8 +446,21 @@ def _nonzero_end(data: bytes | mmap.mmap, start: int, stop: int) -> int:
 
 @contextlib.contextmanager
 def mapped_segment(path: str) -> Iterator[bytes | mmap.mmap]:
-    """Map a segment file read-only for the ``with`` block (an empty file reads as ``b""``)."""
-    with open(path, "rb") as f:
+    """Map a segment file read-only for the ``with`` block (an empty file reads as ``b""``).
+
+    A segment that is a symbolic link or not a regular file (a FIFO would
+    block the reader) is :class:`CorruptJournalError`, without reading it.
+    """
+    try:
+        fd = open_regular(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EINVAL):
+            raise
+        raise CorruptJournalError(
+            path, 0, "expected a segment file, found a symbolic link or a special file",
+            hint="segments are regular files written by shipslog; move this entry out of the journal folder",
+        ) from None
+    with open(fd, "rb", closefd=True) as f:
         size = os.fstat(f.fileno()).st_size
         data: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
     try:

@@ -25,12 +25,13 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterable
 from typing import Union
 
 from ._errors import PathEscapeError
 
-__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name", "read_limited"]
+__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name", "open_regular", "read_limited"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,14 +50,37 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and (_TEMP_MARK in name or name.endswith(_DELETING_MARK))
 
 
+def open_regular(path: PathLike) -> int:
+    """A read-only descriptor of the regular file at ``path``; ``OSError`` for anything else.
+
+    A symbolic link is not followed (``ELOOP``), a folder is ``EISDIR``, and a
+    FIFO, socket or device is refused (``EINVAL``) without blocking on it or
+    reading from it, so a
+    special file planted in a root can neither hang nor flood a reader.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        raise OSError(errno.EINVAL, "expected a regular file, found a special file (FIFO, socket, device)", os.fspath(path))
+    return fd
+
+
 def read_limited(path: PathLike, limit: int) -> bytes | None:
-    """The whole content of the file at ``path``, or None when it holds more than ``limit`` bytes.
+    """The whole content of the regular file at ``path``, or None when it holds more than ``limit`` bytes.
 
     The size is looked at before anything is read, and at most ``limit + 1``
     bytes are ever read (a file that grows meanwhile is caught too), so a
-    huge or endless file costs no memory.  ``OSError`` when it cannot be read.
+    huge or endless file costs no memory.  ``OSError`` when it cannot be read
+    or is not a regular file (:func:`open_regular`).
     """
-    with open(path, "rb") as f:
+    with open(open_regular(path), "rb", closefd=True) as f:
         if os.fstat(f.fileno()).st_size > limit:
             return None
         data = f.read(limit + 1)
@@ -254,13 +278,18 @@ class FileSystem:
     # -- helpers --------------------------------------------------------------------
 
     def _remove_tree(self, path: str) -> None:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            for entry in os.listdir(path):
-                self._remove_tree(os.path.join(path, entry))
-            self.rmdir(path)
-        else:
-            self.unlink(path)
+        """Remove ``path`` and everything under it, deepest first; iterative, so no tree is too deep."""
+        pending = [(path, False)]
+        while pending:
+            current, emptied = pending.pop()
+            if emptied:
+                self.rmdir(current)
+                continue
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                self.unlink(current)
+                continue
+            pending.append((current, True))
+            pending.extend((os.path.join(current, entry), False) for entry in os.listdir(current))
 
     def _discard(self, tmp: str) -> None:
         try:
@@ -340,56 +369,92 @@ class RootedFileSystem(DelegatingFileSystem):
     (``open`` uses ``O_NOFOLLOW``; rename and unlink act on a link itself).
     The folders in ``trusted`` (the root's own folders, checked to be real
     folders when the root is opened) are not looked at again, so the usual
-    effect costs no extra system call.  A refused effect raises
-    :class:`PathEscapeError` before anything is touched.
+    effect costs no extra system call; folders below them found real are
+    remembered until an effect here renames or removes them, so a deep tree
+    costs one look per folder, not one per folder per effect.  A refused
+    effect raises :class:`PathEscapeError` before anything is touched.
     """
+
+    _REMEMBERED = 4096
+    """The most folders below the trusted ones remembered as real (then the memory starts afresh)."""
 
     def __init__(self, inner: FileSystem, root: PathLike, *, trusted: Iterable[str] = ()) -> None:
         super().__init__(inner)
         self.root = os.path.abspath(os.fspath(root))
         self._prefix = self.root.rstrip(os.sep) + os.sep
         self._trusted = {self.root, *(os.path.join(self.root, name) for name in trusted)}
+        self._real: set[str] = set()
+        self._real_lock = threading.Lock()
+
+    def _forget(self, *paths: str) -> None:
+        """Forget the folders at or under ``paths``, which an effect just renamed or removed."""
+        with self._real_lock:
+            for path in paths:
+                under = path + os.sep
+                self._real = {f for f in self._real if f != path and not f.startswith(under)}
+
+    def _absolute(self, path: PathLike, what: str) -> str:
+        """``path`` made absolute without resolving anything; a ``.`` or ``..`` component is refused.
+
+        The kernel resolves ``a/link/..`` through the link, so a lexical
+        normalization would check another path than the one acted on.
+        """
+        raw = os.fspath(path)
+        if any(part in (".", "..") for part in raw.split(os.sep)):
+            raise PathEscapeError(self.root, raw, what, "it has a '.' or '..' component")
+        return os.path.abspath(raw)
 
     def _inside(self, path: PathLike, what: str) -> str:
         """``path`` made absolute, once it is checked to be strictly inside the root through real folders."""
-        full = os.path.abspath(os.fspath(path))
-        if not full.startswith(self._prefix):
-            raise PathEscapeError(self.root, full, what, "it is not under the root")
+        full = self._absolute(path, what)
+        if not full.startswith(self._prefix) or full == self.root:
+            raise PathEscapeError(self.root, full, what, "it is not strictly under the root")
         folder = os.path.dirname(full)
-        while folder not in self._trusted:
+        seen: list[str] = []
+        while folder not in self._trusted and folder not in self._real:
             try:
                 st = os.lstat(folder)
             except FileNotFoundError:
-                pass  # the effect itself fails on a missing folder; nothing below it can be a link out
+                seen.clear()  # the effect itself fails on a missing folder; nothing below it can be a link out
             else:
                 if stat.S_ISLNK(st.st_mode):
                     raise PathEscapeError(self.root, full, what, f"{folder} is a symbolic link")
+                if stat.S_ISDIR(st.st_mode):
+                    seen.append(folder)
             folder = os.path.dirname(folder)  # ends at the root, which is trusted
+        if seen:
+            with self._real_lock:
+                if len(self._real) + len(seen) > self._REMEMBERED:
+                    self._real = set()
+                self._real.update(seen)
         return full
 
-    def _at_or_above_root(self, path: PathLike) -> bool:
-        full = os.path.abspath(os.fspath(path))
+    def _at_or_above_root(self, full: str) -> bool:
         return full == self.root or self._prefix.startswith(full.rstrip(os.sep) + os.sep)
 
     def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
-        if not (_opens_folder_read_only(flags) and self._at_or_above_root(path)):
-            self._inside(path, "open")
-        return self.inner.open(path, flags, mode)
+        full = self._absolute(path, "open")
+        if not (_opens_folder_read_only(flags) and self._at_or_above_root(full)):
+            full = self._inside(full, "open")
+        return self.inner.open(full, flags, mode)
 
     def replace(self, src: PathLike, dst: PathLike) -> None:
-        self._inside(src, "rename")
-        self._inside(dst, "rename onto")
-        self.inner.replace(src, dst)
+        full_src, full_dst = self._inside(src, "rename"), self._inside(dst, "rename onto")
+        self._forget(full_src, full_dst)
+        self.inner.replace(full_src, full_dst)
 
     def mkdir(self, path: PathLike) -> None:
-        if not self._at_or_above_root(path):
-            self._inside(path, "create the folder")
-        self.inner.mkdir(path)
+        full = self._absolute(path, "create the folder")
+        if not self._at_or_above_root(full):
+            full = self._inside(full, "create the folder")
+        self.inner.mkdir(full)
 
     def unlink(self, path: PathLike) -> None:
-        self._inside(path, "remove")
-        self.inner.unlink(path)
+        full = self._inside(path, "remove")
+        self._forget(full)
+        self.inner.unlink(full)
 
     def rmdir(self, path: PathLike) -> None:
-        self._inside(path, "remove the folder")
-        self.inner.rmdir(path)
+        full = self._inside(path, "remove the folder")
+        self._forget(full)
+        self.inner.rmdir(full)

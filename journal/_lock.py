@@ -16,19 +16,25 @@ import socket
 import filelock
 
 from ._errors import JournalLockedError
+from ._fs import open_regular
 
 __all__ = ["LOCK_NAME", "RootLock", "read_lock_holder"]
 
 LOCK_NAME = "LOCK"
 
 
+_HOLDER_BYTES = 4096
+"""The most of the LOCK file read back: the holder writes one short line."""
+
+
 def read_lock_holder(root: str) -> str | None:
-    """What the current holder of ``root``'s lock wrote about itself, if anything."""
+    """What the current holder of ``root``'s lock wrote about itself, if anything (at most a few KiB, a regular file only)."""
     try:
-        with open(os.path.join(root, LOCK_NAME), encoding="utf-8", errors="replace") as f:
-            text = f.read().strip()
+        fd = open_regular(os.path.join(root, LOCK_NAME))
     except OSError:
         return None
+    with open(fd, "rb", closefd=True) as f:
+        text = f.read(_HOLDER_BYTES).decode("utf-8", errors="replace").strip()
     return text or None
 
 

@@ -92,7 +92,7 @@ def execute(core: EngineCore, actions: list[Action]) -> RecoveryReport:
         return RecoveryReport(None, [], [], [])
     found = [a.describe() for a in actions]
     op = core.new_op_id("recovery")
-    core.journal_events(RecoveryBegun(op=op, actions=len(actions), found=found))
+    core.journal_events(RecoveryBegun(op=op, actions=len(actions), found=_listed(found)))
     crash_point(CP_BEGUN)
     results: list[ActionResult] = []
     quarantined: list[str] = []
@@ -100,14 +100,32 @@ def execute(core: EngineCore, actions: list[Action]) -> RecoveryReport:
         executor = _EXECUTORS.get(action.kind)
         if executor is None:
             raise ValueError(f"no executor for recovery action {action.kind!r} ({action.describe()})")
-        core.journal_events(RecoveryStep(op=op, index=index, target=action.target, action=action.kind, reason=action.reason))
+        core.journal_events(RecoveryStep(op=op, index=index, target=_journaled(action.target), action=action.kind, reason=action.reason))
         crash_point(CP_STEP)
         outcome = executor(core, action, quarantined)
         crash_point(CP_ACTION)
         _log.warning("%s: recovered %s -> %s", core.root, action.describe(), outcome)
         results.append(ActionResult(action, outcome))
-    core.journal_events(RecoveryDone(op=op, done=len(actions), quarantined=quarantined))
+    core.journal_events(RecoveryDone(op=op, done=len(actions), quarantined=_listed(quarantined)))
     return RecoveryReport(op, found, results, quarantined)
+
+
+_LISTED = 1000
+"""The most lines a recovery record lists (what it found, what it quarantined); the rest is counted."""
+
+
+def _journaled(text: str) -> str:
+    """``text`` as a record can hold it: a name read from disk that is not UTF-8 keeps its bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _listed(lines: list[str]) -> list[str]:
+    """At most :data:`_LISTED` of ``lines`` (journalable), then one line counting the others: a record stays small
+    however many entries a crash left."""
+    shown = [_journaled(line) for line in lines[:_LISTED]]
+    if len(lines) > _LISTED:
+        shown.append(f"... and {len(lines) - _LISTED} more")
+    return shown
 
 
 # -- the executors -------------------------------------------------------------------

@@ -9,6 +9,7 @@ taken beforehand; it touches nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import msgspec
@@ -155,6 +156,22 @@ def plan(state: EngineState, listing: RootListing, registry: Registry | None = N
     return actions
 
 
+_QUARANTINE_NAME_BYTES = 200
+"""The longest name (in bytes, as the file system sees it) given to an entry under ``quarantine/``; the limit is 255."""
+
+
 def quarantine_name(seq: int, rel: str) -> str:
-    """The name under ``quarantine/`` for root-relative ``rel`` moved there at record ``seq``."""
-    return f"{QUARANTINE_DIR}/{seq:020d}-{rel.replace('/', '-').lstrip('.')}"
+    """The name under ``quarantine/`` for root-relative ``rel`` moved there at record ``seq``.
+
+    ``<seq>-<rel with '/' as '-'>``, cut to fit a file name (a name found on
+    disk may be as long as the file system allows): a long one keeps its
+    start and ends in a digest of the whole, so two long names never meet.
+    """
+    base = f"{seq:020d}-{rel.replace('/', '-').lstrip('.')}"
+    raw = os.fsencode(base)
+    if len(raw) > _QUARANTINE_NAME_BYTES:
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        base = os.fsdecode(raw[: _QUARANTINE_NAME_BYTES - 17]) + "-" + digest
+        while len(os.fsencode(base)) > _QUARANTINE_NAME_BYTES:  # a multi-byte character cut in half decodes longer
+            base = base[:-18] + "-" + digest
+    return f"{QUARANTINE_DIR}/{base}"

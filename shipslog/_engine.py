@@ -233,9 +233,11 @@ def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]
     if snap is not None:
         try:
             start = decode_state(snap.payload)
+            if start.seq != snap.seq:
+                raise InvalidFieldError("seq", start.seq, f"{snap.seq}, the seq the snapshot file is taken at")
             check_state(start, registry)
-        except (msgspec.DecodeError, RecursionError, InvalidFieldError) as exc:
-            why = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 - any flaw in a snapshot: it is an optimization, the journal decides
+            why = "it nests too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
             _log.warning("snapshot %s cannot be used by this shipslog (%s); replaying the whole journal", snap.path, why)
             start = None
     reducer = Reducer(registry, start)

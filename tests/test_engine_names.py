@@ -15,7 +15,8 @@ from shipslog.engine import FileEntry, InvalidNameError, check_name
 from shipslog.engine._names import MAX_NAME_LENGTH, inside_root
 
 BAD_NAMES: list[Any] = ["../x", "/abs", "a/b", "a\\b", "a\x00b", "", ".", "..", ".hidden", "x\n", "tab\there", "a" * (MAX_NAME_LENGTH + 1), 5, None, b"x", ["x"]]
-BAD_FILES: list[Any] = ["../x", "/abs", "a//b", "a/../b", "./a", "sub/.hidden", "a\x00b", "", ".", "..", ".hidden", "MANIFEST", "a\\b", 5, None, b"x"]
+BAD_FILES: list[Any] = ["../x", "/abs", "a//b", "a/../b", "./a", "sub/.w.tmp-1a2b", "a\x00b", "", ".", "..", ".x.deleting", "MANIFEST", "a\\b",
+                        "x\x1b[2J", "\ud800", "a" * 256, 5, None, b"x"]
 GOOD_NAMES = ["step-100", "checkpoint-500", "a", "A.b_c-d+e=f@g", "v1.2.3", "x" * MAX_NAME_LENGTH]
 
 
@@ -134,3 +135,13 @@ def test_adopting_a_hidden_folder_is_refused(engine: Engine, root: str, tmp_path
     hidden = os.path.join(tmp_path, ".secret")
     write_files(hidden, {"w.bin": b"w"})
     untouched(engine, root, tmp_path, lambda: engine.adopt_checkpoint(hidden))
+
+
+def test_file_names_other_libraries_write_are_accepted_and_verify(engine: Engine, root: str) -> None:
+    # torch.distributed.checkpoint writes .metadata and __0_0.distcp; HF writes model-00001-of-00002.safetensors
+    names = [".metadata", "__0_0.distcp", "_opt.safetensors", "model-00001-of-00002.safetensors", "sub dir/é.json"]
+    with engine.checkpoint("dcp", step=5) as ck:
+        for name in names:
+            ck.write_bytes(name, name.encode())
+    manifest = engine.verify("checkpoints/dcp")
+    assert sorted(f.path for f in manifest.files) == sorted(names)

@@ -206,13 +206,56 @@ def test_snapshot_with_a_staging_outside_the_root_is_ignored_and_the_journal_rep
 
 
 @pytest.mark.parametrize(
+    ("op", "why"),
+    [
+        (OpRecord("consolidation-9", "consolidation", "begun", 1, 1, "gone", 0.0,
+                  {"adapter": "adapters/a", "into": "m", "pointer": "p", "staging": "journal"}), "every field of one of"),
+        (OpRecord("checkpoint-9", "checkpoint", "durable", 1, 1, "gone", 0.0,
+                  {"staging": "staging/checkpoint-9", "files": 1, "bytes": 1, "manifest_crc": 1}), "every field of one of"),
+        (OpRecord("worker-9", "worker", "started", 1, 1, "gone", 0.0,
+                  {"slot": "worker-8", "name": "w", "attempt": 0, "delay": 0.0, "pid": 4242}), "every field of one of"),
+        (OpRecord("checkpoint-9", "checkpoint", "begun", 1, 1, "gone", 0.0,
+                  {"name": "x", "artifact": "bogus", "path": "checkpoints/x", "staging": "staging/checkpoint-9"}), "artifact"),
+    ],
+    ids=["consolidation-without-base-staging-journal", "checkpoint-durable-without-name", "worker-started-without-create-time",
+         "unknown-artifact-kind"],
+)
+def test_snapshot_with_an_operation_missing_what_recovery_needs_is_ignored(
+    place: dict[str, str], caplog: pytest.LogCaptureFixture, op: OpRecord, why: str
+) -> None:
+    root = place["root"]
+    hostile_snapshot(root, op)
+    before = outside(place), tree(os.path.join(root, "journal"), skip=())
+    with caplog.at_level(logging.WARNING, logger="shipslog"):
+        engine = open_engine(root)
+    try:
+        assert op.id not in engine.state.ops and not engine.recovery.results
+        assert any("cannot be used" in r.getMessage() and why in r.getMessage() for r in caplog.records)
+    finally:
+        engine.close()
+    assert outside(place) == before[0]
+    assert os.path.isdir(os.path.join(root, "journal"))
+
+
+def test_snapshot_whose_state_is_at_another_seq_than_its_file_is_ignored(place: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    root = place["root"]
+    state = shipslog.replay(root)
+    with Journal.open(root, fsync=False, segment_bytes=1 << 20) as journal:
+        journal.save_snapshot(journal.last_seq, packb(msgspec.structs.replace(state, seq=state.seq - 1)))
+    with caplog.at_level(logging.WARNING, logger="shipslog"):
+        open_engine(root).close()
+    assert any("cannot be used" in r.getMessage() and "'seq'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"checkpoints": {"x": shipslog.ArtifactInfo("x", "checkpoint", "../../etc", 1, "ck", 1, 0.0, 0, 0)}}, "checkpoints['x'].path"),
         ({"pointers": {"../p": shipslog.engine.PointerInfo("../p", "checkpoints/x", "p", 1, 0.0)}}, "pointers['../p']"),
         ({"retired": {"retired/a": "../../victim"}}, "retired['retired/a']"),
         ({"retiring": {"../victim": "r-1"}}, "retiring"),
-        ({"ops": {"w": OpRecord("w", "worker", "started", 1, 1, "s", 0.0, {"pid": 0, "create_time": 1.0})}}, "ops['w'].info.pid"),
+        ({"ops": {"w": OpRecord("w", "worker", "started", 1, 1, "s", 0.0, {"slot": "w-0", "name": "w", "attempt": 0, "delay": 0.0, "pid": 0, "create_time": 1.0})}},
+         "ops['w'].info.pid"),
         ({"ops": {"z": OpRecord("z", "nosuch", "begun", 1, 1, "s", 0.0, {})}}, "ops['z'].type"),
         ({"latest": "missing"}, "latest"),
     ],

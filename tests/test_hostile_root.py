@@ -100,7 +100,7 @@ def rooted(tmp_path: Path) -> tuple[RootedFileSystem, RecordingFileSystem, str]:
 def test_rooted_fs_refuses_a_path_that_climbs_out_with_dotdot(rooted: Any, elsewhere: Path) -> None:
     fs, inner, root = rooted
     target = os.path.join(root, "staging", "..", "..", "elsewhere", "new.txt")
-    with pytest.raises(PathEscapeError, match="not under the root"):
+    with pytest.raises(PathEscapeError, match="'..' component"):
         fs.write_file_atomic(target, b"x")
     assert not os.path.exists(elsewhere / "new.txt") and inner.ops == []
 
@@ -155,3 +155,138 @@ def test_a_checkpoint_file_written_through_a_link_inside_staging_is_refused(root
     assert sorted(os.listdir(elsewhere)) == ["keep.txt"]
     assert e.state.ops == {k: v for k, v in e.state.ops.items() if v.type != "checkpoint"}  # aborted, not left open
     e.close()
+
+
+def test_rooted_fs_refuses_dotdot_through_a_link_whose_target_is_deeper(rooted: Any, tmp_path: Path) -> None:
+    # lexically root/staging/link/../../x is inside the root; the kernel resolves it through the link, outside
+    fs, inner, root = rooted
+    deep = tmp_path / "out" / "a" / "b"
+    deep.mkdir(parents=True)
+    os.symlink(str(deep), os.path.join(root, "staging", "link"))
+    escaping = os.path.join(root, "staging", "link", "..", "..", "pwned")
+    for effect in (lambda: fs.write_file_atomic(escaping, b"x"), lambda: fs.mkdir(escaping), lambda: fs.unlink(escaping)):
+        with pytest.raises(PathEscapeError, match="'..' component"):
+            effect()
+    assert not (tmp_path / "out" / "pwned").exists() and inner.ops == []
+
+
+def test_rooted_fs_never_acts_on_the_root_itself(rooted: Any) -> None:
+    fs, _inner, root = rooted
+    with pytest.raises(PathEscapeError, match="strictly under the root"):
+        fs.rmdir(root)
+    assert os.path.isdir(root)
+
+
+# -- special files, odd names and deep trees in a root ---------------------------------------------
+
+
+def _fifo(path: str) -> None:
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.mkfifo(path)
+
+
+def test_a_fifo_planted_as_a_pointer_file_or_manifest_is_reported_not_waited_on(root: str) -> None:
+    e = open_engine(root)
+    commit_checkpoint(e, "step-1", step=1)
+    e.set_pointer("live", "step-1")
+    e.close()
+    _fifo(os.path.join(root, "pointers", "live"))
+    _fifo(os.path.join(root, "checkpoints", "step-1", "MANIFEST"))
+    from shipslog.recovery import check_invariants
+
+    e = open_engine(root)  # returns: a FIFO is never opened for reading in blocking mode
+    found = {v.invariant for v in check_invariants(root, e.state, live_session=e.session)}
+    e.close()
+    assert found == {"pointers-verify", "checkpoints-verify"}
+
+
+def test_a_fifo_or_a_link_planted_as_a_segment_is_a_corrupt_journal(root: str) -> None:
+    from shipslog.journal import CorruptJournalError
+
+    open_engine(root).close()
+    _fifo(os.path.join(root, "journal", f"{999999:020d}.log"))
+    with pytest.raises(CorruptJournalError, match="found a symbolic link or a special file"):
+        open_engine(root)
+    os.unlink(os.path.join(root, "journal", f"{999999:020d}.log"))
+    os.symlink("/dev/zero", os.path.join(root, "journal", f"{999999:020d}.log"))
+    with pytest.raises(CorruptJournalError, match="found a symbolic link or a special file"):
+        open_engine(root)
+
+
+def test_a_fifo_planted_as_a_snapshot_is_skipped(root: str) -> None:
+    open_engine(root).close()
+    _fifo(os.path.join(root, "snapshots", f"{1:020d}.snap"))
+    e = open_engine(root)
+    assert e.state.seq > 1
+    e.close()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_never_read_whole(root: str) -> None:
+    from shipslog.journal import read_lock_holder
+
+    open_engine(root).close()
+    os.unlink(os.path.join(root, "LOCK"))
+    os.symlink("/dev/zero", os.path.join(root, "LOCK"))
+    assert read_lock_holder(root) is None
+    with pytest.raises(RootLayoutError, match="expected LOCK to be a regular file"):
+        open_engine(root)
+
+
+def test_names_that_are_not_utf8_or_too_long_or_hold_escapes_are_quarantined(root: str) -> None:
+    open_engine(root).close()
+    odd = [b"bad\xffname", b"a" * 250, b"x\n\x1b[31mred"]
+    for name in odd:
+        with open(os.path.join(os.fsencode(root), b"staging", name), "wb") as f:
+            f.write(b"left over")
+    e = open_engine(root)
+    assert len(e.recovery.quarantined) == 3 and e.violations == []
+    assert all(len(os.fsencode(os.path.basename(q))) <= 200 for q in e.recovery.quarantined)
+    e.close()
+    assert os.listdir(os.path.join(root, "staging")) == []
+    assert sorted(os.listdir(os.path.join(root, "quarantine"))) == sorted(os.path.basename(q) for q in e.recovery.quarantined)
+
+
+def test_a_thousand_and_more_unaccounted_entries_are_quarantined_in_small_records(root: str) -> None:
+    from _engine_helpers import journal_records
+
+    from shipslog.engine import RecoveryBegun, RecoveryDone
+
+    open_engine(root).close()
+    for i in range(1050):
+        Path(root, "checkpoints", f"stray-{i:04d}").mkdir()
+    e = open_engine(root)
+    assert len(e.recovery.quarantined) == 1050 and e.violations == []
+    e.close()
+    begun = [r.event for r in journal_records(root) if isinstance(r.event, RecoveryBegun)][-1]
+    done = [r.event for r in journal_records(root) if isinstance(r.event, RecoveryDone)][-1]
+    assert begun.actions == 1050 and len(begun.found) == 1001 and begun.found[-1] == "... and 50 more"
+    assert len(done.quarantined) == 1001 and done.quarantined[-1] == "... and 50 more"
+
+
+def test_a_staging_tree_deeper_than_the_interpreter_allows_is_rolled_back(root: str) -> None:
+    from _engine_helpers import crash
+
+    e = open_engine(root)
+    ck = e.checkpoint("step-1", step=1)
+    ck.write_bytes("a.bin", b"x")
+    path = ck.path
+    for _ in range(1100):
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+    crash(e)
+    e = open_engine(root)
+    assert [r.action.kind for r in e.recovery.results if r.action.op_type == "checkpoint"] == ["checkpoint.roll-back"]
+    assert os.listdir(os.path.join(root, "staging")) == []
+    e.close()
+
+
+def test_read_only_commands_refuse_a_root_with_a_linked_folder(root: str, elsewhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _cli_helpers import cli
+
+    open_engine(root).close()
+    os.rename(os.path.join(root, "models"), str(elsewhere / "models"))
+    os.symlink(str(elsewhere / "models"), os.path.join(root, "models"))
+    for command in ("status", "verify"):
+        code, out, err = cli(capsys, command, root)
+        assert code == 2 and out == "" and "expected models/ to be a real folder" in err

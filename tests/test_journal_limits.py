@@ -7,9 +7,11 @@ test can refuse them.
 from __future__ import annotations
 
 import os
+import random
 import struct
 import threading
 import zlib
+from typing import Any
 
 import msgspec
 import pytest
@@ -122,3 +124,28 @@ def test_a_damaged_length_whose_next_frame_ends_in_zero_bytes_is_found(root: str
     with pytest.raises(CorruptJournalError, match="followed by more data"):
         Journal.open(root, fsync=False, segment_bytes=1 << 22)
     assert _read(path) == before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rnd, i: msgspec.msgpack.encode({"kind": "x.m", "op": "o", "loss": rnd.random(), "lr": 1e-4 * rnd.random(), "step": i}),
+        lambda rnd, i: msgspec.msgpack.encode({"kind": "x.m", "op": "o", "ids": [rnd.randrange(1 << 20) for _ in range(300)]}),
+    ],
+    ids=["floats", "ints"],
+)
+def test_a_big_frame_torn_in_half_in_a_preallocated_segment_is_a_torn_tail(root: str, make: Any) -> None:
+    """The half that reached the disk is binary data full of offsets that look like frame starts; none of them
+    may pose as a frame reaching into the zeros after it, or a real power cut would make the root unusable."""
+    rnd = random.Random(7)
+    with Journal.open(root, fsync=False, segment_bytes=8 << 20) as journal:
+        journal.append(b"\xc0")
+        journal.append_many([make(rnd, i) for i in range(2000)])
+    path = segments(root)[-1]
+    (_first, _), (last, length) = frames(path)
+    with open(path, "r+b") as f:
+        f.seek(last + 8 + length // 2)
+        f.write(bytes(length - length // 2))  # the second half never reached the disk
+    with Journal.open(root, fsync=False, segment_bytes=8 << 20) as journal:
+        assert journal.report.tail_repair is not None and journal.report.tail_repair.offset == last
+        assert journal.last_seq == 1

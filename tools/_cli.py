@@ -29,7 +29,7 @@ from typing import Any
 from shipslog.journal import ShipslogError
 
 from ._inspect import reading, replay_root, require_root
-from ._render import Printer
+from ._render import Printer, printable
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -260,11 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: messages name paths and names read from disk."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), newlines=True)
+
+
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(
         stream=sys.stderr, level=level, format="%(name)s: %(levelname)s: %(message)s", force=True
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("%(name)s: %(levelname)s: %(message)s"))
 
 
 def _require_dir(args: argparse.Namespace) -> None:
@@ -613,6 +622,6 @@ def main(argv: list[str] | None = None) -> int:
     except ShipslogError as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = printable(" ".join(str(exc).split())) or type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_ERROR

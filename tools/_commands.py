@@ -24,7 +24,7 @@ from shipslog.journal import CorruptJournalError, ShipslogError
 
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
 from ._inspect import RootView, event_fields, event_kind, format_time, open_records, open_view, reading
-from ._render import ByteProgress, Printer, event_style
+from ._render import ByteProgress, Printer, event_style, printable
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "add_commands"]
 
@@ -36,14 +36,15 @@ _RECORD_STYLES = ["dim", "dim", "", "", "bold", "dim"]
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text)
+    """Write ``text`` to stdout as it is, but for control characters (escaped: names come from disk)."""
+    sys.stdout.write(printable(text, newlines=True))
     sys.stdout.flush()
 
 
 def _note_refused(view: RootView) -> None:
     """Say on stderr, in one line, that a record shown is one the engine refuses to replay (the output stays data)."""
     if view.refused is not None:
-        sys.stderr.write(f"shipslog: note: the engine refuses to open this root: {view.refused}\n")
+        sys.stderr.write(printable(f"shipslog: note: the engine refuses to open this root: {view.refused}") + "\n")
         sys.stderr.flush()
 
 

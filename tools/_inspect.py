@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 import psutil
-from shipslog.engine import EngineState, RawEvent, Registry, Status
+from shipslog.engine import EngineState, RawEvent, Registry, Status, check_root_folders
 from shipslog.engine._reducer import Reducer
 from shipslog.engine._status import status_of
 from shipslog.journal import (
@@ -225,8 +225,9 @@ def require_root(root: str) -> str:
     """``root`` as an absolute path, once it is a readable shipslog root; creates and changes nothing.
 
     Raises :class:`NotARootError` when it is missing, not a folder, or has no
-    journal with segments, and :class:`UnreadableRootError` when its journal
-    cannot be listed by this user.
+    journal with segments, :class:`~shipslog.engine.RootLayoutError` when
+    one of its folders is a link (as ``Engine.open`` does), and
+    :class:`UnreadableRootError` when its journal cannot be listed by this user.
     """
     root = os.path.abspath(root)
     unchanged = "nothing was created or changed there"
@@ -242,6 +243,7 @@ def require_root(root: str) -> str:
     with reading(root):
         if not list_segments(journal_dir):
             raise NotARootError(root, f"its {JOURNAL_DIR}/ folder holds no segment files; {unchanged}")
+        check_root_folders(root)
     return root
 
 
