@@ -16,7 +16,7 @@ import msgspec
 
 from ._errors import InvalidFieldError
 from ._layout import relpath_name
-from ._names import MAX_NAME_LENGTH, check_name
+from ._names import MAX_NAME_LENGTH, check_name, check_op_id
 
 __all__ = [
     "MAX_NESTING",
@@ -25,6 +25,7 @@ __all__ = [
     "expect_equal",
     "expect_name",
     "expect_nested_within",
+    "expect_op_id",
     "expect_relpath",
     "nesting_depth",
     "reject",
@@ -98,6 +99,14 @@ def expect_name(field: str, value: object, what: str) -> str:
         return check_name(what, value)
     except ValueError as exc:
         raise InvalidFieldError(field, value, f"a plain {what} name of at most {MAX_NAME_LENGTH} letters, digits and . _ - + = @ ({exc})") from None
+
+
+def expect_op_id(field: str, value: object) -> str:
+    """``value`` can name an operation (:func:`~shipslog.engine.check_op_id`): one folder name, never ``..``."""
+    try:
+        return check_op_id("operation id", value)
+    except ValueError as exc:
+        raise InvalidFieldError(field, value, f"an operation id: one name without separators or control characters ({exc})") from None
 
 
 def expect_equal(field: str, value: object, expected: str) -> None:

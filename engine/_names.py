@@ -18,6 +18,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_RELPATH_PARTS",
     "check_file_name",
+    "check_op_id",
     "check_name",
     "check_relpath",
     "inside_root",
@@ -92,6 +93,21 @@ def check_file_name(what: str, name: object) -> str:
     if size > MAX_FILE_NAME_BYTES:
         raise InvalidNameError(what, name, f"it is {size} bytes long, the limit is {MAX_FILE_NAME_BYTES}")
     return name
+
+
+def check_op_id(what: str, op_id: object) -> str:
+    """Return ``op_id`` when it can name an operation, else raise :class:`InvalidNameError`.
+
+    A host names its own operations (``job:2024-01-01``, ``nightly eval``),
+    so this is wider than :func:`check_name`, but an id may become one
+    folder name (``staging/<op>``): a file name (:func:`check_file_name`) of
+    at most :data:`MAX_NAME_LENGTH` characters that does not start with ``.``.
+    """
+    check_file_name(what, op_id)
+    assert isinstance(op_id, str)
+    if op_id.startswith(".") or len(op_id) > MAX_NAME_LENGTH:
+        raise InvalidNameError(what, op_id, f"an operation id has at most {MAX_NAME_LENGTH} characters and does not start with '.'")
+    return op_id
 
 
 def check_relpath(what: str, relpath: object) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._events import Event
+from ._names import check_op_id
 
 if TYPE_CHECKING:
     from ._state import OpRecord, StateBuilder
@@ -87,6 +88,11 @@ class OperationType:
     def _problems(self, kinds: frozenset[str]) -> Iterable[str]:
         if not self.name or "." in self.name:
             yield "its name must be non-empty and without '.'"
+        else:
+            try:
+                check_op_id("operation type name", self.name)
+            except ValueError as exc:
+                yield f"its name becomes part of operation ids, which name folders: {exc}"
         for kind in kinds:
             if not kind.startswith(self.name + "."):
                 yield f"event kind {kind!r} must start with {self.name + '.'!r}"

@@ -16,7 +16,7 @@ import msgspec
 from shipslog.journal import crash_point, read_limited, register_crash_point
 
 from ._errors import ConflictError, IntegrityError, InvalidFieldError, NotFoundError
-from ._fields import expect_name, expect_relpath
+from ._fields import expect_name, expect_op_id, expect_relpath
 from ._layout import TARGET_FOLDERS
 from ._events import PointerAborted, PointerIntended, PointerSet
 from ._manifest import verify_folder
@@ -65,7 +65,7 @@ def read_pointer_file(path: str) -> PointerFile:
         found = _decode(data)
         expect_name("pointer", found.pointer, "pointer")
         expect_relpath("target", found.target, TARGET_FOLDERS)
-        expect_name("op", found.op, "operation id")
+        expect_op_id("op", found.op)
     except (msgspec.DecodeError, RecursionError) as exc:
         why = "nesting deeper than the decoder allows" if isinstance(exc, RecursionError) else str(exc)
         raise IntegrityError(path, 'a pointer file {"version", "pointer", "target", "op"}', f"bytes that do not parse as one ({why})") from None

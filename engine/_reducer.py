@@ -20,7 +20,7 @@ from shipslog.journal import JOURNAL_DIR, CorruptRecordError, JournalReader, Pos
 from ._builtins import _run_progress
 from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperationError
 from ._events import Event, RawEvent
-from ._fields import expect_name
+from ._fields import expect_op_id
 from ._names import is_plain_name
 from ._registry import KindRule, Registry
 from ._state import EngineState, OpRecord, StateBuilder
@@ -91,7 +91,7 @@ class Reducer:
             if state is None:
                 if rule.begins is None:
                     raise InvalidTransitionError(seq, ev.op, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
-                expect_name("op", ev.op, "operation id")
+                expect_op_id("op", ev.op)
                 if rule.check is not None:
                     rule.check(ev, None)
                 nxt = rule.begins
@@ -198,7 +198,7 @@ class Reducer:
         """
         try:
             if info is None:
-                expect_name("op", ev.op, "operation id")
+                expect_op_id("op", ev.op)
             if rule.check is not None:
                 rule.check(ev, info)
         except InvalidFieldError as exc:

@@ -17,7 +17,7 @@ import msgspec
 
 from ._errors import InvalidFieldError
 from ._events import Event
-from ._fields import expect_equal, expect_name, expect_relpath, reject
+from ._fields import expect_equal, expect_name, expect_op_id, expect_relpath, reject
 from ._layout import ARTIFACT_FOLDERS, MODELS_DIR, RETAINABLE_FOLDERS, RETIRED_DIR, TARGET_FOLDERS, artifact_relpath
 from ._registry import Registry
 from ._state import ArtifactInfo, EngineState, OpRecord
@@ -51,7 +51,7 @@ def check_state(state: EngineState, registry: Registry) -> None:
         expect_relpath(f"retired[{retired!r}]", merged, (MODELS_DIR,))
     for path, op_id in state.retiring.items():
         expect_relpath("retiring", path, RETAINABLE_FOLDERS)
-        expect_name(f"retiring[{path!r}]", op_id, "operation id")
+        expect_op_id(f"retiring[{path!r}]", op_id)
     for op_id, op in state.ops.items():
         _check_op(op_id, op, registry)
 
@@ -66,7 +66,7 @@ def _check_artifact(artifact: str, name: str, art: ArtifactInfo) -> None:
 
 def _check_op(op_id: str, op: OpRecord, registry: Registry) -> None:
     where = f"ops[{op_id!r}]"
-    expect_name(where, op_id, "operation id")
+    expect_op_id(where, op_id)
     expect_equal(f"{where}.id", op.id, op_id)
     op_type = registry.op_type(op.type)
     if op_type is None:

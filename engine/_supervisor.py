@@ -73,6 +73,7 @@ from ._events import Event
 from ._names import check_name
 from ._state import OpRecord
 from ._workers import (
+    MAX_STOP_TIMEOUT,
     WORKER,
     WORKER_OP_ENV,
     WorkerAdopted,
@@ -245,7 +246,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     backoff_multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
     backoff_max: NonNegative = 30.0
     backoff_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
-    stop_timeout: NonNegative = 10.0
+    stop_timeout: Annotated[float, msgspec.Meta(ge=0, le=MAX_STOP_TIMEOUT)] = 10.0
 
     def __post_init__(self) -> None:
         """Check every field; raise :class:`WorkerConfigError` naming the first bad one (e.g. ``WorkerSpec.argv[1]``).

@@ -35,12 +35,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._events import Event
-from ._fields import expect_count, expect_name, reject
+from ._fields import expect_count, expect_name, expect_op_id, reject
 from ._optypes import OperationType, Recovery, RecoveryAction
 from ._state import EngineState, OpRecord
 
 __all__ = [
     "INCARNATION_STATES",
+    "MAX_STOP_TIMEOUT",
     "SUPERVISION_STATES",
     "WORKER",
     "WORKER_OP_ENV",
@@ -58,6 +59,9 @@ __all__ = [
     "worker_incarnations",
     "worker_supervisions",
 ]
+
+MAX_STOP_TIMEOUT = 3600.0
+"""The longest a stop waits after SIGTERM before SIGKILL, in seconds (a spec's and a journaled one's)."""
 
 WORKER_OP_ENV = "SHIPSLOG_WORKER_OP"
 """Environment variable every worker process (and its children) is started with: its incarnation's op id.
@@ -116,11 +120,11 @@ class WorkerStarting(Event, tag="worker.starting"):
     stop_timeout: float = 10.0
 
     def check_fields(self, info: Mapping[str, Any] | None) -> None:
-        expect_name("slot", self.slot, "operation id")
+        expect_op_id("slot", self.slot)
         expect_name("name", self.name, "worker")
         expect_count("attempt", self.attempt)
-        if not (math.isfinite(self.stop_timeout) and self.stop_timeout >= 0):
-            reject("stop_timeout", self.stop_timeout, "a finite number of seconds, 0 or more")
+        if not (math.isfinite(self.stop_timeout) and 0 <= self.stop_timeout <= MAX_STOP_TIMEOUT):
+            reject("stop_timeout", self.stop_timeout, f"a number of seconds from 0 to {MAX_STOP_TIMEOUT:g}")
 
 
 class WorkerStarted(Event, tag="worker.started"):
@@ -157,7 +161,7 @@ class WorkerAdopted(Event, tag="worker.adopted"):
     session: str
 
     def check_fields(self, info: Mapping[str, Any] | None) -> None:
-        expect_name("slot", self.slot, "operation id")
+        expect_op_id("slot", self.slot)
 
 
 class WorkerSpawnFailed(Event, tag="worker.spawn-failed"):

@@ -335,3 +335,25 @@ def test_a_user_op_without_a_journal_only_recovery_is_reported_cut_off(root: str
         open_engine(root, operations=[manual])
     assert info.value.ops == (("job-1", "job", "running"),)
     assert "job 'job-1' in state 'running'" in str(info.value)
+
+
+def test_a_host_may_name_its_operations_freely_but_never_as_a_path(root: str) -> None:
+    from shipslog.engine import InvalidFieldError
+
+    job = job_type()
+    e = open_engine(root, operations=[job])
+    for op in ("job:2024-01-01", "nightly eval", "_job1", "Ünïcode-job"):
+        e.journal_events(JobQueued(op=op, name="q"))
+    for op in ("../x", "a/b", ".hidden", "x\x00", ""):
+        with pytest.raises(InvalidFieldError, match="'op'"):
+            e.journal_events(JobQueued(op=op, name="q"))
+    e.close()
+    e = open_engine(root, operations=[job])  # replayed: the ids above pass the same rule again, and are settled
+    assert {"job:2024-01-01", "nightly eval", "_job1", "Ünïcode-job"} <= {r.action.target for r in e.recovery.results}
+    e.close()
+
+
+def test_an_operation_type_whose_name_cannot_be_part_of_a_folder_name_is_refused() -> None:
+    for bad in ("my/op", "\x1bop", ".op"):
+        with pytest.raises(ValueError, match="not well formed"):
+            job_type(name=bad, events=(), begins={}, transitions={}, recovery={})

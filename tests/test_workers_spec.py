@@ -301,7 +301,8 @@ def test_a_key_that_is_not_a_string_is_refused() -> None:
 
 
 def test_infinite_or_nan_numbers_are_refused() -> None:
-    assert "WorkerSpec.stop_timeout: expected a finite number" in _refused({"name": "w", "argv": ["x"], "stop_timeout": float("inf")})
+    assert "WorkerSpec.stop_timeout" in _refused({"name": "w", "argv": ["x"], "stop_timeout": float("inf")})
+    assert "WorkerSpec.stop_timeout: Expected `float` <= 3600" in _refused({"name": "w", "argv": ["x"], "stop_timeout": 7200})
     assert "WorkerSpec.restart_window" in _refused({"name": "w", "argv": ["x"], "restart_window": float("nan")})
 
 
