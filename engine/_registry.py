@@ -107,15 +107,14 @@ class Registry:
         """
         try:
             return self._frame_decoder.decode(payload)
-        except msgspec.ValidationError:
-            pass
+        except msgspec.ValidationError:  # an unknown kind, or damage: find out record by record
+            try:
+                raw = self._raw_frame_decoder.decode(payload)
+            except RecursionError:
+                raise _too_deep() from None
+            return [self.typed(rec) for rec in raw]
         except RecursionError:
             raise _too_deep() from None
-        try:
-            raw = self._raw_frame_decoder.decode(payload)
-        except RecursionError:
-            raise _too_deep() from None
-        return [self.typed(rec) for rec in raw]
 
     def decode_frames(self, chunk: bytes) -> list[list[Any]]:
         """Decode a msgpack array of frame payloads in one call (the replay fast path).
