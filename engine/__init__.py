@@ -30,8 +30,9 @@ from ._consolidation import (
     ConsolidationPointerSet,
     ConsolidationState,
     MergeFn,
+    finish_consolidation,
 )
-from ._core import EngineCore
+from ._core import EngineCore, WatchedFileSystem, decode_state, encode_state
 from ._events import (
     EVENT_SCHEMA_VERSION,
     ArtifactAborted,
@@ -60,13 +61,13 @@ from ._events import (
     SessionOpened,
 )
 from ._optypes import OperationType, Recovery, RecoveryAction
-from ._pointers import PointerFile, read_pointer_file
+from ._pointers import PointerFile, read_pointer_file, write_pointer_file
 from ._reducer import Reducer, SequenceGapError, apply, replay
 from ._registry import EventRecord, Registry
-from ._retention import RetentionPlan, plan_retention
+from ._retention import RetentionPlan, delete_paths, plan_retention
 from ._runs import DataFileSummary, Run, validate_data_file
 from ._state import STATE_VERSION, ArtifactInfo, EngineState, OpRecord, PointerInfo, RunInfo, SessionInfo
-from ._status import Status
+from ._status import Status, status_of
 from ._subscribers import Subscription
 from ._errors import (
     ConflictError,
@@ -311,4 +312,11 @@ __all__ = [
     "worker_incarnations",
     "worker_supervisions",
     "write_manifest",
+    "WatchedFileSystem",
+    "decode_state",
+    "delete_paths",
+    "encode_state",
+    "finish_consolidation",
+    "status_of",
+    "write_pointer_file",
 ]

@@ -56,7 +56,7 @@ __all__ = [
     "ConsolidationState",
     "MergeFn",
     "consolidate",
-    "finish",
+    "finish_consolidation",
     "retire_adapter",
     "retired_relpath",
 ]
@@ -284,7 +284,7 @@ def consolidate(core: EngineCore, *, base: str, adapter: str, into: str, pointer
         _abort(core, op, staging, exc)
         raise
     crash_point(CP_MERGED)
-    return finish(core, op)
+    return finish_consolidation(core, op)
 
 
 def _seal(
@@ -321,7 +321,7 @@ def _abort(core: EngineCore, op: str, staging: str, exc: BaseException) -> None:
         _log.error("could not abort consolidation %s after %s: %s; recovery will finish it", op, exc, abort_exc)
 
 
-def finish(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = None) -> ArtifactInfo:
+def finish_consolidation(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = None) -> ArtifactInfo:
     """Carry a consolidation forward from whatever durable state it is in to committed (used by recovery too).
 
     ``on_effect`` is called after each file effect, before the record that

@@ -37,7 +37,15 @@ from ._async import (
     SaveHandle,
     SaveTimeoutError,
 )
-from ._bench import bench_checkpoint
+from ._bench import (  # the baselines ``shipslog bench checkpoint`` measures beside the real operations
+    bench_checkpoint,
+    bench_merge,
+    make_bench_state,
+    torch_save_fsync,
+    touch_every_byte,
+    trim_heap,
+    write_raw_fsync,
+)
 from ._errors import (
     AdapterError,
     GpuError,
@@ -76,6 +84,12 @@ from ._tensorfile import (
 )
 
 __all__ = [
+    "bench_merge",
+    "make_bench_state",
+    "torch_save_fsync",
+    "touch_every_byte",
+    "trim_heap",
+    "write_raw_fsync",
     "merge_folders",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",

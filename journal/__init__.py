@@ -42,7 +42,7 @@ from ._journal import (
     OpenReport,
     TailRepair,
 )
-from ._lock import LOCK_NAME, read_lock_holder
+from ._lock import LOCK_NAME, RootLock, read_lock_holder
 from ._reader import JournalReader, Position, TornTail, last_record_seq, list_segments
 from ._recording import FsOp, RecordingFileSystem
 from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, read_snapshot
@@ -83,6 +83,7 @@ __all__ = [
     "Position",
     "Record",
     "RecordingFileSystem",
+    "RootLock",
     "RootedFileSystem",
     "ShipslogError",
     "Snapshot",

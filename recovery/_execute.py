@@ -35,11 +35,14 @@ from shipslog.engine import (
     SessionCrashed,
     verify_folder,
 )
-from shipslog.engine import settle_cut_off_worker
-from shipslog.engine._consolidation import ConsolidationAborted
-from shipslog.engine._consolidation import finish as finish_consolidation
-from shipslog.engine._pointers import read_pointer_file, write_pointer_file
-from shipslog.engine._retention import delete_paths
+from shipslog.engine import (
+    ConsolidationAborted,
+    delete_paths,
+    finish_consolidation,
+    read_pointer_file,
+    settle_cut_off_worker,
+    write_pointer_file,
+)
 from shipslog.journal import crash_point, register_crash_point
 
 from ._plan import Action, quarantine_name

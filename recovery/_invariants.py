@@ -21,8 +21,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from shipslog.engine import EngineState, IntegrityError, Registry, verify_folder
-from shipslog.engine._pointers import read_pointer_file
+from shipslog.engine import EngineState, IntegrityError, Registry, read_pointer_file, verify_folder
 from shipslog.journal import JOURNAL_DIR, CorruptJournalError, JournalReader
 
 from ._plan import list_root, plan

@@ -17,27 +17,28 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 
 from shipslog.engine import (
     ENGINE_FOLDERS,
     ROOT_FOLDERS,
     ArtifactInfo,
-    MissingDependencyError,
     CutOffOperationsError,
+    EngineCore,
     EngineLockedError,
     EngineState,
     InvalidFieldError,
+    MergeFn,
+    MissingDependencyError,
     OperationType,
+    Reducer,
     Registry,
     SessionClosed,
     SessionOpened,
+    WatchedFileSystem,
     check_root_folders,
     check_state,
+    decode_state,
 )
-from shipslog.engine._consolidation import MergeFn
-from shipslog.engine._core import EngineCore, WatchedFileSystem, decode_state
-from shipslog.engine._reducer import Reducer
 from shipslog.journal import (
     DEFAULT_SEGMENT_BYTES,
     OS_FS,
@@ -49,8 +50,7 @@ from shipslog.journal import (
     crash_point,
     register_crash_point,
 )
-from shipslog.recovery import ActionResult, RecoveryReport, Violation, check_invariants, execute, list_root, plan
-from shipslog.recovery._execute import close_event
+from shipslog.recovery import ActionResult, RecoveryReport, Violation, check_invariants, close_event, execute, list_root, plan
 
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "Engine"]
 

@@ -61,3 +61,56 @@ def test_errors_share_one_root_and_their_builtins() -> None:
     assert issubclass(j.JournalLockedError, BlockingIOError)
     err = j.InsufficientSpaceError("/x", 10, 3)
     assert "needed 10 bytes, 3 bytes free" in str(err) and "/x" in str(err)
+
+
+_LAYER = {"journal": 0, "engine": 1, "gpu": 2, "recovery": 2, "shipslog": 3, "tools": 4}
+"""Who may import whom: a package imports only packages of a lower layer (gpu and recovery are siblings)."""
+_ALLOWED_UP = {("shipslog", "gpu")}
+"""The one crossing beside the layers: the front door supplies the GPU core's merge, imported only when called."""
+_ENTRY_POINT = os.path.join("shipslog", "__main__.py")
+"""``python -m shipslog`` runs the command line: the program, not the library, so it may import tools."""
+
+
+def _imported_packages(repo: str) -> list[tuple[str, str, str]]:
+    """Every ``shipslog.*`` import of every module of the packages: (file, its package, the imported dotted name)."""
+    found = []
+    for package in _LAYER:
+        for dirpath, _dirs, files in os.walk(os.path.join(repo, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read(), path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "shipslog"]
+                    else:
+                        continue
+                    found += [(os.path.relpath(path, repo), package, n) for n in names if n.split(".")[0] == "shipslog"]
+    return found
+
+
+def _target(dotted: str) -> tuple[str, str | None]:
+    """The package a ``shipslog.*`` name belongs to, and its private module when it names one."""
+    parts = dotted.split(".")[1:]
+    if not parts:
+        return "shipslog", None
+    if parts[0] in _LAYER and parts[0] != "shipslog":
+        return parts[0], next((p for p in parts[1:2] if p.startswith("_")), None)
+    return "shipslog", parts[0] if parts[0].startswith("_") else None
+
+
+def test_packages_talk_through_their_public_init_only_and_never_upward() -> None:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    private, upward = [], []
+    for path, package, dotted in _imported_packages(repo):
+        target, module = _target(dotted)
+        if target == package or path == _ENTRY_POINT:
+            continue
+        if module is not None:
+            private.append(f"{path}: {dotted}")
+        if _LAYER[target] >= _LAYER[package] and (package, target) not in _ALLOWED_UP:
+            upward.append(f"{path}: {dotted} ({package} may not import {target})")
+    assert private == [], "imports of another package's private modules"
+    assert upward == [], "imports against the layering journal <- engine <- gpu, recovery <- shipslog <- tools"

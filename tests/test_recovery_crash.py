@@ -18,8 +18,8 @@ from _recovery_helpers import OPEN_CHILD, run_child
 from shipslog.engine import replay
 from shipslog.journal import CRASH_EXIT_CODE, set_crash_hook
 from shipslog.recovery import check_invariants, list_root, plan
-from shipslog.recovery._torture import kill_orphans, workload_processes
-from shipslog.recovery._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
+from shipslog.tools._torture import kill_orphans, workload_processes
+from shipslog.tools._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 
 def _cut_off(e: Any, point: str, call: Any) -> None:

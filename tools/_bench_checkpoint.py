@@ -47,11 +47,20 @@ from typing import Any
 
 import torch
 
-from shipslog._engine import Engine
+from shipslog import Engine
 from shipslog.engine import read_manifest
-from shipslog.gpu import AsyncCheckpointer, load_state_dict, save_state_dict
-from shipslog.gpu._async import EXPECTED_BYTES_MARGIN
-from shipslog.gpu._bench import bench_merge, make_bench_state, torch_save_fsync, touch_every_byte, trim_heap, write_raw_fsync
+from shipslog.gpu import (
+    EXPECTED_BYTES_MARGIN,
+    AsyncCheckpointer,
+    bench_merge,
+    load_state_dict,
+    make_bench_state,
+    save_state_dict,
+    torch_save_fsync,
+    touch_every_byte,
+    trim_heap,
+    write_raw_fsync,
+)
 
 __all__ = ["run_checkpoint_bench"]
 

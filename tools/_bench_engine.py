@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from shipslog._engine import Engine
+from shipslog import Engine
 from shipslog.engine import (
     ArtifactBegun,
     ArtifactCommitted,

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from shipslog._engine import Engine
+from shipslog import Engine
 from shipslog.engine import EventRecord, Supervisor, WorkerDied, WorkerSpec, WorkerStarted, WorkerStarting
 
 __all__ = ["BACKOFF_S", "run_workers_bench"]

@@ -492,8 +492,8 @@ def _format_torture(result: dict[str, Any]) -> str:
 
 def _cmd_torture(args: argparse.Namespace) -> int:
     """``shipslog torture``: the crash harness; exit 1 when any violation (or uncovered point) is found."""
-    from shipslog.recovery._torture import run_torture
-    from shipslog.recovery._workload import parse_ops
+    from ._torture import run_torture
+    from ._workload import parse_ops
 
     try:
         ops = parse_ops(args.ops)
@@ -558,8 +558,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     """``shipslog recover ROOT``: print the recovery plan, then (unless --dry-run) carry it out."""
     from shipslog import Engine
     from shipslog.engine import EngineLockedError, Registry
-    from shipslog.journal import JournalLockedError
-    from shipslog.journal._lock import RootLock
+    from shipslog.journal import JournalLockedError, RootLock
     from shipslog.recovery import check_invariants, list_root, plan
 
     root = require_root(args.root)

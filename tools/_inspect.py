@@ -22,9 +22,7 @@ from typing import Any
 
 import msgspec
 import psutil
-from shipslog.engine import EngineState, RawEvent, Registry, Status, check_root_folders
-from shipslog.engine._reducer import Reducer
-from shipslog.engine._status import status_of
+from shipslog.engine import EngineState, RawEvent, Reducer, Registry, Status, check_root_folders, status_of
 from shipslog.journal import (
     JOURNAL_DIR,
     CorruptRecordError,

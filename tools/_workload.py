@@ -2,7 +2,7 @@
 
 Run in a child process that the harness arms to die at one crash point::
 
-    python -m shipslog.recovery._workload ROOT [--ops checkpoint,pointer,...] [--seed N] [--acks FILE]
+    python -m shipslog.tools._workload ROOT [--ops checkpoint,pointer,...] [--seed N] [--acks FILE]
 
 It opens an :class:`~shipslog.Engine` on ``ROOT`` with ``fsync=False`` (a
 process killed by SIGKILL keeps the page cache, so fsync does not change what
@@ -328,7 +328,7 @@ def _write_synced(folder: str, name: str, data: bytes) -> FileEntry:
 
 def main(argv: list[str] | None = None) -> int:
     """The workload's command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m shipslog.recovery._workload", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shipslog.tools._workload", description=__doc__.splitlines()[0])
     parser.add_argument("root")
     parser.add_argument("--ops", default=None, help=f"comma-separated subset of {','.join(WORKLOAD_OPS)} (default: all)")
     parser.add_argument("--seed", type=int, default=0)

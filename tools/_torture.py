@@ -1,13 +1,13 @@
 """The crash harness behind ``shipslog torture``: kill a realistic workload at every crash point, recover, check.
 
-1. A coverage run of the workload (:mod:`shipslog.recovery._workload`) with
+1. A coverage run of the workload (:mod:`shipslog.tools._workload`) with
    ``SHIPSLOG_CRASH_TRACE`` learns which crash points it reaches and how often
    (and, from a fresh process, which points are registered).
 2. For every registered point ``P`` that counts for the chosen operations and
    each chosen hit ``k`` of it (the first, the last, and in a full run one in
    the middle), a child runs the workload armed with ``SHIPSLOG_CRASH_AT=P@k``
    and dies there without clean-up (SIGKILL, or ``os._exit`` every other run).
-3. A fresh checker process (``python -m shipslog.recovery._torture check``)
+3. A fresh checker process (``python -m shipslog.tools._torture check``)
    opens the root, so recovery runs; it records ``engine.violations`` and
    :func:`check_invariants` (deep), checks the report is consistent and that
    nothing the workload was told is done (a committed checkpoint, a pointer
@@ -28,7 +28,7 @@
 
 After every child that ran or recovered a workload, the harness looks for
 processes whose environment names that workload's root
-(:data:`~shipslog.recovery._workload.WORKLOAD_ROOT_ENV`): a worker that
+(:data:`~shipslog.tools._workload.WORKLOAD_ROOT_ENV`): a worker that
 neither its supervisor nor recovery stopped.  Each is killed and reported as a
 violation of invariant ``no-orphans``, so no run leaves a process behind.
 
@@ -72,8 +72,8 @@ __all__ = ["TortureResult", "check_root", "kill_orphans", "run_torture", "worklo
 
 TortureResult = dict[str, Any]
 
-_WORKLOAD_MODULE = "shipslog.recovery._workload"
-_CHECK_MODULE = "shipslog.recovery._torture"
+_WORKLOAD_MODULE = "shipslog.tools._workload"
+_CHECK_MODULE = "shipslog.tools._torture"
 _OPENED_MARK = "=opened"
 _CHILD_TIMEOUT_S = 120
 _QUICK_PAIRS = (
@@ -635,8 +635,8 @@ def run_torture(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shipslog.recovery._torture check ROOT [--acks FILE] [--mark FILE]``: the checker child."""
-    parser = argparse.ArgumentParser(prog="python -m shipslog.recovery._torture")
+    """``python -m shipslog.tools._torture check ROOT [--acks FILE] [--mark FILE]``: the checker child."""
+    parser = argparse.ArgumentParser(prog="python -m shipslog.tools._torture")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="recover ROOT, check it, print one JSON line")
     check.add_argument("root")
