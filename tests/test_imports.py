@@ -6,6 +6,7 @@ import ast
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -28,20 +29,33 @@ def test_importing_does_not_import_rich(module: str) -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
 
 
-def test_no_library_package_imports_rich() -> None:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    offenders = []
-    for package in ("journal", "engine", "recovery", "gpu", "shipslog"):
-        for dirpath, _dirs, files in os.walk(os.path.join(repo, package)):
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imports(packages: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """Every absolute import of every module of ``packages``: (file relative to the repo, its package, the dotted name).
+
+    ``from shipslog import X`` yields ``shipslog`` and ``shipslog.X`` (X may be a private module of the front door).
+    """
+    for package in packages:
+        for dirpath, _dirs, files in os.walk(os.path.join(REPO, package)):
             for name in (f for f in files if f.endswith(".py")):
                 path = os.path.join(dirpath, name)
                 with open(path, encoding="utf-8") as f:
                     tree = ast.parse(f.read(), path)
+                rel = os.path.relpath(path, REPO)
                 for node in ast.walk(tree):
-                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                        names = [node.module]
-                    offenders += [f"{os.path.relpath(path, repo)}: {n}" for n in names if n.split(".")[0] == "rich"]
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "shipslog"]
+                    else:
+                        continue
+                    yield from ((rel, package, n) for n in names)
+
+
+def test_no_library_package_imports_rich() -> None:
+    offenders = [f"{path}: {n}" for path, _pkg, n in _imports(("journal", "engine", "recovery", "gpu", "shipslog")) if n.split(".")[0] == "rich"]
     assert offenders == []
 
 
@@ -71,26 +85,6 @@ _ENTRY_POINT = os.path.join("shipslog", "__main__.py")
 """``python -m shipslog`` runs the command line: the program, not the library, so it may import tools."""
 
 
-def _imported_packages(repo: str) -> list[tuple[str, str, str]]:
-    """Every ``shipslog.*`` import of every module of the packages: (file, its package, the imported dotted name)."""
-    found = []
-    for package in _LAYER:
-        for dirpath, _dirs, files in os.walk(os.path.join(repo, package)):
-            for name in (f for f in files if f.endswith(".py")):
-                path = os.path.join(dirpath, name)
-                with open(path, encoding="utf-8") as f:
-                    tree = ast.parse(f.read(), path)
-                for node in ast.walk(tree):
-                    if isinstance(node, ast.Import):
-                        names = [a.name for a in node.names]
-                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "shipslog"]
-                    else:
-                        continue
-                    found += [(os.path.relpath(path, repo), package, n) for n in names if n.split(".")[0] == "shipslog"]
-    return found
-
-
 def _target(dotted: str) -> tuple[str, str | None]:
     """The package a ``shipslog.*`` name belongs to, and its private module when it names one."""
     parts = dotted.split(".")[1:]
@@ -102,9 +96,10 @@ def _target(dotted: str) -> tuple[str, str | None]:
 
 
 def test_packages_talk_through_their_public_init_only_and_never_upward() -> None:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     private, upward = [], []
-    for path, package, dotted in _imported_packages(repo):
+    for path, package, dotted in _imports(_LAYER):
+        if dotted.split(".")[0] != "shipslog":
+            continue
         target, module = _target(dotted)
         if target == package or path == _ENTRY_POINT:
             continue

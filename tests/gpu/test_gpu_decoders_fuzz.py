@@ -187,16 +187,17 @@ _VALID_LEAVES = st.one_of(
     st.fixed_dictionaries({"F": st.sampled_from(["nan", "inf", "-inf"])}),
 )
 _VALID_KEYS = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63))
-_VALID_TREES = st.recursive(
-    _VALID_LEAVES,
-    lambda children: st.one_of(
-        st.fixed_dictionaries({"D": st.lists(st.tuples(_VALID_KEYS, children).map(list), max_size=3)}),
-        st.fixed_dictionaries({"O": st.lists(st.tuples(_VALID_KEYS, children).map(list), max_size=3)}),
-        st.fixed_dictionaries({"L": st.lists(children, max_size=3)}),
-        st.fixed_dictionaries({"U": st.lists(children, max_size=3)}),
-    ),
-    max_leaves=12,
-)
+
+
+def _tree_nodes(keys: st.SearchStrategy[Any], children: st.SearchStrategy[Any]) -> list[st.SearchStrategy[Any]]:
+    """The container nodes of a tree.json: dicts and ordered dicts of (key, child) pairs, lists and tuples."""
+    pairs = st.lists(st.tuples(keys, children).map(list), max_size=3)
+    items = st.lists(children, max_size=3)
+    return [st.fixed_dictionaries({"D": pairs}), st.fixed_dictionaries({"O": pairs}),
+            st.fixed_dictionaries({"L": items}), st.fixed_dictionaries({"U": items})]
+
+
+_VALID_TREES = st.recursive(_VALID_LEAVES, lambda children: st.one_of(*_tree_nodes(_VALID_KEYS, children)), max_leaves=12)
 _TREE_LEAVES = st.one_of(
     st.fixed_dictionaries({"S": _SCALARS}),
     st.fixed_dictionaries({"T": st.sampled_from(["w", "b", "missing", ""])}),
@@ -208,10 +209,7 @@ _KEYS = st.one_of(st.text(max_size=6), st.integers(min_value=-3, max_value=3), s
 _TREES = st.recursive(
     _TREE_LEAVES,
     lambda children: st.one_of(
-        st.fixed_dictionaries({"D": st.lists(st.tuples(_KEYS, children).map(list), max_size=3)}),
-        st.fixed_dictionaries({"O": st.lists(st.tuples(_KEYS, children).map(list), max_size=3)}),
-        st.fixed_dictionaries({"L": st.lists(children, max_size=3)}),
-        st.fixed_dictionaries({"U": st.lists(children, max_size=3)}),
+        *_tree_nodes(_KEYS, children),
         st.dictionaries(st.sampled_from(["D", "L", "S", "Q"]), children, max_size=2),
     ),
     max_leaves=12,
