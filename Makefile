@@ -4,6 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.shipslog-installed
 TORCH  := torch==2.13.0
+# make lint / make typecheck install these (pinned: findings change between releases) when the
+# venv lacks them or has other versions.
+LINT_TOOLS := ruff==0.17.6
+TYPE_TOOLS := mypy==2.4.1 types-psutil==7.2.2.20261111
+LINT_DIRS  := journal engine recovery gpu shipslog tools tests
 
 .PHONY: help venv demo test test-fast bench lint typecheck clean
 
@@ -11,9 +16,18 @@ help:
 	@echo "make demo   - create $(VENV) if needed, run a training host, kill it, and watch it recover"
 	@echo "make test   - create $(VENV) if needed and run the whole test suite"
 	@echo "make bench  - create $(VENV) if needed and run the benchmarks"
-	@echo "make lint / make typecheck - ruff and mypy"
+	@echo "make lint   - ruff on $(LINT_DIRS) (installs ruff into $(VENV) if needed)"
+	@echo "make typecheck - mypy --strict on every shipslog package (installs mypy into $(VENV) if needed)"
 
 venv: $(STAMP)
+
+# A bare venv, for lint: ruff needs neither the project nor its dependencies.
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# $(call ensure,pkg==version ...): pip install the packages unless exactly those versions are there.
+ensure = $(PY) -c 'import sys, importlib.metadata as m; sys.exit(any(m.version(n) != v for n, _, v in (a.partition("==") for a in sys.argv[1:])))' $(1) 2>/dev/null \
+	|| $(PY) -m pip install --quiet --disable-pip-version-check $(1)
 
 # torch is installed first, pinned: an open range with no torch installed
 # would pull several GB of CUDA packages.
@@ -36,13 +50,15 @@ bench: $(STAMP)
 	$(PY) -m shipslog bench journal
 	$(PY) -m shipslog bench engine
 
-lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
-	$(PY) -m ruff check journal engine recovery shipslog tools tests
+lint: | $(PY)
+	@$(call ensure,$(LINT_TOOLS))
+	$(PY) -m ruff check $(LINT_DIRS)
 
+# mypy needs the dependencies installed ($(STAMP)) to check the calls into them.
+# .ci/typecheck.py lays the packages out as installed (build/typecheck/, made anew each run).
 typecheck: $(STAMP)
-	$(PY) -m pip install --quiet mypy
-	$(PY) -m mypy
+	@$(call ensure,$(TYPE_TOOLS))
+	$(PY) .ci/typecheck.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis

@@ -3,7 +3,7 @@
 Never imports shipslog.recovery, shipslog.gpu or torch.
 """
 
-from ._artifacts import CheckpointWriter
+from ._checkpoint import ArtifactAborted, ArtifactBegun, ArtifactCommitted, ArtifactDurable, CheckpointWriter
 from ._builtins import (
     BUILTIN_OPERATIONS,
     CHECKPOINT,
@@ -33,39 +33,18 @@ from ._consolidation import (
     finish_consolidation,
 )
 from ._core import EngineCore, WatchedFileSystem, decode_state, encode_state
-from ._events import (
-    EVENT_SCHEMA_VERSION,
-    ArtifactAborted,
-    ArtifactBegun,
-    ArtifactCommitted,
-    ArtifactDurable,
-    Event,
-    PointerAborted,
-    PointerIntended,
-    PointerSet,
-    RawEvent,
-    RecoveryBegun,
-    RecoveryDone,
-    RecoveryStep,
-    RecoverySuperseded,
-    RetentionDeleted,
-    RetentionIntended,
-    RunFailed,
-    RunFinished,
-    RunInterrupted,
-    RunProgress,
-    RunStarted,
-    RunValidated,
-    SessionClosed,
-    SessionCrashed,
-    SessionOpened,
-)
-from ._optypes import OperationType, Recovery, RecoveryAction
-from ._pointers import PointerFile, read_pointer_file, write_pointer_file
+from ._context import OperationContext, RecoveryContext
+from ._events import EVENT_SCHEMA_VERSION, Event, RawEvent
+from ._recovery_op import RecoveryBegun, RecoveryDone, RecoveryStep, RecoverySuperseded
+from ._retention import RetentionDeleted, RetentionIntended
+from ._run import RunFailed, RunFinished, RunInterrupted, RunProgress, RunStarted, RunValidated
+from ._session import SessionClosed, SessionCrashed, SessionOpened
+from ._optypes import Claims, CloseFields, Executor, OperationType, Recovery, RecoveryAction
+from ._pointer import PointerAborted, PointerFile, PointerIntended, PointerSet, read_pointer_file, write_pointer_file
 from ._reducer import Reducer, SequenceGapError, apply, replay
 from ._registry import EventRecord, Registry
 from ._retention import RetentionPlan, delete_paths, plan_retention
-from ._runs import DataFileSummary, Run, validate_data_file
+from ._run import DataFileSummary, Run, validate_data_file
 from ._state import STATE_VERSION, ArtifactInfo, EngineState, OpRecord, PointerInfo, RunInfo, SessionInfo
 from ._status import Status, status_of
 from ._subscribers import Subscription
@@ -106,6 +85,7 @@ from ._layout import (
     staging_relpath,
 )
 from ._state_check import check_state
+from ._load import LoadedState, load_state
 from ._manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -123,28 +103,24 @@ from ._names import check_name
 from ._workers import (
     WORKER,
     WORKER_OP_ENV,
+    Health,
+    ProcessIdentity,
+    Supervisor,
+    SupervisorError,
     WorkerAdopted,
+    WorkerConfigError,
     WorkerDied,
     WorkerExited,
     WorkerFailed,
     WorkerReleased,
     WorkerSpawnFailed,
+    WorkerSpec,
     WorkerStarted,
     WorkerStarting,
     WorkerState,
+    WorkerStatus,
     WorkerStopped,
     WorkerSupervised,
-    worker_incarnations,
-    worker_supervisions,
-)
-from ._supervisor import (
-    Health,
-    ProcessIdentity,
-    Supervisor,
-    SupervisorError,
-    WorkerConfigError,
-    WorkerSpec,
-    WorkerStatus,
     find_worker_processes,
     probe_worker,
     process_identity,
@@ -152,6 +128,8 @@ from ._supervisor import (
     settle_cut_off_worker,
     settle_worker_event,
     stop_worker,
+    worker_incarnations,
+    worker_supervisions,
 )
 
 __all__ = [
@@ -188,6 +166,8 @@ __all__ = [
     "ArtifactInfo",
     "CheckpointState",
     "CheckpointWriter",
+    "Claims",
+    "CloseFields",
     "ConflictError",
     "ConsolidationAborted",
     "ConsolidationAdapterRetired",
@@ -208,6 +188,7 @@ __all__ = [
     "EngineState",
     "Event",
     "EventRecord",
+    "Executor",
     "FileEntry",
     "ForeignFolderError",
     "Health",
@@ -215,11 +196,13 @@ __all__ = [
     "InvalidFieldError",
     "InvalidNameError",
     "InvalidTransitionError",
+    "LoadedState",
     "Manifest",
     "MergeFn",
     "MissingDependencyError",
     "NotFoundError",
     "OpRecord",
+    "OperationContext",
     "OperationType",
     "PointerAborted",
     "PointerFile",
@@ -231,6 +214,7 @@ __all__ = [
     "RawEvent",
     "Recovery",
     "RecoveryAction",
+    "RecoveryContext",
     "RecoveryBegun",
     "RecoveryDone",
     "RecoveryState",
@@ -291,6 +275,7 @@ __all__ = [
     "expect_nested_within",
     "expect_relpath",
     "find_worker_processes",
+    "load_state",
     "nesting_depth",
     "new_manifest",
     "plan_retention",

@@ -12,7 +12,7 @@ The steps, each journaled after its effect:
    deletes it later): ``consolidation.adapter-retired``;
 6. ``consolidation.committed``.
 
-The adapter is retired only after the merged model is durable, installed
+Its events, table, projections, forward path and recovery live here.  The adapter is retired only after the merged model is durable, installed
 and pointed to, so no committed learning is ever lost.  A failure before
 step 2 is durable (a merge that raises, NaN/Inf in the result, a full disk)
 removes staging and journals ``consolidation.aborted``; the base, the
@@ -27,22 +27,22 @@ import enum
 import logging
 import os
 import zlib
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from shipslog.journal import crash_point, register_crash_point
 
+from ._checkpoint import settle_copies
+from ._context import OperationContext, RecoveryContext
 from ._errors import ConflictError, NotFoundError
 from ._events import Event
 from ._fields import expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath
-from ._layout import ADAPTERS_DIR, MODELS_DIR, RETIRED_DIR, artifact_relpath, staging_relpath
+from ._layout import ADAPTERS_DIR, MODELS_DIR, POINTERS_DIR, RETIRED_DIR, artifact_relpath, staging_relpath
 from ._manifest import FileEntry, checksum_file, new_manifest, scan_folder, verify_folder, write_manifest
 from ._names import check_name
 from ._optypes import OperationType, Recovery, RecoveryAction
+from ._pointer import write_pointer_file
 from ._state import ArtifactInfo, EngineState, OpRecord, PointerInfo, StateBuilder
-
-if TYPE_CHECKING:
-    from ._core import EngineCore
 
 __all__ = [
     "CONSOLIDATION",
@@ -190,6 +190,184 @@ def _adapter_retired(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: f
     b.retired[ev.retired] = artifact_relpath("model", op.info["into"])
 
 
+# -- the operation ------------------------------------------------------------------------------
+
+
+def consolidate(ctx: OperationContext, *, base: str, adapter: str, into: str, pointer: str, merge: MergeFn) -> ArtifactInfo:
+    """Run a whole consolidation (see the module docstring); return the installed model."""
+    check_name("model", base)
+    check_name("adapter", adapter)
+    check_name("model", into)
+    check_name("pointer", pointer)
+    ctx.check_usable()
+    state = ctx.state
+    base_art = state.models.get(base)
+    if base_art is None:
+        raise NotFoundError("model", base, "the base must be a committed model (save_model or adopt_model)")
+    adapter_art = state.adapters.get(adapter)
+    if adapter_art is None:
+        raise NotFoundError("adapter", adapter, "the adapter must be committed (save_adapter or adopt_adapter)")
+    base_manifest = verify_folder(ctx.path(base_art.path))
+    adapter_manifest = verify_folder(ctx.path(adapter_art.path))
+    ctx.preflight(base_art.bytes, f"consolidating {adapter!r} into {base!r} ({base_art.bytes} bytes)")
+    op = ctx.new_op_id("consolidation")
+    staging_rel = staging_relpath(op)
+    final_rel = artifact_relpath("model", into)
+
+    def no_conflict(st: EngineState) -> None:
+        if into in st.models or os.path.lexists(ctx.path(final_rel)):
+            raise ConflictError(f"model name {into!r}", f"an existing model {final_rel}")
+        for other in st.ops.values():
+            if other.type == "run":
+                raise ConflictError(f"consolidating into {base!r}", f"run {other.id} (state {other.state}), which trains on it")
+            if other.type == "consolidation":
+                raise ConflictError(f"consolidating {adapter!r}", f"consolidation {other.id} (state {other.state})")
+            if other.type == "pointer" and other.info.get("name") == pointer:
+                raise ConflictError(f"moving pointer {pointer!r}", f"operation {other.id} (state {other.state})")
+        if base_art.path in st.retiring or adapter_art.path in st.retiring:
+            raise ConflictError(f"consolidating {adapter!r} into {base!r}", "a retention pass that is deleting one of them")
+
+    ctx.journal_events(
+        ConsolidationBegun(op=op, base=base_art.path, adapter=adapter_art.path, into=into, pointer=pointer, staging=staging_rel),
+        check=no_conflict,
+    )
+    crash_point(CP_BEGUN)
+    staging = ctx.path(staging_rel)
+    try:
+        ctx.fs.mkdir(staging)
+        files, report = merge(ctx.path(base_art.path), list(base_manifest.files), ctx.path(adapter_art.path), list(adapter_manifest.files), staging)
+        crash_point(CP_MERGED_FILES)
+        _seal(ctx, op, staging, into, files, report, base, adapter)
+    except BaseException as exc:
+        _abort(ctx, op, staging, exc)
+        raise
+    crash_point(CP_MERGED)
+    return finish_consolidation(ctx, op)
+
+
+def _seal(
+    ctx: OperationContext, op: str, staging: str, into: str, files: list[FileEntry], report: dict[str, Any], base: str, adapter: str
+) -> None:
+    """Check what the merge wrote, fsync, write the manifest last, journal merged."""
+    recorded = {f.path: f for f in files}
+    entries: list[FileEntry] = []
+    for rel in scan_folder(staging):
+        full = os.path.join(staging, *rel.split("/"))
+        entry = recorded.get(rel)
+        if entry is None or os.stat(full).st_size != entry.size:
+            entry = checksum_file(staging, rel)
+        fd = ctx.fs.open(full, os.O_RDONLY)
+        try:
+            ctx.fs.fsync(fd)
+        finally:
+            ctx.fs.close(fd)
+        entries.append(entry)
+    manifest = new_manifest("model", into, entries, meta={"merged_from": {"base": base, "adapter": adapter}, "merge": report})
+    data = write_manifest(ctx.fs, staging, manifest)
+    ctx.journal_events(
+        ConsolidationMerged(op=op, files=len(entries), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(data), report=report)
+    )
+
+
+def _abort(ctx: OperationContext, op: str, staging: str, exc: BaseException) -> None:
+    if ctx.broken is not None or ctx.closed or op not in ctx.state.ops:
+        return
+    try:
+        ctx.fs.remove_tree_durable(staging)
+        ctx.journal_events(ConsolidationAborted(op=op, reason=f"failed: {type(exc).__name__}: {exc}"))
+    except Exception as abort_exc:
+        _log.error("could not abort consolidation %s after %s: %s; recovery will finish it", op, exc, abort_exc)
+
+
+def finish_consolidation(ctx: OperationContext, op: str, *, on_effect: Callable[[], None] | None = None) -> ArtifactInfo:
+    """Carry a consolidation forward from whatever durable state it is in to committed (used by recovery too).
+
+    ``on_effect`` is called after each file effect, before the record that
+    says it happened (recovery passes its crash point).
+    """
+    effect = on_effect or (lambda: None)
+    record = ctx.state.ops[op]
+    info = record.info
+    into = info["into"]
+    final_rel = artifact_relpath("model", into)
+    if record.state == _S.MERGED.value:
+        staging = ctx.path(*info["staging"].split("/"))
+        if not os.path.lexists(ctx.path(final_rel)):
+            ctx.fs.ensure_dir(ctx.path("models"))
+            ctx.fs.rename_durable(staging, ctx.path(final_rel), sync_source=False)
+        crash_point(CP_RENAMED)
+        effect()
+        ctx.journal_events(ConsolidationInstalled(op=op, path=final_rel))
+        crash_point(CP_INSTALLED)
+        record = ctx.state.ops[op]
+    if record.state == _S.INSTALLED.value:
+        write_pointer_file(ctx, info["pointer"], final_rel, op)
+        crash_point(CP_POINTER_WRITTEN)
+        effect()
+        ctx.journal_events(ConsolidationPointerSet(op=op))
+        crash_point(CP_POINTER_SET)
+        record = ctx.state.ops[op]
+    if record.state == _S.POINTER_SET.value:
+        retired_rel = retire_adapter(ctx, op, info["adapter"])
+        effect()
+        ctx.journal_events(ConsolidationAdapterRetired(op=op, retired=retired_rel))
+        crash_point(CP_RETIRED)
+        record = ctx.state.ops[op]
+    if record.state == _S.ADAPTER_RETIRED.value:
+        ctx.journal_events(ConsolidationCommitted(op=op))
+    return ctx.state.models[into]
+
+
+def retired_relpath(op: str, adapter_rel: str) -> str:
+    """``retired/<op>-<name>``: where consolidation ``op`` moves adapter ``adapters/<name>``."""
+    return f"{RETIRED_DIR}/{op}-{adapter_rel.partition('/')[2]}"
+
+
+def retire_adapter(ctx: OperationContext, op: str, adapter_rel: str) -> str:
+    """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path."""
+    retired_rel = retired_relpath(op, adapter_rel)
+    src, dst = ctx.path(*adapter_rel.split("/")), ctx.path(*retired_rel.split("/"))
+    if os.path.lexists(src) and not os.path.lexists(dst):
+        ctx.fs.ensure_dir(ctx.path("retired"))
+        ctx.fs.rename_durable(src, dst)
+    crash_point(CP_RETIRED_MOVE)
+    return retired_rel
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+def _roll_back(ctx: RecoveryContext, op: OpRecord) -> str:
+    staging = str(op.info.get("staging", ""))
+    if staging:
+        ctx.fs.remove_tree_durable(ctx.path(*staging.split("/")))
+        ctx.effect_done()
+    ctx.journal_events(ConsolidationAborted(op=op.id, reason="recovered: cut off before the merged model was durable; staging removed"))
+    return "staging removed, journaled aborted; base, adapter and pointer untouched"
+
+
+def _roll_forward(ctx: RecoveryContext, op: OpRecord) -> str:
+    if op.state == _S.MERGED.value:
+        info = op.info
+        kept, why = settle_copies(ctx, artifact_relpath("model", info["into"]), str(info["staging"]), info.get("manifest_crc"))
+        if kept is None:
+            ctx.journal_events(ConsolidationAborted(op=op.id, reason=f"recovered: no copy of the merged model verifies ({why}); adapter kept"))
+            return "no copy verifies: quarantined, journaled aborted; the adapter is kept"
+    finish_consolidation(ctx, op.id, on_effect=ctx.effect_done)
+    return f"rolled forward from {op.state} to committed"
+
+
+def _claims(op: OpRecord) -> Iterable[str]:
+    info = op.info
+    yield str(info.get("staging"))
+    if op.state != _S.BEGUN.value:
+        yield artifact_relpath("model", str(info.get("into")))
+    yield f"{POINTERS_DIR}/{info.get('pointer')}"
+    yield retired_relpath(op.id, str(info.get("adapter", "")))
+
+
+# -- the declaration ----------------------------------------------------------------------
+
 _S = ConsolidationState
 _FORWARD = RecoveryAction.ROLL_FORWARD
 
@@ -218,161 +396,24 @@ CONSOLIDATION = OperationType(
     },
     terminal=frozenset({_S.COMMITTED, _S.ABORTED}),
     recovery={
-        _S.BEGUN: Recovery(RecoveryAction.ROLL_BACK, "the merged model was not durable: remove staging; base, adapter and pointer are untouched"),
-        _S.MERGED: Recovery(_FORWARD, "install the merged model if a copy verifies (else quarantine it and abort; the adapter is untouched)"),
-        _S.INSTALLED: Recovery(_FORWARD, "make the pointer name the merged model"),
-        _S.POINTER_SET: Recovery(_FORWARD, "retire the adapter (the merged model is installed and pointed to)"),
-        _S.ADAPTER_RETIRED: Recovery(_FORWARD, "journal committed"),
+        _S.BEGUN: Recovery(
+            RecoveryAction.ROLL_BACK,
+            "the merged model was not durable: remove staging; base, adapter and pointer are untouched",
+            execute=_roll_back,
+        ),
+        _S.MERGED: Recovery(
+            _FORWARD,
+            "install the merged model if a copy verifies (else quarantine it and abort; the adapter is untouched)",
+            execute=_roll_forward,
+        ),
+        _S.INSTALLED: Recovery(_FORWARD, "make the pointer name the merged model", execute=_roll_forward),
+        _S.POINTER_SET: Recovery(_FORWARD, "retire the adapter (the merged model is installed and pointed to)", execute=_roll_forward),
+        _S.ADAPTER_RETIRED: Recovery(_FORWARD, "journal committed", execute=_roll_forward),
     },
     projections={
         "consolidation.installed": _installed,
         "consolidation.pointer-set": _pointer_set,
         "consolidation.adapter-retired": _adapter_retired,
     },
+    claims=_claims,
 )
-
-
-# -- the operation ------------------------------------------------------------------------------
-
-
-def consolidate(core: EngineCore, *, base: str, adapter: str, into: str, pointer: str, merge: MergeFn) -> ArtifactInfo:
-    """Run a whole consolidation (see the module docstring); return the installed model."""
-    check_name("model", base)
-    check_name("adapter", adapter)
-    check_name("model", into)
-    check_name("pointer", pointer)
-    core.check_usable()
-    state = core.state
-    base_art = state.models.get(base)
-    if base_art is None:
-        raise NotFoundError("model", base, "the base must be a committed model (save_model or adopt_model)")
-    adapter_art = state.adapters.get(adapter)
-    if adapter_art is None:
-        raise NotFoundError("adapter", adapter, "the adapter must be committed (save_adapter or adopt_adapter)")
-    base_manifest = verify_folder(core.path(base_art.path))
-    adapter_manifest = verify_folder(core.path(adapter_art.path))
-    core.preflight(base_art.bytes, f"consolidating {adapter!r} into {base!r} ({base_art.bytes} bytes)")
-    op = core.new_op_id("consolidation")
-    staging_rel = staging_relpath(op)
-    final_rel = artifact_relpath("model", into)
-
-    def no_conflict(st: EngineState) -> None:
-        if into in st.models or os.path.lexists(core.path(final_rel)):
-            raise ConflictError(f"model name {into!r}", f"an existing model {final_rel}")
-        for other in st.ops.values():
-            if other.type == "run":
-                raise ConflictError(f"consolidating into {base!r}", f"run {other.id} (state {other.state}), which trains on it")
-            if other.type == "consolidation":
-                raise ConflictError(f"consolidating {adapter!r}", f"consolidation {other.id} (state {other.state})")
-            if other.type == "pointer" and other.info.get("name") == pointer:
-                raise ConflictError(f"moving pointer {pointer!r}", f"operation {other.id} (state {other.state})")
-        if base_art.path in st.retiring or adapter_art.path in st.retiring:
-            raise ConflictError(f"consolidating {adapter!r} into {base!r}", "a retention pass that is deleting one of them")
-
-    core.journal_events(
-        ConsolidationBegun(op=op, base=base_art.path, adapter=adapter_art.path, into=into, pointer=pointer, staging=staging_rel),
-        check=no_conflict,
-    )
-    crash_point(CP_BEGUN)
-    staging = core.path(staging_rel)
-    try:
-        core.fs.mkdir(staging)
-        files, report = merge(core.path(base_art.path), list(base_manifest.files), core.path(adapter_art.path), list(adapter_manifest.files), staging)
-        crash_point(CP_MERGED_FILES)
-        _seal(core, op, staging, into, files, report, base, adapter)
-    except BaseException as exc:
-        _abort(core, op, staging, exc)
-        raise
-    crash_point(CP_MERGED)
-    return finish_consolidation(core, op)
-
-
-def _seal(
-    core: EngineCore, op: str, staging: str, into: str, files: list[FileEntry], report: dict[str, Any], base: str, adapter: str
-) -> None:
-    """Check what the merge wrote, fsync, write the manifest last, journal merged."""
-    recorded = {f.path: f for f in files}
-    entries: list[FileEntry] = []
-    for rel in scan_folder(staging):
-        full = os.path.join(staging, *rel.split("/"))
-        entry = recorded.get(rel)
-        if entry is None or os.stat(full).st_size != entry.size:
-            entry = checksum_file(staging, rel)
-        fd = core.fs.open(full, os.O_RDONLY)
-        try:
-            core.fs.fsync(fd)
-        finally:
-            core.fs.close(fd)
-        entries.append(entry)
-    manifest = new_manifest("model", into, entries, meta={"merged_from": {"base": base, "adapter": adapter}, "merge": report})
-    data = write_manifest(core.fs, staging, manifest)
-    core.journal_events(
-        ConsolidationMerged(op=op, files=len(entries), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(data), report=report)
-    )
-
-
-def _abort(core: EngineCore, op: str, staging: str, exc: BaseException) -> None:
-    if core.broken is not None or core.closed or op not in core.state.ops:
-        return
-    try:
-        core.fs.remove_tree_durable(staging)
-        core.journal_events(ConsolidationAborted(op=op, reason=f"failed: {type(exc).__name__}: {exc}"))
-    except Exception as abort_exc:
-        _log.error("could not abort consolidation %s after %s: %s; recovery will finish it", op, exc, abort_exc)
-
-
-def finish_consolidation(core: EngineCore, op: str, *, on_effect: Callable[[], None] | None = None) -> ArtifactInfo:
-    """Carry a consolidation forward from whatever durable state it is in to committed (used by recovery too).
-
-    ``on_effect`` is called after each file effect, before the record that
-    says it happened (recovery passes its crash point).
-    """
-    effect = on_effect or (lambda: None)
-    from ._pointers import write_pointer_file
-
-    record = core.state.ops[op]
-    info = record.info
-    into = info["into"]
-    final_rel = artifact_relpath("model", into)
-    if record.state == _S.MERGED.value:
-        staging = core.path(*info["staging"].split("/"))
-        if not os.path.lexists(core.path(final_rel)):
-            core.fs.ensure_dir(core.path("models"))
-            core.fs.rename_durable(staging, core.path(final_rel), sync_source=False)
-        crash_point(CP_RENAMED)
-        effect()
-        core.journal_events(ConsolidationInstalled(op=op, path=final_rel))
-        crash_point(CP_INSTALLED)
-        record = core.state.ops[op]
-    if record.state == _S.INSTALLED.value:
-        write_pointer_file(core, info["pointer"], final_rel, op)
-        crash_point(CP_POINTER_WRITTEN)
-        effect()
-        core.journal_events(ConsolidationPointerSet(op=op))
-        crash_point(CP_POINTER_SET)
-        record = core.state.ops[op]
-    if record.state == _S.POINTER_SET.value:
-        retired_rel = retire_adapter(core, op, info["adapter"])
-        effect()
-        core.journal_events(ConsolidationAdapterRetired(op=op, retired=retired_rel))
-        crash_point(CP_RETIRED)
-        record = core.state.ops[op]
-    if record.state == _S.ADAPTER_RETIRED.value:
-        core.journal_events(ConsolidationCommitted(op=op))
-    return core.state.models[into]
-
-
-def retired_relpath(op: str, adapter_rel: str) -> str:
-    """``retired/<op>-<name>``: where consolidation ``op`` moves adapter ``adapters/<name>``."""
-    return f"{RETIRED_DIR}/{op}-{adapter_rel.partition('/')[2]}"
-
-
-def retire_adapter(core: EngineCore, op: str, adapter_rel: str) -> str:
-    """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path."""
-    retired_rel = retired_relpath(op, adapter_rel)
-    src, dst = core.path(*adapter_rel.split("/")), core.path(*retired_rel.split("/"))
-    if os.path.lexists(src) and not os.path.lexists(dst):
-        core.fs.ensure_dir(core.path("retired"))
-        core.fs.rename_durable(src, dst)
-    crash_point(CP_RETIRED_MOVE)
-    return retired_rel

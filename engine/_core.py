@@ -28,14 +28,14 @@ from shipslog.journal import (
     JournalError,
 )
 
-from ._artifacts import CheckpointWriter, begin_artifact
+from ._checkpoint import CheckpointWriter, begin_artifact
 from ._consolidation import MergeFn, consolidate
 from ._errors import EngineBrokenError, EngineClosedError, IntegrityError, InvalidTransitionError, NotFoundError
 from ._manifest import Manifest, scan_folder, verify_folder
 from ._names import check_name
-from ._pointers import resolve_target, set_pointer
+from ._pointer import resolve_target, set_pointer
 from ._retention import RetentionPlan, retain
-from ._runs import Run, start_run
+from ._run import Run, start_run
 from ._status import Status, status_of
 from ._events import Event
 from ._reducer import Reducer

@@ -35,16 +35,16 @@ class EngineError(ShipslogError):
     """Something is wrong with the engine's state, its files or their use."""
 
 
-class EngineClosedError(JournalClosedError):
-    """The engine was closed and then used again (a mistake in the calling code)."""
+class EngineClosedError(JournalClosedError, EngineError):
+    """The engine was closed and then used again (a mistake in the calling code); also an :class:`EngineError`."""
 
 
-class EngineBrokenError(JournalBrokenError):
-    """An fsync (or another effect that cannot be retried) failed; re-open the root to continue."""
+class EngineBrokenError(JournalBrokenError, EngineError):
+    """An fsync (or another effect that cannot be retried) failed; re-open the root to continue.  Also an :class:`EngineError`."""
 
 
-class EngineLockedError(JournalLockedError):
-    """Another engine (in this or another process) holds the root."""
+class EngineLockedError(JournalLockedError, EngineError):
+    """Another engine (in this or another process) holds the root; also an :class:`EngineError`."""
 
 
 class RootLayoutError(EngineError, NotADirectoryError):
@@ -169,7 +169,7 @@ class CutOffOperationsError(EngineError, RuntimeError):
         super().__init__(
             f"{root} has {len(parts)} thing(s) left by a crash that need recovery: {'; '.join(parts)}; "
             f"run 'shipslog recover {root}' to see the plan and carry it out (operations of your own types "
-            "need their recovery declared with close_with, or settling by hand)"
+            "need their recovery declared with close_with or an executor, or settling by hand)"
         )
 
 

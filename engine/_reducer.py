@@ -17,7 +17,6 @@ import msgspec
 
 from shipslog.journal import JOURNAL_DIR, CorruptRecordError, JournalReader, Position
 
-from ._builtins import _run_progress
 from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperationError
 from ._events import Event, RawEvent
 from ._fields import expect_op_id
@@ -118,28 +117,31 @@ class Reducer:
         ops = b.ops
         counts = b.op_counts
         expected = b.seq + 1
-        # Progress folding: a run of run.progress records of one run, one after the other, changes
-        # only that run's step and last_seq, so the run's RunInfo is built once for the whole run of
-        # records (when another record comes, or at the end) instead of once per record.  The first
-        # record of such a run goes through the full path below; the ones after it skip only what
-        # cannot change: the rule (same class), the op (same id, its state a self-loop) and the table.
+        # Progress folding: a run of records of a kind its type declares in ``grows`` (a self-loop
+        # carrying a field that never decreases), for one op, one after the other, is projected once,
+        # with the last of them (when another record comes, or at the end), instead of once per
+        # record.  The first record of such a run goes through the full path below; the ones after it
+        # skip only what cannot change: the rule (same class), the op (same id, its state a
+        # self-loop) and the table.
         fold_cls: Any = None
         fold_op = ""
-        fold_step = 0
-        folded = False
+        fold_get: Any = None
+        fold_value = 0
+        fold_rule: Any = None
+        fold_rec: Any = None
         try:
             for rec in records:
                 if rec.seq != expected:
                     raise SequenceGapError(rec.seq, expected)
                 ev = rec.event
-                if ev.__class__ is fold_cls and ev.op == fold_op and (step := ev.step) >= fold_step:
-                    fold_step = step
-                    folded = True
+                if ev.__class__ is fold_cls and ev.op == fold_op and (value := fold_get(ev)) >= fold_value:
+                    fold_value = value
+                    fold_rec = rec
                     expected += 1
                     continue
-                if folded:
-                    b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
-                    folded = False
+                if fold_rec is not None:
+                    self._project_folded(fold_rule, fold_rec)
+                    fold_rec = None
                 fold_cls = None
                 rule = rules.get(ev.__class__)
                 if rule is None:
@@ -176,19 +178,28 @@ class Reducer:
                             del ops[op_id]
                         else:
                             ops[op_id] = op
-                    elif rule.project is _run_progress:
+                    elif rule.grows is not None:
                         fold_cls = ev.__class__
                         fold_op = op_id
-                        fold_step = ev.step
+                        fold_get = rule.grows
+                        fold_value = fold_get(ev)
+                        fold_rule = rule
                 project = rule.project
                 if project is not None:
                     b.seq = expected - 1
                     project(b, op, ev, expected, rec.time)
                 expected += 1
         finally:
-            if folded:
-                b.runs[fold_op] = _replace(b.runs[fold_op], step=fold_step, last_seq=expected - 1)
+            if fold_rec is not None:
+                self._project_folded(fold_rule, fold_rec)
             b.seq = expected - 1
+
+    def _project_folded(self, rule: KindRule, rec: Any) -> None:
+        """Project the last record of a folded run (its op is unchanged by the run: a self-loop)."""
+        b = self._builder
+        if rule.project is not None:
+            b.seq = rec.seq - 1
+            rule.project(b, b.ops[rec.event.op], rec.event, rec.seq, rec.time)
 
     def _check_fields(self, rule: KindRule, ev: Any, info: dict[str, Any] | None, seq: int) -> None:
         """Hold a replayed event to its class's field rules (and a beginning one's op id to the name rules).

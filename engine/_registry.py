@@ -10,6 +10,7 @@ as a :class:`RawEvent` so it stays readable.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -47,6 +48,8 @@ class KindRule:
     project: Projection | None
     check: Callable[[Any, Mapping[str, Any] | None], None] | None
     """The event class's ``check_fields`` when it declares one (None: nothing to check)."""
+    grows: Callable[[Any], int] | None = None
+    """For a kind the type declares in ``grows``: reads the growing field (replay folds such records)."""
 
 
 class Registry:
@@ -171,4 +174,5 @@ def _rule(op_type: OperationType, kind: str, cls: type[Event]) -> KindRule:
         terminal=frozenset(value(s) for s in op_type.terminal),
         project=op_type.projections.get(kind),
         check=cls.check_fields if cls.check_fields is not Event.check_fields else None,
+        grows=operator.attrgetter(op_type.grows[kind]) if kind in op_type.grows else None,
     )

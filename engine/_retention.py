@@ -3,26 +3,93 @@
 Never deletes a pointer's target, the newest committed checkpoint, anything an
 operation in progress uses, or anything outside the engine's folders.
 ``retention.intended`` lists the paths before the first delete, so a crash
-half-way is finished by redoing the (idempotent) deletes.
+half-way is finished by redoing the (idempotent) deletes.  Its events, table,
+projection, forward path and recovery live here.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import msgspec
 
 from shipslog.journal import crash_point, register_crash_point
 
+from ._context import OperationContext, RecoveryContext
 from ._errors import ConflictError
-from ._events import RetentionDeleted, RetentionIntended
-from ._state import ArtifactInfo, EngineState
+from ._events import Event
+from ._fields import expect_relpath
+from ._layout import RETAINABLE_FOLDERS
+from ._optypes import OperationType, Recovery, RecoveryAction
+from ._state import ArtifactInfo, EngineState, OpRecord, StateBuilder
 
-if TYPE_CHECKING:
-    from ._core import EngineCore
+__all__ = [
+    "RETENTION",
+    "RetentionDeleted",
+    "RetentionIntended",
+    "RetentionPlan",
+    "RetentionState",
+    "delete_paths",
+    "plan_retention",
+    "protected_paths",
+    "retain",
+]
 
-__all__ = ["RetentionPlan", "plan_retention", "retain"]
+
+# -- events --------------------------------------------------------------------------------
+
+
+class RetentionIntended(Event, tag="retention.intended"):
+    """These root-relative ``paths`` are about to be deleted (recovery redoes the deletes)."""
+
+    paths: list[str]
+    reason: str = ""
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        for i, path in enumerate(self.paths):
+            expect_relpath(f"paths[{i}]", path, RETAINABLE_FOLDERS)
+
+
+class RetentionDeleted(Event, tag="retention.deleted"):
+    """Every path of the intent is gone, durably."""
+
+
+# -- states and projection ---------------------------------------------------------------
+
+
+class RetentionState(str, enum.Enum):
+    """States of a retention (gc) pass."""
+
+    INTENDED = "intended"
+    DELETED = "deleted"
+
+
+def _retention_intended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RetentionIntended)
+    for path in ev.paths:
+        b.retiring[path] = op.id
+
+
+def _retention_deleted(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    paths = set(op.info.get("paths", ()))
+    lost_latest = False
+    for path in paths:
+        b.retiring.pop(path, None)
+        b.retired.pop(path, None)
+        folder, _, name = path.partition("/")
+        tables = {"checkpoints": b.checkpoints, "models": b.models, "adapters": b.adapters}
+        table = tables.get(folder)
+        if table is not None and name in table and table[name].path == path:
+            del table[name]
+            lost_latest = lost_latest or (table is b.checkpoints and name == b.latest)
+    if lost_latest:
+        b.recompute_latest()
+
+
+# -- the forward path ------------------------------------------------------------------------
 
 CP_INTENDED = register_crash_point("retention.after_intended", "retention.intended is durable; nothing is deleted yet")
 CP_DELETED_ONE = register_crash_point("retention.after_delete", "one path of the intent is deleted, durably; others may remain")
@@ -85,13 +152,13 @@ def plan_retention(state: EngineState, keep_last: int, keep_models: int | None =
     return RetentionPlan(delete=delete, keep=keep, dry_run=True)
 
 
-def retain(core: EngineCore, keep_last: int, *, keep_models: int | None = None, dry_run: bool = False) -> RetentionPlan:
+def retain(ctx: OperationContext, keep_last: int, *, keep_models: int | None = None, dry_run: bool = False) -> RetentionPlan:
     """Plan and (unless ``dry_run``) carry out a retention pass; see :meth:`Engine.retain`."""
-    core.check_usable()
-    plan = plan_retention(core.state, keep_last, keep_models)
+    ctx.check_usable()
+    plan = plan_retention(ctx.state, keep_last, keep_models)
     if dry_run or not plan.delete:
         return msgspec.structs.replace(plan, dry_run=dry_run)
-    op = core.new_op_id("retention")
+    op = ctx.new_op_id("retention")
 
     def still_valid(state: EngineState) -> None:
         protected = protected_paths(state)
@@ -101,20 +168,53 @@ def retain(core: EngineCore, keep_last: int, *, keep_models: int | None = None, 
             if path in state.retiring:
                 raise ConflictError(f"deleting {path}", f"retention {state.retiring[path]}")
 
-    core.journal_events(
+    ctx.journal_events(
         RetentionIntended(op=op, paths=list(plan.delete), reason=f"keep_last={keep_last} keep_models={keep_models}"), check=still_valid
     )
     crash_point(CP_INTENDED)
-    delete_paths(core, plan.delete)
-    core.journal_events(RetentionDeleted(op=op))
+    delete_paths(ctx, plan.delete)
+    ctx.journal_events(RetentionDeleted(op=op))
     return msgspec.structs.replace(plan, dry_run=False, op=op)
 
 
-def delete_paths(core: EngineCore, paths: list[str]) -> None:
+def delete_paths(ctx: OperationContext, paths: list[str]) -> None:
     """Remove each root-relative path durably (idempotent: a path already gone is fine)."""
     for rel in paths:
         folder, _, name = rel.partition("/")
         if folder not in ("checkpoints", "models", "adapters", "retired") or not name or "/" in name or name in (".", ".."):
             raise ValueError(f"retention only deletes folders under checkpoints/, models/, adapters/ or retired/, not {rel!r}")
-        core.fs.remove_tree_durable(os.path.join(core.root, folder, name))
+        ctx.fs.remove_tree_durable(os.path.join(ctx.root, folder, name))
         crash_point(CP_DELETED_ONE)
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+def _redo(ctx: RecoveryContext, op: OpRecord) -> str:
+    paths = list(op.info.get("paths", ()))
+    delete_paths(ctx, paths)
+    ctx.effect_done()
+    ctx.journal_events(RetentionDeleted(op=op.id))
+    return f"deleted {len(paths)} path(s) again, journaled deleted"
+
+
+def _claims(op: OpRecord) -> Iterable[str]:
+    return [p for p in op.info.get("paths", ()) if isinstance(p, str)]
+
+
+# -- the declaration ----------------------------------------------------------------------
+
+RETENTION = OperationType(
+    name="retention",
+    description="old checkpoints and models deleted, the intent journaled first",
+    states=RetentionState,
+    events=(RetentionIntended, RetentionDeleted),
+    begins={"retention.intended": RetentionState.INTENDED},
+    transitions={(RetentionState.INTENDED, "retention.deleted"): RetentionState.DELETED},
+    terminal=frozenset({RetentionState.DELETED}),
+    recovery={
+        RetentionState.INTENDED: Recovery(RecoveryAction.ROLL_FORWARD, "redo the deletes (idempotent) and journal deleted", execute=_redo, step="redo")
+    },
+    projections={"retention.intended": _retention_intended, "retention.deleted": _retention_deleted},
+    claims=_claims,
+)

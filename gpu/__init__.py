@@ -46,6 +46,7 @@ from ._bench import (  # the baselines ``shipslog bench checkpoint`` measures be
     trim_heap,
     write_raw_fsync,
 )
+from ._consolidate import merge_folders
 from ._errors import (
     AdapterError,
     GpuError,
@@ -56,7 +57,6 @@ from ._errors import (
     TensorFileError,
     TensorFileNotFoundError,
 )
-from ._consolidate import merge_folders
 from ._hostcopy import HostSnapshot
 from ._lora import (
     ADAPTER_CONFIG_NAME,
@@ -84,13 +84,6 @@ from ._tensorfile import (
 )
 
 __all__ = [
-    "bench_merge",
-    "make_bench_state",
-    "torch_save_fsync",
-    "touch_every_byte",
-    "trim_heap",
-    "write_raw_fsync",
-    "merge_folders",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "DEFAULT_MERGE_BUDGET_BYTES",
@@ -120,13 +113,20 @@ __all__ = [
     "TensorFileError",
     "TensorFileNotFoundError",
     "bench_checkpoint",
+    "bench_merge",
     "load_adapter",
     "load_state_dict",
     "load_tensor_file",
+    "make_bench_state",
+    "merge_folders",
     "merge_lora",
     "parse_adapter_config",
     "save_state_dict",
     "save_tensor_file",
     "shard_file_name",
     "tensor_file_metadata",
+    "torch_save_fsync",
+    "touch_every_byte",
+    "trim_heap",
+    "write_raw_fsync",
 ]

@@ -32,15 +32,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+
 from shipslog.engine import ArtifactInfo, CheckpointWriter, EngineCore
 
 from ._errors import GpuError
 from ._hostcopy import HostSnapshot
 from ._tensorfile import DEFAULT_SHARD_BYTES, _check_prefix, _flatten, save_state_dict
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = [
     "EXPECTED_BYTES_MARGIN",
@@ -346,7 +350,7 @@ class AsyncCheckpointer:
                 self.snapshot.release()
             self._raise_failure()
 
-    def __enter__(self) -> AsyncCheckpointer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -401,7 +405,7 @@ def _abort(writer: CheckpointWriter, reason: str) -> None:
     """Abort ``writer`` (staging removed, checkpoint.aborted journaled); a failure to do so is logged, for recovery."""
     try:
         writer.abort(reason)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (logged; recovery settles the checkpoint on the next open)
         _log.error(
             "could not abort checkpoint %r (op %s; %s): %s; recovery settles it when the root is opened again",
             writer.name, writer.op, reason, exc,

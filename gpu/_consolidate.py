@@ -28,7 +28,7 @@ _COPY_CHUNK = 8 << 20
 
 
 def _is_tensor_file(rel: str) -> bool:
-    return rel.startswith(_MODEL_PREFIX) and (rel.endswith(".safetensors") or rel.endswith(".index.json") or rel.endswith(".tree.json"))
+    return rel.startswith(_MODEL_PREFIX) and rel.endswith((".safetensors", ".index.json", ".tree.json"))
 
 
 def _copy(src: str, dst: str) -> FileEntry:

@@ -51,6 +51,7 @@ from typing import Any, TypeGuard
 
 import msgspec
 import torch
+
 from shipslog.engine import FileEntry, decode_json_within
 from shipslog.journal import read_limited
 

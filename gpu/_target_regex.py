@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["MAX_MODULE_NAME", "MAX_PATTERN_CHARS", "regex_refusal"]
 
@@ -56,7 +55,7 @@ class _Repeat:
     high: int | None
 
 
-_Item = Union[_Atom, _Group, _Repeat]
+_Item = _Atom | _Group | _Repeat
 
 
 class _Refused(Exception):
@@ -202,7 +201,7 @@ class _PatternParser:
         if self.peek() == "?":
             self.pos += 1
             c = self.peek()
-            if c == ":" or c == ">":
+            if c in {":", ">"}:
                 self.pos += 1
             elif c == "P" and self.peek(1) == "<":
                 end = self.text.find(">", self.pos)

@@ -65,11 +65,12 @@ import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 import numpy as np
 import torch
+
 from shipslog.engine import FileEntry, IntegrityError, crc32_file, decode_json_within
 from shipslog.journal import OS_FS, FileSystem, open_regular
 
@@ -158,13 +159,13 @@ _ITEMSIZE: dict[str, int] = {code: torch.empty((), dtype=dtype).element_size() f
 _NO_NUMPY: frozenset[Any] = frozenset(getattr(torch, n, None) for n in ("bfloat16", "float8_e4m3fn", "float8_e5m2"))
 """Dtypes numpy cannot hold: a tree's ``N`` (numpy array) reference may not name a tensor of one of them."""
 
-_HeaderScalar = Union[str, int, float, bool, None]
-_HeaderValue = Union[str, int, float, bool, None, list[_HeaderScalar]]
-_HEADER_DECODER = msgspec.json.Decoder(dict[str, Union[dict[str, _HeaderValue], None]])
+_HeaderScalar = str | int | float | bool | None
+_HeaderValue = str | int | float | bool | None | list[_HeaderScalar]
+_HEADER_DECODER = msgspec.json.Decoder(dict[str, dict[str, _HeaderValue] | None])
 """Decodes a safetensors header with its nesting bounded by the schema: an object of objects whose values are
 scalars or flat lists of scalars (or null, which only ``__metadata__`` may be).  msgspec refuses a deeper value where it meets it, without descending into it,
 so no header nests more than ``_MAX_HEADER_DEPTH`` levels and none can exhaust the stack."""
-_ENTRY_DECODER = msgspec.json.Decoder(Union[dict[str, _HeaderValue], None])
+_ENTRY_DECODER = msgspec.json.Decoder(dict[str, _HeaderValue] | None)
 _RAW_ENTRIES_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 _json_encoder = msgspec.json.Encoder()
@@ -245,7 +246,7 @@ def _key_part(key: object, path: str) -> str:
 
 
 def _add_tensor(flat: _Flattened, name: str, tensor: torch.Tensor) -> None:
-    if name == "" or name == _METADATA_KEY:
+    if name in ("", _METADATA_KEY):
         raise StateDictError(name, "a tensor name that is not empty and not '__metadata__'", repr(name))
     if name in flat.tensors:
         raise StateDictError(
@@ -337,7 +338,7 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str, where: st
     if not isinstance(node, dict) or len(node) != 1:
         raise TensorFileError(path, "a tree node (an object with one key)", f"{_show(node)} at {where}")
     ((kind, body),) = node.items()
-    if kind == "T" or kind == "N":
+    if kind in {"T", "N"}:
         if not isinstance(body, str) or body not in tensors:
             raise TensorFileError(path, "a reference to a tensor the tensor files hold", f"a reference to {_show(body)} at {where}")
         tensor = tensors[body]
@@ -346,7 +347,7 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str, where: st
                 raise TensorFileError(path, "a numpy array reference to a tensor of a dtype numpy holds", f"a reference to {body!r} of dtype {tensor.dtype} at {where}")
             return tensor.cpu().numpy()
         return tensor
-    if kind == "D" or kind == "O":
+    if kind in {"D", "O"}:
         if not isinstance(body, list):
             raise TensorFileError(path, "a list of [key, node] pairs", f"{_show(body)} at {where}")
         out: dict[Any, Any] = OrderedDict() if kind == "O" else {}
@@ -355,7 +356,7 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str, where: st
                 raise TensorFileError(path, "a [key, node] pair with a str or int key", f"{_show(pair)} at {where}")
             out[pair[0]] = _decode(pair[1], tensors, path, f"{where}[{_show(pair[0], 80)}]")
         return out
-    if kind == "L" or kind == "U":
+    if kind in {"L", "U"}:
         if not isinstance(body, list):
             raise TensorFileError(path, "a list of tree nodes", f"{_show(body)} at {where}")
         items = [_decode(item, tensors, path, f"{where}[{i}]") for i, item in enumerate(body)]
@@ -864,10 +865,10 @@ def _read_tensor_file(path: str, entry: FileEntry | None) -> tuple[dict[str, tor
                     _read_into(fd, view, data_start + begin, path)
                 tensors[name] = tensor
         finally:
-            crc = checker.finish() if checker is not None else None
+            loaded_crc = checker.finish() if checker is not None else None
         if entry is not None:
-            if crc != entry.crc32:
-                raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {file_size} bytes")
+            if loaded_crc != entry.crc32:
+                raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {loaded_crc:08x} over {file_size} bytes")
             if _stat_key(fd) != before:
                 raise IntegrityError(path, "a file that does not change while it is loaded", "a file modified during the load", hint="stop whatever writes to it and load again")
     finally:

@@ -31,8 +31,24 @@ from ._errors import (
     UnsupportedFormatError,
     short_repr,
 )
-from ._format import FORMAT_VERSION, HEADER_SIZE, MAX_FRAME_BYTES, MAX_RECORDS_PER_FRAME, Record, segment_name
-from ._fs import OS_FS, DelegatingFileSystem, FileSystem, PathLike, RootedFileSystem, is_temp_name, open_regular, read_limited
+from ._format import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    MAX_FRAME_BYTES,
+    MAX_RECORDS_PER_FRAME,
+    Record,
+    segment_name,
+)
+from ._fs import (
+    OS_FS,
+    DelegatingFileSystem,
+    FileSystem,
+    PathLike,
+    RootedFileSystem,
+    is_temp_name,
+    open_regular,
+    read_limited,
+)
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -45,7 +61,7 @@ from ._journal import (
 from ._lock import LOCK_NAME, RootLock, read_lock_holder
 from ._reader import JournalReader, Position, TornTail, last_record_seq, list_segments
 from ._recording import FsOp, RecordingFileSystem
-from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, read_snapshot
+from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, newest_snapshot, read_snapshot
 
 __all__ = [
     "CRASH_AT_ENV",
@@ -94,14 +110,15 @@ __all__ = [
     "is_temp_name",
     "last_record_seq",
     "list_segments",
+    "list_snapshots",
+    "newest_snapshot",
     "open_regular",
     "read_limited",
-    "short_repr",
-    "list_snapshots",
     "read_lock_holder",
     "read_snapshot",
     "register_crash_point",
     "registered_crash_points",
     "segment_name",
     "set_crash_hook",
+    "short_repr",
 ]

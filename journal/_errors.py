@@ -19,7 +19,6 @@ import os
 __all__ = [
     "CorruptJournalError",
     "CorruptRecordError",
-    "PathEscapeError",
     "CorruptSnapshotError",
     "InsufficientSpaceError",
     "JournalBrokenError",
@@ -27,6 +26,7 @@ __all__ = [
     "JournalError",
     "JournalLockedError",
     "JournalWriteError",
+    "PathEscapeError",
     "ShipslogError",
     "UnsupportedFormatError",
     "short_repr",

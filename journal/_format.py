@@ -37,12 +37,12 @@ from ._errors import CorruptJournalError, UnsupportedFormatError
 from ._fs import open_regular
 
 __all__ = [
+    "ALONE_BYTES",
     "FORMAT_VERSION",
     "FRAME_HEADER_SIZE",
     "HEADER_SIZE",
     "MAX_FRAME_BYTES",
     "MAX_RECORDS_PER_FRAME",
-    "ALONE_BYTES",
     "Damage",
     "FrameEnd",
     "Record",
@@ -50,13 +50,13 @@ __all__ = [
     "decode_header",
     "encode_header",
     "frame_crc",
-    "record_count",
     "is_zero",
     "mapped_segment",
+    "parse_segment_name",
+    "record_count",
     "scan_frames",
     "scan_payloads",
     "segment_name",
-    "parse_segment_name",
 ]
 
 MAGIC = b"SHIPSLOG"

@@ -31,7 +31,7 @@ from typing import Union
 
 from ._errors import PathEscapeError
 
-__all__ = ["DelegatingFileSystem", "FileSystem", "OS_FS", "PathLike", "RootedFileSystem", "is_temp_name", "open_regular", "read_limited"]
+__all__ = ["OS_FS", "DelegatingFileSystem", "FileSystem", "PathLike", "RootedFileSystem", "is_temp_name", "open_regular", "read_limited"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 

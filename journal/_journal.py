@@ -30,18 +30,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from ._crashpoints import crash_point, register_crash_point
 from ._errors import (
     CorruptJournalError,
-    CorruptSnapshotError,
     InsufficientSpaceError,
     JournalBrokenError,
     JournalClosedError,
     JournalWriteError,
-    UnsupportedFormatError,
 )
 from ._format import (
     HEADER_SIZE,
@@ -51,8 +50,6 @@ from ._format import (
     decode_header,
     encode_frame,
     encode_header,
-    scan_frames,
-    mapped_segment,
     segment_name,
 )
 from ._fs import OS_FS, FileSystem
@@ -67,7 +64,10 @@ from ._reader import (
     segment_start_position,
     walk,
 )
-from ._snapshot import Snapshot, list_snapshots, read_snapshot, write_snapshot
+from ._snapshot import Snapshot, list_snapshots, newest_snapshot, write_snapshot
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "Journal", "OpenReport", "TailRepair"]
 
@@ -273,36 +273,12 @@ class Journal:
         self._open_segment(end.segment, end.path, end.offset, end.crc)
 
     def _choose_snapshot(self) -> Snapshot | None:
-        segments = {seq for seq, _ in list_segments(self.journal_dir)}
-        for _seq, path in list_snapshots(self.snapshot_dir):
-            try:
-                snap = read_snapshot(path)
-                self._check_position(snap, segments)
-            except (CorruptSnapshotError, UnsupportedFormatError, CorruptJournalError, OSError) as exc:
-                _log.warning("ignoring snapshot %s: %s", path, exc)
-                self.report.skipped_snapshots.append((path, str(exc)))
-                continue
-            self.report.snapshot = snap
-            return snap
-        return None
-
-    def _check_position(self, snap: Snapshot, segments: set[int]) -> None:
-        pos = snap.position
-        if pos.segment not in segments:
-            raise CorruptJournalError(snap.path, 0, f"its journal position names segment {pos.segment}, which does not exist")
-        path = os.path.join(self.journal_dir, segment_name(pos.segment))
-        with mapped_segment(path) as data:
-            decode_header(path, data)
-            frames = scan_frames(data, pos.offset, pos.prev_crc, 1)[0]
-        if not frames:
-            raise CorruptJournalError(path, pos.offset, "no valid frame at the snapshot's journal position")
-        records = decode_payload(path, pos.offset, frames[0][2])
-        if records[0].seq != pos.first_seq or records[0].seq > snap.seq:
-            raise CorruptJournalError(
-                path, pos.offset,
-                f"the frame at the snapshot's position holds seq {records[0].seq}..{records[-1].seq}, "
-                f"expected a frame starting at seq {pos.first_seq}, at or before {snap.seq}",
-            )
+        snap, skipped = newest_snapshot(self.journal_dir, self.snapshot_dir)
+        for path, why in skipped:
+            _log.warning("ignoring snapshot %s: %s", path, why)
+        self.report.skipped_snapshots.extend(skipped)
+        self.report.snapshot = snap
+        return snap
 
     def _repair_tail(self, torn: TornTail, next_seq: int) -> TailRepair:
         with open(torn.path, "rb") as f:
@@ -336,10 +312,9 @@ class Journal:
         fd = self._fs.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            if self._preallocate and size < self._segment_bytes:
-                if self._fs.preallocate(fd, self._segment_bytes):
-                    self._fs.fsync(fd)
-                    size = os.fstat(fd).st_size
+            if self._preallocate and size < self._segment_bytes and self._fs.preallocate(fd, self._segment_bytes):
+                self._fs.fsync(fd)
+                size = os.fstat(fd).st_size
         except BaseException:
             self._fs.close(fd)
             raise
@@ -528,7 +503,7 @@ class Journal:
             self._next_seq = seq
             if need_sync:
                 self._durable_seq = seq - 1
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (not swallowed: each appender in the batch re-raises it)
             for p in batch:
                 p.error = exc
                 p.records = []
@@ -718,7 +693,7 @@ class Journal:
             if self._lock is not None:
                 self._lock.release()
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

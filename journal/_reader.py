@@ -23,18 +23,18 @@ from ._errors import CorruptJournalError
 from ._format import (
     ALONE_BYTES,
     FRAME_HEADER_SIZE,
+    HEADER_SIZE,
     MAX_FRAME_BYTES,
     MAX_RECORDS_PER_FRAME,
-    record_count,
-    HEADER_SIZE,
+    Frame,
     Record,
     SegmentHeader,
     decode_header,
-    Frame,
+    mapped_segment,
+    parse_segment_name,
+    record_count,
     scan_frames,
     scan_payloads,
-    parse_segment_name,
-    mapped_segment,
 )
 
 __all__ = [

@@ -18,18 +18,22 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from ._errors import CorruptSnapshotError, UnsupportedFormatError
+from ._errors import CorruptJournalError, CorruptSnapshotError, UnsupportedFormatError
+from ._format import decode_header, mapped_segment, scan_frames, segment_name
 from ._fs import FileSystem, read_limited
-from ._reader import Position
+from ._reader import Position, decode_payload, list_segments
 
 __all__ = [
     "MAX_SNAPSHOT_BYTES",
     "SNAPSHOT_VERSION",
     "Snapshot",
+    "check_snapshot_position",
     "encode_snapshot",
     "list_snapshots",
+    "newest_snapshot",
     "read_snapshot",
     "snapshot_name",
 ]
@@ -113,6 +117,59 @@ def read_snapshot(path: str) -> Snapshot:
         raise CorruptSnapshotError(path, f"it holds seq {seq}, so it should be named {expected_name}")
     payload = data[_HEAD.size: _HEAD.size + length]
     return Snapshot(seq, payload, Position(segment, offset, prev_crc, first_seq), path)
+
+
+def check_snapshot_position(journal_dir: str, snap: Snapshot, segments: Collection[int]) -> None:
+    """Raise :class:`CorruptJournalError` unless ``snap``'s position is a valid frame of ``journal_dir`` at or before its seq.
+
+    ``segments`` are the first seqs of the journal's segments.  Reads one frame
+    and changes nothing.
+    """
+    pos = snap.position
+    if pos.segment not in segments:
+        raise CorruptJournalError(snap.path, 0, f"its journal position names segment {pos.segment}, which does not exist")
+    path = os.path.join(journal_dir, segment_name(pos.segment))
+    with mapped_segment(path) as data:
+        decode_header(path, data)
+        frames = scan_frames(data, pos.offset, pos.prev_crc, 1)[0]
+    if not frames:
+        raise CorruptJournalError(path, pos.offset, "no valid frame at the snapshot's journal position")
+    records = decode_payload(path, pos.offset, frames[0][2])
+    if records[0].seq != pos.first_seq or records[0].seq > snap.seq:
+        raise CorruptJournalError(
+            path, pos.offset,
+            f"the frame at the snapshot's position holds seq {records[0].seq}..{records[-1].seq}, "
+            f"expected a frame starting at seq {pos.first_seq}, at or before {snap.seq}",
+        )
+
+
+def newest_snapshot(
+    journal_dir: str, snapshot_dir: str, *, until: int | None = None
+) -> tuple[Snapshot | None, list[tuple[str, str]]]:
+    """The newest snapshot in ``snapshot_dir`` that verifies and points at a valid frame of ``journal_dir``,
+    and the newer ones passed over as ``(path, why)``, newest first.
+
+    Read-only: takes no lock and changes no byte, so it is safe beside a live
+    writer (a snapshot pruned while it is read is passed over like a damaged
+    one).  A snapshot with an unknown version, a bad checksum, a position
+    that names no valid frame, or that cannot be read is passed over, never
+    raised.  With ``until``, snapshots taken after record ``until`` are left
+    out without being reported.  Whether the journal still holds the
+    snapshot's seq is for the caller to check as it reads on from the position.
+    """
+    segments = {seq for seq, _ in list_segments(journal_dir)}
+    skipped: list[tuple[str, str]] = []
+    for seq, path in list_snapshots(snapshot_dir):
+        if until is not None and seq > until:
+            continue
+        try:
+            snap = read_snapshot(path)
+            check_snapshot_position(journal_dir, snap, segments)
+        except (CorruptSnapshotError, UnsupportedFormatError, CorruptJournalError, OSError) as exc:
+            skipped.append((path, str(exc)))
+            continue
+        return snap, skipped
+    return None, skipped
 
 
 def write_snapshot(fs: FileSystem, folder: str, seq: int, position: Position, payload: bytes) -> str:

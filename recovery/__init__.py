@@ -6,7 +6,7 @@ recovered.  ``check_invariants`` is used after every recovery and by
 ``shipslog verify``.  Never imports torch.
 """
 
-from ._execute import ActionResult, RecoveryReport, close_event, execute, register_executor
+from ._execute import ActionResult, RecoveryReport, close_event, execute
 from ._invariants import INVARIANTS, Violation, check_invariants
 from ._plan import ENGINE_FOLDERS, Action, RootListing, list_root, plan, quarantine_name
 
@@ -24,5 +24,4 @@ __all__ = [
     "list_root",
     "plan",
     "quarantine_name",
-    "register_executor",
 ]

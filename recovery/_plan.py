@@ -1,8 +1,10 @@
 """The recovery planner: ``plan(state, listing) -> [Action]``, pure and table-driven.
 
 Each cut-off operation gets the action its type declares for its state (a
-journal-only close, or the roll-forward / roll-back of a built-in), and every
-entry under the engine's folders that no journal record accounts for gets a
+journal-only close, or the executor its :class:`~shipslog.engine.Recovery`
+rule names: built-in and host types alike), and every entry under the
+engine's folders that no journal record accounts for (committed folders,
+pointers, and what each unfinished operation's type ``claims``) gets a
 quarantine action.  The planner reads the state and a listing of the folders
 taken beforehand; it touches nothing.
 """
@@ -14,7 +16,7 @@ import os
 
 import msgspec
 
-from shipslog.engine import ARTIFACT_FOLDERS, ENGINE_FOLDERS, EngineState, OpRecord, Registry
+from shipslog.engine import ENGINE_FOLDERS, EngineState, OpRecord, Registry
 from shipslog.journal import QUARANTINE_DIR, is_temp_name
 
 __all__ = [
@@ -50,11 +52,12 @@ class Action(msgspec.Struct, frozen=True):
     """One thing recovery will do.
 
     ``kind`` is ``close`` (journal ``event`` for the op; no file to touch),
-    ``checkpoint.roll-back``, ``checkpoint.roll-forward``, ``pointer.settle``,
-    ``retention.redo``, ``worker.settle``, ``quarantine`` (move ``target``, a
-    root-relative path, to ``quarantine/``) or ``manual`` (an operation type
-    that declares no automatic recovery for this state).  ``target`` is the
-    op id, or the path for ``quarantine``.
+    ``<type>.<step>`` (the executor the op's type declares for its state:
+    ``checkpoint.roll-back``, ``pointer.settle``, ``export.roll-forward``, ...),
+    ``quarantine`` (move ``target``, a root-relative path, to
+    ``quarantine/``) or ``manual`` (an unregistered type, or a state whose
+    rule names no executor).  ``target`` is the op id, or the path for
+    ``quarantine``.
     """
 
     kind: str
@@ -70,21 +73,6 @@ class Action(msgspec.Struct, frozen=True):
         return f"{self.kind}: {what}: {self.reason}"
 
 
-_BUILTIN_ACTIONS = {
-    ("checkpoint", "begun"): "checkpoint.roll-back",
-    ("checkpoint", "durable"): "checkpoint.roll-forward",
-    ("pointer", "intended"): "pointer.settle",
-    ("retention", "intended"): "retention.redo",
-    ("worker", "started"): "worker.settle",
-    ("worker", "starting"): "worker.settle",
-    ("consolidation", "begun"): "consolidation.roll-back",
-    ("consolidation", "merged-durable"): "consolidation.roll-forward",
-    ("consolidation", "installed"): "consolidation.roll-forward",
-    ("consolidation", "pointer-set"): "consolidation.roll-forward",
-    ("consolidation", "adapter-retired"): "consolidation.roll-forward",
-}
-
-
 def _op_action(registry: Registry, op: OpRecord) -> Action:
     op_type = registry.op_type(op.type)
     if op_type is None:
@@ -94,14 +82,13 @@ def _op_action(registry: Registry, op: OpRecord) -> Action:
         return Action("manual", op.id, f"state {op.state!r} has no recovery rule", op.type, op.state)
     if rule.close_with is not None:
         return Action("close", op.id, rule.reason, op.type, op.state, rule.close_with)
-    kind = _BUILTIN_ACTIONS.get((op.type, op.state))
-    if kind is None:
-        return Action("manual", op.id, f"{rule.action.value}: {rule.reason} (no automatic executor for this type)", op.type, op.state)
-    return Action(kind, op.id, rule.reason, op.type, op.state)
+    if rule.execute is None:
+        return Action("manual", op.id, f"{rule.action.value}: {rule.reason} (its type names no executor: it needs a person)", op.type, op.state)
+    return Action(rule.action_name(op.type), op.id, rule.reason, op.type, op.state)
 
 
-def _accounted(state: EngineState) -> set[str]:
-    """Root-relative paths that the journal accounts for (committed folders, pointers, in-flight work)."""
+def _accounted(state: EngineState, registry: Registry) -> set[str]:
+    """Root-relative paths that the journal accounts for (committed folders, pointers, what unfinished ops claim)."""
     paths: set[str] = set()
     paths.update(a.path for a in state.checkpoints.values())
     paths.update(a.path for a in state.models.values())
@@ -109,25 +96,9 @@ def _accounted(state: EngineState) -> set[str]:
     paths.update(state.retired)
     paths.update(f"pointers/{name}" for name in state.pointers)
     for op in state.ops.values():
-        info = op.info
-        if op.type == "checkpoint":
-            staging = info.get("staging")
-            if isinstance(staging, str):
-                paths.add(staging)
-            if op.state == "durable":
-                folder = ARTIFACT_FOLDERS.get(str(info.get("artifact", "checkpoint")), "checkpoints")
-                paths.add(f"{folder}/{info.get('name')}")
-        elif op.type == "pointer":
-            paths.add(f"pointers/{info.get('name')}")
-        elif op.type == "consolidation":
-            paths.add(str(info.get("staging")))
-            if op.state != "begun":
-                paths.add(f"models/{info.get('into')}")
-            paths.add(f"pointers/{info.get('pointer')}")
-            adapter = str(info.get("adapter", ""))
-            paths.add(f"retired/{op.id}-{adapter.partition('/')[2]}")
-        elif op.type == "retention":
-            paths.update(p for p in info.get("paths", ()) if isinstance(p, str))
+        op_type = registry.op_type(op.type)
+        if op_type is not None and op_type.claims is not None:
+            paths.update(op_type.claims(op))
     return paths
 
 
@@ -142,7 +113,7 @@ def plan(state: EngineState, listing: RootListing, registry: Registry | None = N
     reg = registry or Registry()
     ops = sorted(state.ops.values(), key=lambda o: (o.type != "session", o.first_seq))
     actions = [_op_action(reg, op) for op in ops]
-    accounted = _accounted(state)
+    accounted = _accounted(state, reg)
     for folder, names in sorted(listing.entries.items()):
         for name in names:
             rel = f"{folder}/{name}"

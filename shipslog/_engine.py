@@ -26,18 +26,15 @@ from shipslog.engine import (
     EngineCore,
     EngineLockedError,
     EngineState,
-    InvalidFieldError,
     MergeFn,
     MissingDependencyError,
     OperationType,
-    Reducer,
     Registry,
     SessionClosed,
     SessionOpened,
     WatchedFileSystem,
     check_root_folders,
-    check_state,
-    decode_state,
+    load_state,
 )
 from shipslog.journal import (
     DEFAULT_SEGMENT_BYTES,
@@ -227,22 +224,10 @@ def _version() -> str:
 
 
 def _load_state(journal: Journal, registry: Registry) -> tuple[EngineState, int]:
-    """The state at the journal's end: the newest usable snapshot, then every record after it."""
-    start: EngineState | None = None
-    snap = journal.snapshot
-    if snap is not None:
-        try:
-            start = decode_state(snap.payload)
-            if start.seq != snap.seq:
-                raise InvalidFieldError("seq", start.seq, f"{snap.seq}, the seq the snapshot file is taken at")
-            check_state(start, registry)
-        except Exception as exc:  # noqa: BLE001 - any flaw in a snapshot: it is an optimization, the journal decides
-            why = "it nests too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
-            _log.warning("snapshot %s cannot be used by this shipslog (%s); replaying the whole journal", snap.path, why)
-            start = None
-    reducer = Reducer(registry, start)
-    first = reducer.seq
-    if first < journal.last_seq:
-        position = snap.position if start is not None and snap is not None else None
-        reducer.replay_journal(journal.journal_dir, until=journal.last_seq, start=position)
-    return reducer.state(), reducer.seq - first
+    """The state at the journal's end and the records replayed: the newest usable snapshot, then every record after it.
+
+    A snapshot with any flaw is ignored with a warning and the journal replayed
+    from its first record (see :func:`shipslog.engine.load_state`).
+    """
+    loaded = load_state(journal, registry)
+    return loaded.state, loaded.replayed

@@ -56,6 +56,8 @@ def test_bench_engine_json_has_replay_open_and_checkpoint_figures(tmp_path: Any,
     result = json.loads(out)
     assert result["replay_events"] >= 20000 and result["replay_events_per_s"] > 0
     assert result["open_ms_10k"] > 0 and result["open_ms_1m"] > 0 and result["fsync_ms"] > 0
+    assert result["status_ms_1m"] > 0
+    assert result["ratios"]["status_1m_vs_open_1m"] == pytest.approx(result["status_ms_1m"] / result["open_ms_1m"], rel=0.01)
     assert result["ratios"]["checkpoint_vs_fsync"] == pytest.approx(result["checkpoint_empty_ms"] / result["fsync_ms"], rel=0.01)
     assert set(result["targets"]) == {"replay_ge_1m", "open_ms_1m_le_50", "open_1m_le_1_5x_10k", "checkpoint_le_6x_fsync"}
     assert os.listdir(tmp_path) == []

@@ -20,7 +20,7 @@ from _cli_helpers import cli, healthy_host, keep_logging, unchanged  # noqa: F40
 from _engine_helpers import crash, open_engine
 from _helpers import frames, segments
 from shipslog.engine import EVENT_SCHEMA_VERSION, Registry
-from shipslog.engine._events import SessionOpened
+from shipslog.engine import SessionOpened
 from shipslog.journal import FORMAT_VERSION, SNAPSHOT_VERSION, Journal, UnsupportedFormatError
 from shipslog.tools import main
 from shipslog.tools._cli import EXIT_CODES

@@ -24,8 +24,8 @@ from _engine_helpers import (
     write_jsonl,
 )
 
-import shipslog.engine._artifacts as artifacts_mod
-import shipslog.engine._pointers as pointers_mod
+import shipslog.engine._checkpoint as artifacts_mod
+import shipslog.engine._pointer as pointers_mod
 import shipslog.engine._retention as retention_mod
 from shipslog import Engine
 from shipslog.engine import (

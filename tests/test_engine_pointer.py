@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from _engine_helpers import SimulatedCrash, commit_checkpoint, crash_at, events_of, flip_bit, journal_records, open_engine, tree
 
-import shipslog.engine._pointers as pointers_mod
+import shipslog.engine._pointer as pointers_mod
 import shipslog.engine._retention as retention_mod
 from shipslog import Engine
 from shipslog.engine import (

@@ -240,7 +240,7 @@ def test_data_line_nested_just_past_the_limit_is_refused(tmp_path: Any) -> None:
 
 
 def test_overlong_data_line_is_a_data_file_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shipslog.engine._runs.MAX_LINE_BYTES", 1024)
+    monkeypatch.setattr("shipslog.engine._run.MAX_LINE_BYTES", 1024)
     exactly = b'{"text": "' + b"a" * (1024 - 13) + b'"}\n'  # 1024 bytes with its newline: allowed
     assert len(exactly) == 1024
     assert validate_data_file(data_file(tmp_path, exactly, "ok.jsonl"), ["text"]).lines == 1

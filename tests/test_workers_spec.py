@@ -26,7 +26,7 @@ from shipslog.engine import (
     probe_worker,
     settle_worker_event,
 )
-from shipslog.engine import _supervisor as supervisor_module
+from shipslog.engine._workers import _spec as supervisor_module
 
 # -- configuration -----------------------------------------------------------------------------------
 

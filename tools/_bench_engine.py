@@ -9,6 +9,9 @@ One run, in one temporary folder on the disk under test:
 * ``open_ms_10k`` / ``open_ms_1m``: ``Engine.open`` (lock, journal verify,
   newest snapshot, replay of the rest, the new session's fsynced record) of a
   root with 10,000 and with ``--records`` records of history, snapshots on;
+* ``status_ms_1m``: the view behind ``shipslog status`` (read-only, no lock:
+  the root checked, the newest snapshot, the records after it, the status)
+  of the root with ``--records`` records of history, beside ``open_ms_1m``;
 * ``checkpoint_empty_ms``: an empty checkpoint, begun to committed, fsync on;
   ``fsync_ms``: one 4 KiB append + fsync to a file on the same disk.
 
@@ -46,6 +49,8 @@ from shipslog.engine import (
     replay,
 )
 from shipslog.journal import Journal
+
+from ._inspect import open_view
 
 __all__ = ["lifecycle_history", "run_engine_bench", "write_history"]
 
@@ -114,6 +119,15 @@ def _open_ms(root: str, repeats: int) -> float:
     return _median_ms(samples)
 
 
+def _status_ms(root: str, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        open_view(root).status()
+        samples.append(time.perf_counter() - t0)
+    return _median_ms(samples)
+
+
 def _fsync_ms(folder: str, repeats: int) -> float:
     path = os.path.join(folder, "fsync-probe")
     block = os.urandom(4096)
@@ -160,6 +174,8 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         _log.info("timing opens")
         open_1m = _open_ms(big, 5)
         open_10k = _open_ms(small, 5)
+        _log.info("timing status (read-only)")
+        status_1m = _status_ms(big, 5)
         _log.info("timing empty checkpoints and fsync")
         ck_ms = _checkpoint_empty_ms(os.path.join(work, "ck"), repeats)
         fsync_ms = _fsync_ms(work, repeats)
@@ -169,10 +185,12 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
             "replay_events_per_s": replay_rate,
             "open_ms_10k": open_10k,
             "open_ms_1m": open_1m,
+            "status_ms_1m": status_1m,
             "checkpoint_empty_ms": ck_ms,
             "fsync_ms": fsync_ms,
             "ratios": {
                 "open_1m_vs_10k": round(open_1m / open_10k, 3),
+                "status_1m_vs_open_1m": round(status_1m / open_1m, 3),
                 "checkpoint_vs_fsync": round(ck_ms / fsync_ms, 3),
             },
             "targets": {

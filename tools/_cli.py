@@ -29,6 +29,7 @@ from typing import Any
 from shipslog.journal import ShipslogError
 
 from ._inspect import reading, replay_root, require_root
+from ._operations_module import OPERATIONS_HELP, load_operations
 from ._render import Printer, printable
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
@@ -159,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "engine",
         "reducer replay, open time with long histories, and an empty checkpoint vs one fsync",
         "Measure full reducer replay of a long lifecycle history, Engine.open of roots with 10,000 "
-        "and with --records records of history (snapshots on), and an empty checkpoint beside one "
-        "write+fsync, in a temporary folder under --dir that is removed afterwards.",
+        "and with --records records of history (snapshots on), the read-only view behind 'shipslog status' "
+        "of the long one, and an empty checkpoint beside one write+fsync, in a temporary folder under --dir "
+        "that is removed afterwards.",
         _cmd_bench_engine,
         tmpfs_note=False,
     )
@@ -224,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these operations (checkpoint, pointer, retention, run, session, workers) and their crash points "
         "(the journal's and recovery's always count); default: all",
     )
+    torture.add_argument(
+        "--operations",
+        default=None,
+        metavar="MODULE",
+        help="torture a host's own operation types instead: a dotted module name or a .py file defining OPERATIONS, "
+        "workload(engine, ack) and optionally check(engine, acks); its types' crash points (and the journal's and "
+        "recovery's) count",
+    )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
     torture.add_argument(
         "--quick",
@@ -255,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recover.add_argument("root", metavar="ROOT", help="the folder an Engine was opened on")
     recover.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    recover.add_argument("--operations", metavar="MODULE", default=None, help=OPERATIONS_HELP)
     recover.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     recover.set_defaults(func=_cmd_recover, parser=recover)
     return parser
@@ -369,6 +380,8 @@ def _format_bench_engine(result: dict[str, Any]) -> str:
         f"  {'open, 10k records (ms)':<34} {result['open_ms_10k']:>12.2f}",
         f"  {'open, long history (ms)':<34} {result['open_ms_1m']:>12.2f}   {'<= 50':<22} {verdict('open_ms_1m_le_50')}",
         f"  {'open long / open 10k':<34} {result['ratios']['open_1m_vs_10k']:>12.3f}   {'<= 1.5':<22} {verdict('open_1m_le_1_5x_10k')}",
+        f"  {'status, long history (ms)':<34} {result['status_ms_1m']:>12.2f}",
+        f"  {'status long / open long':<34} {result['ratios']['status_1m_vs_open_1m']:>12.3f}",
         f"  {'empty checkpoint (ms)':<34} {result['checkpoint_empty_ms']:>12.3f}",
         f"  {'one write + fsync (ms)':<34} {result['fsync_ms']:>12.3f}",
         f"  {'checkpoint / fsync':<34} {result['ratios']['checkpoint_vs_fsync']:>12.3f}   {'<= 6':<22} {verdict('checkpoint_le_6x_fsync')}",
@@ -493,16 +506,22 @@ def _format_torture(result: dict[str, Any]) -> str:
 def _cmd_torture(args: argparse.Namespace) -> int:
     """``shipslog torture``: the crash harness; exit 1 when any violation (or uncovered point) is found."""
     from ._torture import run_torture
-    from ._workload import parse_ops
+    from ._workload import host_operations, parse_ops
 
+    if args.operations is not None and args.ops is not None:
+        args.parser.error("--ops chooses built-in operations and --operations a host module's; give one of them")
     try:
-        ops = parse_ops(args.ops)
+        ops = parse_ops(args.ops) if args.operations is None else None
     except ValueError as exc:
         args.parser.error(str(exc))
+    if args.operations is not None:
+        host_operations(args.operations)  # a module that cannot be tortured is a usage error before any child runs
     if args.dir is not None and not os.path.isdir(args.dir):
         args.parser.error(f"--dir {args.dir!r} is not a folder")
     log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
-    result = run_torture(ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log)
+    result = run_torture(
+        ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log, operations=args.operations
+    )
     _write_result(args, result, _format_torture)
     return EXIT_OK if not result["violations"] else EXIT_VIOLATIONS
 
@@ -561,6 +580,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     from shipslog.journal import JournalLockedError, RootLock
     from shipslog.recovery import check_invariants, list_root, plan
 
+    operations = load_operations(args.operations)
+    registry = Registry(operations)
     root = require_root(args.root)
     lock = RootLock(root)
     try:
@@ -569,8 +590,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         raise EngineLockedError(root, exc.holder) from None
     try:
         with reading(root):
-            state, _torn, _skipped, _refused = replay_root(root, Registry())
-            actions = plan(state, list_root(root))
+            state = replay_root(root, registry).state
+            actions = plan(state, list_root(root), registry)
     finally:
         lock.release()
     result: dict[str, Any] = {
@@ -582,7 +603,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         "violations": [],
     }
     if not args.dry_run:
-        engine = Engine.open(root)
+        engine = Engine.open(root, operations=operations)
         try:
             result["done"] = [
                 {"operation": r.action.target, "action": r.action.kind, "outcome": r.outcome} for r in engine.recovery.results

@@ -2,7 +2,10 @@
 
 Read-only commands (status, log, tail, verify, checkpoints, pointers, replay,
 export) never take the writer's lock and never change a byte: they are safe
-on a live host.  Exit codes: 0 healthy / done, 1 findings (recovery needed,
+on a live host.  They start from the newest usable snapshot and replay only
+the records after it, as ``Engine.open`` does (``verify`` replays every
+record).  Every command that reads a root takes ``--operations MODULE``: a
+host's own operation types, registered beside the built-ins.  Exit codes: 0 healthy / done, 1 findings (recovery needed,
 integrity problem), 2 usage error or unreadable root.  Tables go through
 :mod:`shipslog.tools._render` (rich on a terminal, plain columns otherwise);
 ``--json`` output never does.
@@ -19,11 +22,12 @@ from typing import Any
 
 import msgspec
 
-from shipslog.engine import probe_worker, worker_incarnations
+from shipslog.engine import Registry, probe_worker, worker_incarnations
 from shipslog.journal import CorruptJournalError, ShipslogError
 
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
 from ._inspect import RootView, event_fields, event_kind, format_time, open_records, open_view, reading
+from ._operations_module import OPERATIONS_HELP, load_operations
 from ._render import ByteProgress, Printer, event_style, printable
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "add_commands"]
@@ -33,6 +37,11 @@ EXIT_FINDINGS = 1
 
 _RECORD_HEADERS = ["seq", "time", "session", "operation", "event", "details"]
 _RECORD_STYLES = ["dim", "dim", "", "", "bold", "dim"]
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    """The registry of the built-ins and the types of ``--operations MODULE`` (one-line error when it cannot be loaded)."""
+    return Registry(load_operations(args.operations))
 
 
 def _out(text: str) -> None:
@@ -89,12 +98,13 @@ def _unregistered_message(kinds: dict[str, int]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
+    view = open_view(args.root, registry=_registry(args))
     st = view.status()
     findings = _findings(view)
     free = view.free_bytes()
     if args.json:
-        _json({"root": view.root, "live": view.holder, "status": st, "free_bytes": free, "findings": findings})
+        replayed = {"snapshot_seq": view.snapshot_seq, "records": view.replayed}
+        _json({"root": view.root, "live": view.holder, "status": st, "free_bytes": free, "findings": findings, "replayed": replayed})
         return EXIT_FINDINGS if findings else EXIT_OK
     session = st.session
     pairs = [("root", view.root)]
@@ -131,7 +141,7 @@ def _record_dict(rec: Any) -> dict[str, Any]:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    view = open_records(args.root)
+    view = open_records(args.root, registry=_registry(args))
     last = view.last_seq
     if args.since > last + 1:
         args.parser.error(f"--since {args.since} is past the end of the journal (last seq {last})")
@@ -163,7 +173,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    view = open_records(args.root)
+    view = open_records(args.root, registry=_registry(args))
     encode = msgspec.json.Encoder().encode
     out = sys.stdout.buffer
     for rec in view.records():
@@ -174,8 +184,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    registry = _registry(args)
     try:
-        view = open_view(args.root, until=args.until)
+        view = open_view(args.root, until=args.until, registry=registry)
     except ShipslogError:
         raise  # a damaged or newer journal is not a usage error (several of these are ValueErrors too)
     except ValueError as exc:
@@ -197,7 +208,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    view = open_records(args.root)
+    view = open_records(args.root, registry=_registry(args))
     since = max(1, view.last_seq - args.lines + 1)
     printer = Printer()
 
@@ -223,7 +234,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
+    view = open_view(args.root, registry=_registry(args))
     arts = sorted([*view.state.checkpoints.values(), *view.state.models.values()], key=lambda a: (a.artifact, a.step or 0, a.seq))
     if args.json:
         _json({"latest": view.state.latest, "items": arts})
@@ -238,7 +249,7 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _cmd_pointers(args: argparse.Namespace) -> int:
-    view = open_view(args.root)
+    view = open_view(args.root, registry=_registry(args))
     pointers = sorted(view.state.pointers.values(), key=lambda p: p.name)
     if args.json:
         _json(pointers)
@@ -266,11 +277,15 @@ _ADVICE = {
 
 
 def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, list[Any]]:
-    """The seq verified (None when the journal is damaged) and the violations of ``root``."""
+    """The seq verified (None when the journal is damaged) and the violations of ``root``.
+
+    Every record is replayed, from the first one (no snapshot): verify holds the whole history to the rules.
+    """
     from shipslog.recovery import Violation, check_invariants
 
+    registry = _registry(args)
     try:
-        view = open_view(root)
+        view = open_view(root, registry=registry, snapshots=False)
     except CorruptJournalError as exc:
         return None, [Violation("journal-verifies", f"corrupt journal at {exc.where}: {exc.reason}", exc.path)]
     live = view.state.session.id.removeprefix("session-") if view.holder and view.state.session else None
@@ -309,8 +324,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_gc(args: argparse.Namespace) -> int:
     from shipslog import Engine
 
-    view = open_view(args.root)  # refuses a folder that is not a root before anything is created
-    with Engine.open(view.root) as engine:
+    operations = load_operations(args.operations)
+    view = open_view(args.root, registry=Registry(operations))  # refuses a folder that is not a root before anything is created
+    with Engine.open(view.root, operations=operations) as engine:
         result = engine.retain(args.keep, dry_run=args.dry_run)
     if args.json:
         _json(result)
@@ -360,6 +376,7 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
         p = commands.add_parser(name, parents=[sub_flags], help=help_text, description=help_text)
         if root:
             p.add_argument("root", metavar="ROOT", help="the host root (the folder an Engine was opened on)")
+            p.add_argument("--operations", metavar="MODULE", default=None, help=OPERATIONS_HELP)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.set_defaults(func=func, parser=p)

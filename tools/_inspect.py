@@ -1,12 +1,16 @@
 """Read-only views of a host root for the command line: never takes the writer's lock, never changes a byte.
 
-Everything here is derived from the journal (replayed with the reducer) and
-the files it names; a torn frame at the end of the journal is reported as a
-write in progress, not repaired.  A root that cannot be used is refused with
-one error naming it: :class:`NotARootError` (missing, not a root),
-:class:`UnreadableRootError` (an ``OSError`` while reading it),
-:class:`~shipslog.journal.UnsupportedFormatError` (a segment, snapshot or
-event schema newer than this build, naming the file and both versions).
+Everything here is derived from the journal and the files it names.  The
+state comes from :func:`shipslog.engine.load_state`, as for ``Engine.open``:
+the newest usable snapshot, then only the records after it (a snapshot with
+any flaw is ignored with a warning and the journal replayed whole; ``verify``
+replays it whole on purpose).  A torn frame at the end of the journal is
+reported as a write in progress, not repaired.  A root that cannot be used is
+refused with one error naming it: :class:`NotARootError` (missing, not a
+root), :class:`UnreadableRootError` (an ``OSError`` while reading it),
+:class:`~shipslog.journal.UnsupportedFormatError` (a segment or event schema
+newer than this build, naming the file and both versions; a snapshot in a
+newer format is skipped, as ``Engine.open`` does).
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ from typing import Any
 
 import msgspec
 import psutil
-from shipslog.engine import EngineState, RawEvent, Reducer, Registry, Status, check_root_folders, status_of
+from shipslog.engine import EngineState, LoadedState, RawEvent, Registry, Status, check_root_folders, load_state, status_of
 from shipslog.journal import (
     JOURNAL_DIR,
     CorruptRecordError,
     JournalReader,
     ShipslogError,
     TornTail,
-    UnsupportedFormatError,
     last_record_seq,
     list_segments,
     read_lock_holder,
@@ -127,52 +130,31 @@ def live_holder(root: str) -> str | None:
     return holder
 
 
-def _segment_holding(journal_dir: str, seq: int) -> str:
-    """The segment file that holds record ``seq`` (the last one whose first seq is at or before it)."""
-    found = journal_dir
-    for first, path in list_segments(journal_dir):
-        if first > seq:
-            break
-        found = path
-    return found
-
-
 def replay_root(
-    root: str, registry: Registry, *, until: int | None = None, skip_unknown: bool = False, stop_at_refused: bool = False
-) -> tuple[EngineState, TornTail | None, dict[str, int], CorruptRecordError | None]:
-    """The state of ``root`` as of ``until`` (default: the end), the torn tail if any, the unregistered kinds skipped,
-    and the record refused, read-only.
+    root: str,
+    registry: Registry,
+    *,
+    until: int | None = None,
+    skip_unknown: bool = False,
+    stop_at_refused: bool = False,
+    snapshots: bool = True,
+) -> LoadedState:
+    """The state of ``root`` as of ``until`` (default: the end), read-only: the newest usable snapshot, then the records after it.
 
-    With ``skip_unknown``, events of kinds no registered type declares are
-    left out of the state and counted by kind (the third value); without it
-    they raise :class:`~shipslog.engine.UnknownOperationError`.  With
-    ``stop_at_refused``, a :class:`~shipslog.journal.CorruptRecordError` ends
-    the replay there and is returned (the fourth value, the state as of the
-    record before it) instead of raised.
-
-    Refuses a root whose journal segment or event schema is newer than this
-    build with :class:`UnsupportedFormatError` naming the file and both
-    versions (for the event schema: the segment holding the record, and its
-    seq).  Snapshots are not read (the journal is replayed whole), so a
-    snapshot in a newer format is no obstacle, as for ``Engine.open``, which
-    skips it with a warning.  ``until`` past the end raises ``ValueError``.
+    See :func:`shipslog.engine.load_state` for what it returns and refuses:
+    with ``skip_unknown``, events of kinds no registered type declares are
+    left out of the state and counted by kind; with ``stop_at_refused``, a
+    :class:`~shipslog.journal.CorruptRecordError` ends the replay there and
+    is returned; a journal segment or event schema newer than this build is
+    refused with :class:`~shipslog.journal.UnsupportedFormatError` naming the
+    file and both versions (a snapshot in a newer format is skipped with a
+    warning, as ``Engine.open`` does).  ``snapshots=False`` replays from the
+    first record.  ``until`` past the end raises ``ValueError``.
     """
-    journal_dir = os.path.join(root, JOURNAL_DIR)
-    reducer = Reducer(registry, skip_unknown=skip_unknown)
-    try:
-        reader = reducer.replay_journal(journal_dir, until=until)
-    except CorruptRecordError as exc:
-        if not stop_at_refused:
-            raise
-        return reducer.state(), None, dict(reducer.skipped), exc
-    except UnsupportedFormatError as exc:
-        if os.path.isfile(exc.path):
-            raise  # a segment header: it names its file already
-        seq = reducer.seq + 1  # the reducer stops just before the record it refused
-        raise UnsupportedFormatError(_segment_holding(journal_dir, seq), f"record seq {seq}: event schema", exc.found, exc.supported) from exc
-    if until is not None and reducer.seq < until:
-        raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {reducer.seq})")
-    return reducer.state(), reader.tail, dict(reducer.skipped), None
+    loaded = load_state(root, registry, until=until, skip_unknown=skip_unknown, stop_at_refused=stop_at_refused, snapshots=snapshots)
+    if until is not None and loaded.refused is None and loaded.state.seq < until:
+        raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {loaded.state.seq})")
+    return loaded
 
 
 class RootView:
@@ -186,18 +168,29 @@ class RootView:
     not allow) does not stop the view: :attr:`refused` holds the error, the
     state stops before that record, and :meth:`records` shows every record as
     it is.  Damage to the frames, or a journal newer than this build, still
-    refuses the root.
+    refuses the root.  The state starts from the newest usable snapshot
+    (:attr:`snapshot_seq`) and replays only the :attr:`replayed` records
+    after it; ``snapshots=False`` replays from the first record.
     """
 
-    def __init__(self, root: str, registry: Registry, until: int | None, *, records_only: bool = False) -> None:
+    def __init__(
+        self, root: str, registry: Registry, until: int | None, *, records_only: bool = False, snapshots: bool = True
+    ) -> None:
         self.root = root
         self.registry = registry
         self.journal_dir = os.path.join(root, JOURNAL_DIR)
-        self.refused: CorruptRecordError | None = None
         with reading(root):
-            self.state, self.torn, self.unregistered, self.refused = replay_root(
-                root, registry, until=until, skip_unknown=True, stop_at_refused=records_only
+            loaded = replay_root(
+                root, registry, until=until, skip_unknown=True, stop_at_refused=records_only, snapshots=snapshots
             )
+            self.state: EngineState = loaded.state
+            self.torn: TornTail | None = loaded.torn
+            self.unregistered: dict[str, int] = loaded.skipped
+            self.refused: CorruptRecordError | None = loaded.refused
+            self.replayed: int = loaded.replayed
+            """Records read and applied to build :attr:`state` (those after the snapshot, when one was used)."""
+            self.snapshot_seq: int | None = loaded.snapshot.seq if loaded.snapshot is not None else None
+            """The seq of the snapshot the state started from; None when the journal was replayed from its first record."""
             self.holder = live_holder(root)
             self.last_seq = self.state.seq if self.refused is None else last_record_seq(self.journal_dir)
 
@@ -245,14 +238,18 @@ def require_root(root: str) -> str:
     return root
 
 
-def open_view(root: str, *, until: int | None = None) -> RootView:
-    """Replay ``root`` read-only (see :func:`require_root` and :func:`replay_root` for what it refuses)."""
-    return RootView(require_root(root), Registry(), until)
+def open_view(root: str, *, until: int | None = None, registry: Registry | None = None, snapshots: bool = True) -> RootView:
+    """Replay ``root`` read-only (see :func:`require_root` and :func:`replay_root` for what it refuses).
+
+    ``registry`` (default: the built-in operation types) decides which events
+    are typed; ``snapshots=False`` replays from the first record.
+    """
+    return RootView(require_root(root), registry if registry is not None else Registry(), until, snapshots=snapshots)
 
 
-def open_records(root: str) -> RootView:
+def open_records(root: str, *, registry: Registry | None = None) -> RootView:
     """``root``'s records read-only; a record the engine refuses to replay is shown, not refused (see :class:`RootView`)."""
-    return RootView(require_root(root), Registry(), None, records_only=True)
+    return RootView(require_root(root), registry if registry is not None else Registry(), None, records_only=True)
 
 
 def format_time(t: float) -> str:

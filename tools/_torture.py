@@ -66,7 +66,7 @@ from shipslog.journal import (
     JournalReader,
 )
 
-from ._workload import ENGINE_OPTIONS, WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
+from ._workload import ALWAYS_PREFIXES, ENGINE_OPTIONS, WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 __all__ = ["TortureResult", "check_root", "kill_orphans", "run_torture", "workload_processes"]
 
@@ -96,16 +96,20 @@ bytes as ``journal.after_fsync``; the workload's crashes cover it."""
 # -- the checker (runs in a fresh child process) ----------------------------------------------
 
 
-def _acked_problems(root: str, state: Any, acks_path: str | None) -> list[dict[str, str]]:
-    """Everything the workload was told is done must still be so (unless a retention deleted it)."""
-    from shipslog.engine import Registry, RetentionIntended
-
+def _read_acks(acks_path: str | None) -> list[dict[str, Any]]:
     if not acks_path or not os.path.exists(acks_path):
         return []
     with open(acks_path, encoding="utf-8") as f:
-        acks = [json.loads(line) for line in f if line.endswith("\n")]
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def _acked_problems(root: str, state: Any, acks: list[dict[str, Any]], reg: Any) -> list[dict[str, str]]:
+    """Everything the workload was told is done must still be so (unless a retention deleted it)."""
+    from shipslog.engine import RetentionIntended
+
+    if not acks:
+        return []
     retired: set[str] = set()
-    reg = Registry()
     for rec in JournalReader(os.path.join(root, "journal")).records():
         ev = reg.typed(rec).event
         if isinstance(ev, RetentionIntended):
@@ -160,29 +164,37 @@ def _worker_problems(before: Any, after: Any, session: str) -> list[str]:
     return found
 
 
-def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -> dict[str, Any]:
+def check_root(root: str, *, acks: str | None = None, mark: str | None = None, operations: str | None = None) -> dict[str, Any]:
     """Open ``root`` (recovery runs), check every invariant, close, open again and check nothing is left to do.
 
     ``mark`` names the crash trace file: a line is appended to it when the
     first open has returned, so the harness can tell recovery's crash points
-    from the rest.  Returns ``{"violations": [...], "recovered": [...]}``.
+    from the rest.  ``operations`` names a host module (``--operations``):
+    its types are registered and its ``check(engine, acks)`` (when defined)
+    reports problems as violations of invariant ``host-check``.  Returns
+    ``{"violations": [...], "recovered": [...]}``.
     """
-    from shipslog.engine import replay
+    from shipslog.engine import Registry, replay
     from shipslog.recovery import check_invariants
 
     from shipslog import Engine
 
+    from ._workload import host_operations
+
     out: list[dict[str, str]] = []
+    module, types = host_operations(operations) if operations else (None, ())
+    registry = Registry(types)
+    acked = _read_acks(acks)
 
     def add(invariant: str, message: str) -> None:
         out.append({"invariant": invariant, "message": message})
 
     try:
-        before: Any = replay(root)  # the worker incarnations recovery must stop (read-only)
+        before: Any = replay(root, registry=registry)  # the worker incarnations recovery must stop (read-only)
     except Exception:  # noqa: BLE001  (damage is for Engine.open to report)
         before = None
     try:
-        e = Engine.open(root, **ENGINE_OPTIONS)
+        e = Engine.open(root, operations=types, **ENGINE_OPTIONS)
     except Exception as exc:  # noqa: BLE001  (any failure to recover is the finding)
         add("open", f"the first open after the crash failed: {type(exc).__name__}: {exc}")
         return {"violations": out, "recovered": []}
@@ -200,15 +212,18 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -
         leftover = [op.id for op in e.state.ops.values() if op.session != e.session]
         if leftover:
             add("ops-terminal", f"operations still in progress after recovery: {leftover}")
-        for problem in _acked_problems(root, e.state, acks):
+        for problem in _acked_problems(root, e.state, acked, registry):
             add(problem["invariant"], problem["message"])
+        if module is not None and getattr(module, "check", None) is not None:
+            for message in module.check(e, [a for a in acked if a.get("kind") == "host"]):
+                add("host-check", str(message))
         for message in _worker_problems(before, e.state, e.session):
             add("workers-stopped", message)
         first = e.state
     finally:
         e.close()
     try:
-        again = Engine.open(root, **ENGINE_OPTIONS)
+        again = Engine.open(root, operations=types, **ENGINE_OPTIONS)
     except Exception as exc:  # noqa: BLE001
         add("recovery-idempotent", f"the second open failed: {type(exc).__name__}: {exc}")
         return {"violations": out, "recovered": report.found}
@@ -229,7 +244,7 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None) -
             add("recovery-idempotent", f"the second open sees {view(again.state)}, the first {view(first)}")
     finally:
         again.close()
-    if replay(root) != again.state:
+    if replay(root, registry=registry) != again.state:
         add("replay", "a read-only replay of the journal differs from the engine's state")
     return {"violations": out, "recovered": report.found}
 
@@ -364,9 +379,13 @@ def _hits(count: int, full: bool) -> list[int]:
 
 
 class _Harness:
-    def __init__(self, workdir: str, ops: tuple[str, ...], seed: int, full: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, workdir: str, ops: tuple[str, ...], seed: int, full: bool, log: Callable[[str], None], operations: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.ops = ops
+        self.operations = operations
+        """The host module (``--operations``) whose workload and types are tortured instead of the built-ins'."""
         self.seed = seed
         self.full = full
         self.log = log
@@ -392,13 +411,17 @@ class _Harness:
 
     def workload(self, slot: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
         args = ["-m", _WORKLOAD_MODULE, os.path.join(slot, "root"), "--seed", str(self.seed), "--acks", os.path.join(slot, "acks")]
-        if self.ops != WORKLOAD_OPS:
+        if self.operations:
+            args += ["--operations", self.operations]
+        elif self.ops != WORKLOAD_OPS:
             args += ["--ops", ",".join(self.ops)]
         return self._run(args + list(extra), env)
 
     def check(self, slot: str, trace: str | None = None, armed: str | None = None, mode: str = "kill") -> subprocess.CompletedProcess[str]:
         env = self.env()
         args = ["-m", _CHECK_MODULE, "check", os.path.join(slot, "root"), "--acks", os.path.join(slot, "acks")]
+        if self.operations:
+            args += ["--operations", self.operations]
         if trace:
             env[CRASH_TRACE_ENV] = trace
             args += ["--mark", trace]
@@ -515,6 +538,7 @@ def run_torture(
     jobs: int = 2,
     keep: bool = False,
     log: Callable[[str], None] | None = None,
+    operations: str | None = None,
 ) -> TortureResult:
     """Run the crash harness; return ``{"crash_points", "covered", "uncovered", "runs", "violations", "seconds", ...}``.
 
@@ -528,16 +552,37 @@ def run_torture(
     crashes at each recovery point's first hit.  ``jobs`` children run at a
     time.  ``workdir`` (default: the system's temporary folder) holds the
     roots, in a new folder removed afterwards unless ``keep``.
+
+    ``operations`` (a host module, as ``--operations`` takes it) tortures the
+    module's own operation types instead: its ``workload(engine, ack)`` is
+    the workload, the points that count are its types' (``<type>.*``) and the
+    journal's and recovery's, and its ``check(engine, acks)`` runs after
+    every recovery; in a quick run, recovery is crashed after every one of
+    its points that leaves recovery work.
     """
     started = time.monotonic()
-    chosen = tuple(ops) if ops else WORKLOAD_OPS
-    parse_ops(",".join(chosen))
     say = log or (lambda _msg: None)
+    if operations:
+        if ops:
+            raise ValueError("choose either ops (built-in operations) or operations (a host module), not both")
+        if os.path.isfile(operations):
+            operations = os.path.abspath(operations)  # the children may run elsewhere
+        from ._workload import host_operations
+
+        chosen = tuple(t.name for t in host_operations(operations)[1])
+    else:
+        chosen = tuple(ops) if ops else WORKLOAD_OPS
+        parse_ops(",".join(chosen))
     base = tempfile.mkdtemp(prefix="shipslog-torture-", dir=workdir)
-    harness = _Harness(base, chosen, seed, not quick, say)
+    harness = _Harness(base, chosen, seed, not quick, say, operations)
     try:
         registered, counts = harness.coverage()
-        considered = points_for_ops(list(registered), None if chosen == WORKLOAD_OPS else chosen)
+        if operations:
+            host_prefixes = tuple(f"{name}." for name in chosen)
+            considered = sorted(p for p in registered if p.startswith(ALWAYS_PREFIXES + host_prefixes))
+        else:
+            host_prefixes = ()
+            considered = points_for_ops(list(registered), None if chosen == WORKLOAD_OPS else chosen)
         say(f"{len(considered)} crash point(s) count; the workload reaches {len(counts)} of the registered ones")
         scenarios: list[_Scenario] = []
         extra: list[_Scenario] = []
@@ -563,7 +608,8 @@ def run_torture(
             if not sc.outcome.get("died") or "recovery.after_begun" not in hits:
                 continue
             base_point = sc.point.partition("@")[0]
-            if not harness.full and sc not in extra and (base_point not in _QUICK_PAIRS or not sc.point.endswith("@1")):
+            quick_pair = base_point in _QUICK_PAIRS or base_point.startswith(host_prefixes or ("\0",))
+            if not harness.full and sc not in extra and (not quick_pair or not sc.point.endswith("@1")):
                 continue
             shape = _work_shape(base_point, sc.outcome["result"].get("recovered", []), sc.outcome.get("live_workers", 0))
             if shape in shapes:
@@ -624,6 +670,7 @@ def run_torture(
             "missed": missed,
             "processes": harness.children,
             "ops": list(chosen),
+            "operations": operations,
             "seed": seed,
             "quick": quick,
             "violations": violations,
@@ -642,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("root")
     check.add_argument("--acks", default=None)
     check.add_argument("--mark", default=None)
+    check.add_argument("--operations", default=None, metavar="MODULE")
     args = parser.parse_args(argv)
-    result = check_root(args.root, acks=args.acks, mark=args.mark)
+    result = check_root(args.root, acks=args.acks, mark=args.mark, operations=args.operations)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

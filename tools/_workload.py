@@ -3,6 +3,7 @@
 Run in a child process that the harness arms to die at one crash point::
 
     python -m shipslog.tools._workload ROOT [--ops checkpoint,pointer,...] [--seed N] [--acks FILE]
+    python -m shipslog.tools._workload ROOT --operations MODULE [--acks FILE]
 
 It opens an :class:`~shipslog.Engine` on ``ROOT`` with ``fsync=False`` (a
 process killed by SIGKILL keeps the page cache, so fsync does not change what
@@ -15,6 +16,11 @@ raises (aborted); pointer moves; a retention pass; a model saved and pointed
 to; the run finished; supervised worker processes (one that exits with an
 error once, one killed by the workload, both restarted, then stopped); extra
 sessions opened and closed.
+
+With ``--operations MODULE`` the workload is instead the host's own: the
+module's ``OPERATIONS`` are registered and its ``workload(engine, ack)`` runs
+on the engine (``ack(**fields)`` records what it was told is done, for its
+``check``).
 
 What the engine acknowledged (a checkpoint committed, a pointer set, a run
 finished, a retention done) is appended to ``--acks`` right after the call
@@ -35,14 +41,17 @@ import signal
 import sys
 import zlib
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import shipslog.engine  # registers the engine's crash points
 import shipslog.recovery  # noqa: F401  (registers the recovery crash points)
-from shipslog.engine import FileEntry, Health, Supervisor, WorkerSpec
+from shipslog.engine import FileEntry, Health, OperationType, Registry, Supervisor, WorkerSpec
 from shipslog.journal import registered_crash_points
 
 from shipslog import Engine
+
+from ._operations_module import OperationsModuleError, load_operations_module, operation_types
 
 __all__ = [
     "ALWAYS_PREFIXES",
@@ -53,6 +62,8 @@ __all__ = [
     "main",
     "parse_ops",
     "points_for_ops",
+    "host_operations",
+    "run_host_workload",
     "run_workload",
 ]
 
@@ -326,6 +337,37 @@ def _write_synced(folder: str, name: str, data: bytes) -> FileEntry:
         os.fsync(f.fileno())
     return FileEntry(name, len(data), zlib.crc32(data))
 
+def host_operations(spec: str) -> tuple[ModuleType, tuple[OperationType, ...]]:
+    """The module ``spec`` names (loaded once) and its checked ``OPERATIONS``.
+
+    The module must also define ``workload(engine, ack)``, and may define
+    ``check(engine, acks) -> list of problems``; raises
+    :class:`OperationsModuleError` otherwise.
+    """
+    module = load_operations_module(spec)
+    types = operation_types(module, spec=spec)
+    try:
+        Registry(types)
+    except ValueError as exc:
+        raise OperationsModuleError(spec, f"its OPERATIONS cannot be registered beside the built-ins: {exc}") from exc
+    if not callable(getattr(module, "workload", None)):
+        raise OperationsModuleError(spec, "the crash harness needs workload(engine, ack), a function that runs the module's operations")
+    check = getattr(module, "check", None)
+    if check is not None and not callable(check):
+        raise OperationsModuleError(spec, "check, when defined, must be a function check(engine, acks) -> list of problems")
+    return module, types
+
+
+def run_host_workload(root: str, module: ModuleType, types: tuple[OperationType, ...], acks: str | None = None) -> None:
+    """Run a host module's ``workload(engine, ack)`` on ``root`` with its operation types registered."""
+    ack = _Acks(acks)
+    e = Engine.open(root, operations=types, **ENGINE_OPTIONS)
+    try:
+        module.workload(e, lambda **fields: ack(kind="host", **fields))
+    finally:
+        e.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The workload's command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m shipslog.tools._workload", description=__doc__.splitlines()[0])
@@ -334,15 +376,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--acks", default=None, metavar="FILE", help="append one JSON line per acknowledged result")
     parser.add_argument("--list-points", default=None, metavar="FILE", help="write the registered crash points (JSON) first")
+    parser.add_argument("--operations", default=None, metavar="MODULE", help="run this host module's workload instead")
     args = parser.parse_args(argv)
+    host: tuple[ModuleType, tuple[OperationType, ...]] | None = None
     try:
         ops = parse_ops(args.ops)
+        if args.operations:
+            host = host_operations(args.operations)  # imported now: its crash points are registered before they are listed
     except ValueError as exc:
         parser.error(str(exc))
     if args.list_points:
         with open(args.list_points, "w", encoding="utf-8") as f:
             json.dump(registered_crash_points(), f, sort_keys=True)
-    run_workload(args.root, ops, args.seed, args.acks)
+    if host is not None:
+        run_host_workload(args.root, host[0], host[1], args.acks)
+    else:
+        run_workload(args.root, ops, args.seed, args.acks)
     return 0
 
 

@@ -16,7 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import numpy as np
-from shipslog import Engine
+
+from shipslog import Engine, gpu
 from shipslog.engine import (
     ConflictError,
     FileEntry,
@@ -26,18 +27,16 @@ from shipslog.engine import (
     read_manifest,
     replay,
 )
-from shipslog.journal import InsufficientSpaceError, JournalReader, ShipslogError
-
-from shipslog import gpu
 from shipslog.gpu import (
     AsyncCheckpointer,
     AsyncSaveError,
     CheckpointerClosedError,
     SaveTimeoutError,
     StateDictError,
+    _async,
     load_state_dict,
 )
-from shipslog.gpu import _async
+from shipslog.journal import InsufficientSpaceError, JournalReader, ShipslogError
 
 _real_save_state_dict = _async.save_state_dict
 

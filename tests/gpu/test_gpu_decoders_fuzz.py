@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 import shipslog.gpu._target_regex as target_regex
 from shipslog.gpu import (
     DTYPES,

@@ -61,7 +61,7 @@ def test_release_drops_the_buffers() -> None:
 
 
 def test_colliding_flat_names_are_refused() -> None:
-    with pytest.raises(StateDictError, match="a.b"):
+    with pytest.raises(StateDictError, match=r"a\.b"):
         HostSnapshot().take({"a.b": torch.ones(1), "a": {"b": torch.ones(1)}})
 
 

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import msgspec
+
 import shipslog.gpu._lora as lora_mod
 import shipslog.gpu._target_regex as target_regex
 from shipslog.gpu import (
@@ -163,7 +164,7 @@ def test_oom_at_one_row_on_cpu_gives_up_with_a_clear_error(monkeypatch: pytest.M
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(lora_mod, "_chunk_matmul", always)
-    with pytest.raises(MergeOutOfMemoryError, match="model.layers.0.attn"):
+    with pytest.raises(MergeOutOfMemoryError, match=r"model\.layers\.0\.attn"):
         merge_lora(base, adapter, _config())
 
 
@@ -189,7 +190,7 @@ def test_nan_in_adapter_raises_and_returns_nothing() -> None:
 def test_float16_overflow_is_caught() -> None:
     base, adapter = _model(torch.float16, layers=1)
     adapter["base_model.model.model.layers.0.attn.v_proj.lora_B.weight"][0, :] = 1e5
-    with pytest.raises(NonFiniteError, match="v_proj.weight"):
+    with pytest.raises(NonFiniteError, match=r"v_proj\.weight"):
         merge_lora(base, adapter, _config())
 
 
@@ -261,7 +262,7 @@ def test_lora_a_without_b_is_refused() -> None:
 def test_lora_b_without_a_is_refused() -> None:
     base, adapter = _model(layers=1)
     del adapter["base_model.model.model.layers.0.attn.q_proj.lora_A.weight"]
-    with pytest.raises(AdapterError, match="lora_B .* without lora_A"):
+    with pytest.raises(AdapterError, match=r"lora_B .* without lora_A"):
         merge_lora(base, adapter, _config())
 
 
@@ -300,7 +301,7 @@ def test_dora_is_refused() -> None:
 def test_unknown_adapter_tensor_is_refused_not_dropped() -> None:
     base, adapter = _model(layers=1)
     adapter["base_model.model.score.modules_to_save.default.weight"] = torch.ones(2, 2)
-    with pytest.raises(AdapterError, match="score.modules_to_save"):
+    with pytest.raises(AdapterError, match=r"score\.modules_to_save"):
         merge_lora(base, adapter, _config())
 
 
@@ -328,7 +329,7 @@ def test_load_adapter_reads_the_peft_layout_and_merges(tmp_path: Path) -> None:
 def test_load_adapter_without_config_is_refused(tmp_path: Path) -> None:
     folder, _base, _adapter = _adapter_folder(tmp_path, _config())
     (folder / "adapter_config.json").unlink()
-    with pytest.raises(AdapterError, match="adapter_config.json.*no such file"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json.*no such file"):
         load_adapter(folder)
 
 
@@ -342,7 +343,7 @@ def test_load_adapter_refuses_pickled_weights(tmp_path: Path) -> None:
     folder, _base, adapter = _adapter_folder(tmp_path, _config())
     (folder / "adapter_model.safetensors").unlink()
     torch.save(adapter, folder / "adapter_model.bin")
-    with pytest.raises(PickleRefusedError, match="adapter_model.bin"):
+    with pytest.raises(PickleRefusedError, match=r"adapter_model\.bin"):
         load_adapter(folder)
 
 

@@ -11,9 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from shipslog.journal import ShipslogError
-
 from shipslog import gpu
+from shipslog.journal import ShipslogError
 
 
 def test_every_public_name_is_exported() -> None:

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import numpy as np
+
 from shipslog.engine import FileEntry, IntegrityError, crc32_file
 from shipslog.gpu import (
     PickleRefusedError,
@@ -180,7 +181,7 @@ def test_loaded_tensors_own_their_storage(tmp_path: Path) -> None:
 
 def test_colliding_names_are_refused_before_writing(tmp_path: Path) -> None:
     folder = tmp_path / "out"
-    with pytest.raises(StateDictError, match="a.b"):
+    with pytest.raises(StateDictError, match=r"a\.b"):
         save_state_dict({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, folder)
     assert not folder.exists() or os.listdir(folder) == []
 
@@ -226,7 +227,7 @@ def test_bit_flip_in_data_section_is_caught(tmp_path: Path) -> None:
     entries = save_state_dict({"w": torch.randn(256)}, tmp_path)
     path = tmp_path / "model.safetensors"
     _flip(path, path.stat().st_size - 5)
-    with pytest.raises(IntegrityError, match="model.safetensors") as info:
+    with pytest.raises(IntegrityError, match=r"model\.safetensors") as info:
         load_state_dict(tmp_path, entries=entries)
     assert "crc32" in str(info.value)
 
@@ -234,7 +235,7 @@ def test_bit_flip_in_data_section_is_caught(tmp_path: Path) -> None:
 def test_bit_flip_in_header_is_caught_as_integrity_error(tmp_path: Path) -> None:
     entries = save_state_dict({"w": torch.ones(8)}, tmp_path)
     _flip(tmp_path / "model.safetensors", 12)
-    with pytest.raises(IntegrityError, match="model.safetensors"):
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
         load_state_dict(tmp_path, entries=entries)
 
 
@@ -249,13 +250,13 @@ def test_truncated_file_is_caught_by_size(tmp_path: Path) -> None:
 def test_bit_flip_in_tree_file_is_caught(tmp_path: Path) -> None:
     entries = save_state_dict({"w": torch.ones(2), "step": 5}, tmp_path)
     _flip(tmp_path / "model.tree.json", 3)
-    with pytest.raises(IntegrityError, match="model.tree.json"):
+    with pytest.raises(IntegrityError, match=r"model\.tree\.json"):
         load_state_dict(tmp_path, entries=entries)
 
 
 def test_file_not_in_entries_is_refused(tmp_path: Path) -> None:
     entries = save_state_dict({"w": torch.ones(2), "step": 5}, tmp_path)
-    with pytest.raises(IntegrityError, match="model.tree.json"):
+    with pytest.raises(IntegrityError, match=r"model\.tree\.json"):
         load_state_dict(tmp_path, entries=[e for e in entries if e.path != "model.tree.json"])
 
 
@@ -263,7 +264,7 @@ def test_other_listed_files_are_verified_too(tmp_path: Path) -> None:
     entries = save_state_dict({"w": torch.ones(2)}, tmp_path)
     (tmp_path / "trainer.json").write_text('{"step": 1}')
     listed = [*entries, FileEntry("trainer.json", 11, zlib.crc32(b'{"step": 2}'))]
-    with pytest.raises(IntegrityError, match="trainer.json"):
+    with pytest.raises(IntegrityError, match=r"trainer\.json"):
         load_state_dict(tmp_path, entries=listed)
 
 
@@ -349,7 +350,7 @@ def test_trailing_bytes_after_last_tensor(tmp_path: Path) -> None:
 
 def test_folder_without_tensor_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(TensorFileNotFoundError, match="model.safetensors"):
+    with pytest.raises(TensorFileNotFoundError, match=r"model\.safetensors"):
         load_state_dict(tmp_path)
 
 
@@ -544,7 +545,7 @@ def test_tree_json_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: p
 def test_malformed_tree_node_is_a_tensor_file_error_naming_its_place(tmp_path: Path, tree: Any, found: str) -> None:
     save_state_dict({"w": torch.ones(1, dtype=torch.bfloat16)}, tmp_path)
     (tmp_path / "model.tree.json").write_text(json.dumps({"format": "shipslog.state-tree", "version": 1, "tree": tree}))
-    with pytest.raises(TensorFileError, match="model.tree.json") as caught:
+    with pytest.raises(TensorFileError, match=r"model\.tree\.json") as caught:
         load_state_dict(tmp_path)
     assert found in str(caught.value)
 
@@ -594,7 +595,7 @@ def test_code_running_pickle_is_refused_and_runs_nothing(tmp_path: Path, allow: 
     folder = tmp_path / "ckpt"
     folder.mkdir()
     torch.save({"w": torch.ones(1), "payload": _Evil(str(marker))}, folder / "model.pt")
-    with pytest.raises(PickleRefusedError, match="model.pt"):
+    with pytest.raises(PickleRefusedError, match=r"model\.pt"):
         load_state_dict(folder, allow_pickle=allow)
     assert not marker.exists()
 

@@ -7,30 +7,146 @@ never half-trained.  Then ``run.validated`` and ``run.started`` (one frame),
 global step is cumulative: a run starts at the step of the newest committed
 checkpoint, never at a number kept in an editable side file.  After a crash
 the next session journals ``run.interrupted``, so no status says "training"
-for a process that is gone.
+for a process that is gone.  Its events, table, projection and forward path
+live here; its recovery is journal-only (``run.interrupted``, with the step
+the run reached).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import stat
 import zlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
 from shipslog.journal import crash_point, register_crash_point
 
-from ._errors import ConflictError, DataFileError
-from ._events import RunFailed, RunFinished, RunProgress, RunStarted, RunValidated
-from ._fields import decode_json_within
-from ._state import EngineState, RunInfo
+from ._context import OperationContext
+from ._errors import ConflictError, DataFileError, InvalidTransitionError
+from ._events import Event
+from ._fields import decode_json_within, expect_count, expect_relpath
+from ._layout import CHECKPOINTS_DIR
+from ._optypes import OperationType, Recovery, RecoveryAction
+from ._state import EngineState, OpRecord, RunInfo, StateBuilder
 
-if TYPE_CHECKING:
-    from ._core import EngineCore
+__all__ = [
+    "MAX_LINE_BYTES",
+    "MAX_LINE_DEPTH",
+    "RUN",
+    "DataFileSummary",
+    "Run",
+    "RunFailed",
+    "RunFinished",
+    "RunInterrupted",
+    "RunProgress",
+    "RunStarted",
+    "RunState",
+    "RunValidated",
+    "start_run",
+    "validate_data_file",
+]
 
-__all__ = ["MAX_LINE_BYTES", "MAX_LINE_DEPTH", "DataFileSummary", "Run", "start_run", "validate_data_file"]
+_replace = msgspec.structs.replace
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+class RunValidated(Event, tag="run.validated"):
+    """The data file was checked whole: ``lines`` JSON lines, ``size`` bytes, ``crc32``, fields present."""
+
+    data_file: str
+    lines: int
+    size: int
+    crc32: int
+    required_fields: list[str] = []
+
+
+class RunStarted(Event, tag="run.started"):
+    """Training started at global step ``start_step`` (from committed checkpoint ``checkpoint``)."""
+
+    start_step: int
+    checkpoint: str | None = None
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("start_step", self.start_step)
+        if self.checkpoint is not None:
+            expect_relpath("checkpoint", self.checkpoint, (CHECKPOINTS_DIR,))
+
+
+class RunProgress(Event, tag="run.progress"):
+    """The run reached global ``step`` (never below the run's step: the projection checks it)."""
+
+    step: int
+
+
+class RunFinished(Event, tag="run.finished"):
+    """The run completed at global ``step``."""
+
+    step: int
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        expect_count("step", self.step)
+
+
+class RunFailed(Event, tag="run.failed"):
+    """The run raised ``error`` at global ``step``."""
+
+    step: int
+    error: str
+
+
+class RunInterrupted(Event, tag="run.interrupted"):
+    """The run's session ended without finishing it (a crash); recorded by a later session."""
+
+    step: int = 0
+    reason: str = ""
+
+
+# -- states and projection ---------------------------------------------------------------
+
+
+class RunState(str, enum.Enum):
+    """States of a training run over one data file."""
+
+    VALIDATED = "validated"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+def _run_validated(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RunValidated)
+    b.runs[op.id] = RunInfo(op=op.id, data_file=ev.data_file, state="validated", session=op.session, first_seq=seq, last_seq=seq)
+
+
+def _run_started(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    assert isinstance(ev, RunStarted)
+    b.runs[op.id] = _replace(b.runs[op.id], state="started", start_step=ev.start_step, step=ev.start_step, last_seq=seq)
+
+
+def _run_progress(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    runs = b.runs
+    run = runs[op.id]
+    step = ev.step  # type: ignore[attr-defined]
+    if step < run.step:
+        raise InvalidTransitionError(seq, op.id, "run", run.state, "run.progress", f"step {step} is below the run's step {run.step}")
+    runs[op.id] = _replace(run, step=step, last_seq=seq)
+
+
+def _run_ended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
+    state = op.state
+    error = ev.error if isinstance(ev, RunFailed) else (ev.reason or None) if isinstance(ev, RunInterrupted) else None
+    b.runs[op.id] = _replace(b.runs[op.id], state=state, step=ev.step, error=error, last_seq=seq)  # type: ignore[attr-defined]
+    b.trim_runs()
+
+
+# -- the forward path ------------------------------------------------------------------------
 
 CP_STARTED = register_crash_point("run.after_started", "run.validated and run.started are durable; no progress is journaled")
 CP_PROGRESS = register_crash_point("run.after_progress", "a run.progress is durable; the run is still started")
@@ -145,27 +261,27 @@ def _cap(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def start_run(core: EngineCore, data_file: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> Run:
+def start_run(ctx: OperationContext, data_file: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> Run:
     """Validate ``data_file``, then journal validated + started in one frame; see :meth:`Engine.run`."""
-    core.check_usable()
+    ctx.check_usable()
     if isinstance(required_fields, str):
         required_fields = [required_fields]
     summary = validate_data_file(data_file, required_fields)
-    op = core.new_op_id("run")
+    op = ctx.new_op_id("run")
 
     def one_at_a_time(state: EngineState) -> None:
         for other in state.ops_of("run"):
             raise ConflictError(f"starting a run over {summary.path}", f"run {other.id} (state {other.state}) over {other.info.get('data_file')}")
 
-    state = core.state
+    state = ctx.state
     latest = state.latest_checkpoint()
-    core.journal_events(
+    ctx.journal_events(
         RunValidated(op=op, data_file=summary.path, lines=summary.lines, size=summary.size, crc32=summary.crc32, required_fields=list(required_fields)),
         RunStarted(op=op, start_step=state.global_step, checkpoint=latest.path if latest else None),
         check=one_at_a_time,
     )
     crash_point(CP_STARTED)
-    return Run(core, op, summary)
+    return Run(ctx, op, summary)
 
 
 class Run:
@@ -175,11 +291,11 @@ class Run:
     checkpoint's); ``step`` the last step journaled.
     """
 
-    def __init__(self, core: EngineCore, op: str, summary: DataFileSummary) -> None:
-        self._core = core
+    def __init__(self, ctx: OperationContext, op: str, summary: DataFileSummary) -> None:
+        self._ctx = ctx
         self.op = op
         self.data = summary
-        info = core.state.runs[op]
+        info = ctx.state.runs[op]
         self.start_step = info.start_step
         self.step = info.step
         self._ended: str | None = None
@@ -187,7 +303,7 @@ class Run:
     @property
     def info(self) -> RunInfo:
         """The run as the engine state has it now."""
-        return self._core.state.runs[self.op]
+        return self._ctx.state.runs[self.op]
 
     def _check(self) -> None:
         if self._ended is not None:
@@ -197,7 +313,7 @@ class Run:
         """Journal that training reached global ``step`` (never below the last one)."""
         self._check()
         self._check_step(step)
-        self._core.journal_events(RunProgress(op=self.op, step=step))
+        self._ctx.journal_events(RunProgress(op=self.op, step=step))
         self.step = step
         crash_point(CP_PROGRESS)
 
@@ -210,7 +326,7 @@ class Run:
         self._check()
         step = self.step if step is None else step
         self._check_step(step)
-        self._core.journal_events(RunFinished(op=self.op, step=step))
+        self._ctx.journal_events(RunFinished(op=self.op, step=step))
         self.step = step
         self._ended = "finished"
 
@@ -218,7 +334,7 @@ class Run:
         """Journal ``run.failed`` with ``error`` at the last step."""
         self._check()
         text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-        self._core.journal_events(RunFailed(op=self.op, step=self.step, error=text))
+        self._ctx.journal_events(RunFailed(op=self.op, step=self.step, error=text))
         self._ended = "failed"
 
     def __enter__(self) -> Run:
@@ -229,5 +345,57 @@ class Run:
             return
         if exc is None:
             self.finish()
-        elif self._core.broken is None and not self._core.closed:
+        elif self._ctx.broken is None and not self._ctx.closed:
             self.fail(exc)
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+def _interrupted_fields(state: EngineState, op: OpRecord, session: str) -> Mapping[str, Any]:
+    run = state.runs.get(op.id)
+    return {"step": run.step if run else 0, "reason": f"its session ended without finishing it; found by session {session}"}
+
+
+# -- the declaration ----------------------------------------------------------------------
+
+RUN = OperationType(
+    name="run",
+    description="a training run over one JSONL data file, validated whole before it starts",
+    states=RunState,
+    events=(RunValidated, RunStarted, RunProgress, RunFinished, RunFailed, RunInterrupted),
+    begins={"run.validated": RunState.VALIDATED},
+    transitions={
+        (RunState.VALIDATED, "run.started"): RunState.STARTED,
+        (RunState.VALIDATED, "run.failed"): RunState.FAILED,
+        (RunState.VALIDATED, "run.interrupted"): RunState.INTERRUPTED,
+        (RunState.STARTED, "run.progress"): RunState.STARTED,
+        (RunState.STARTED, "run.finished"): RunState.FINISHED,
+        (RunState.STARTED, "run.failed"): RunState.FAILED,
+        (RunState.STARTED, "run.interrupted"): RunState.INTERRUPTED,
+    },
+    terminal=frozenset({RunState.FINISHED, RunState.FAILED, RunState.INTERRUPTED}),
+    recovery={
+        RunState.VALIDATED: Recovery(
+            RecoveryAction.ROLL_BACK,
+            "its session is gone before training started: journal interrupted",
+            "run.interrupted",
+            close_fields=_interrupted_fields,
+        ),
+        RunState.STARTED: Recovery(
+            RecoveryAction.ROLL_BACK,
+            "its session is gone: journal interrupted; resume from the newest committed checkpoint",
+            "run.interrupted",
+            close_fields=_interrupted_fields,
+        ),
+    },
+    projections={
+        "run.validated": _run_validated,
+        "run.started": _run_started,
+        "run.progress": _run_progress,
+        "run.finished": _run_ended,
+        "run.failed": _run_ended,
+        "run.interrupted": _run_ended,
+    },
+    grows={"run.progress": "step"},
+)

@@ -1,4 +1,4 @@
-"""The ``worker`` operation type: supervised worker processes, declared as data.
+"""The ``worker`` operation's events and states (its table and recovery are declared in ``_operation``).
 
 Two kinds of operation share the type, told apart by their states:
 
@@ -17,14 +17,18 @@ Two kinds of operation share the type, told apart by their states:
   restart it is and how long it waited.
 
 An incarnation that is not terminal owns (or may own) a process, so its
-recovery rule has no ``close_with``: the recovery package executes it with
-:func:`shipslog.engine._supervisor.recover_worker` (probe by pid *and* create
-time, stop a live one, journal a gone one as died).
+recovery rule has no ``close_with``: its executor (declared on the type) is
+:func:`settle_cut_off_worker` (probe by pid *and* create time, stop a live
+one, journal a gone one as died).
 
 The worker view is derived from ``EngineState.ops`` alone: every incarnation
 in progress holds ``name``, ``slot`` (its supervision's op id), ``attempt``,
 ``delay`` and, once started, ``pid``, ``create_time``, ``start_ticks`` and
 ``boot_id`` in its ``info`` (see :func:`worker_incarnations`).
+
+Guarantee: declarations only, as data: importing this module starts, signals
+and journals nothing.  The events and the table are what the reducer replays,
+so their tags, fields and transitions are the journal format of workers.
 """
 
 from __future__ import annotations
@@ -34,16 +38,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._events import Event
-from ._fields import expect_count, expect_name, expect_op_id, reject
-from ._optypes import OperationType, Recovery, RecoveryAction
-from ._state import EngineState, OpRecord
+from .._events import Event
+from .._fields import expect_count, expect_name, expect_op_id, reject
+from .._state import EngineState, OpRecord
 
 __all__ = [
     "INCARNATION_STATES",
     "MAX_STOP_TIMEOUT",
     "SUPERVISION_STATES",
-    "WORKER",
+    "WORKER_TYPE",
     "WORKER_OP_ENV",
     "WorkerAdopted",
     "WorkerDied",
@@ -56,6 +59,7 @@ __all__ = [
     "WorkerState",
     "WorkerStopped",
     "WorkerSupervised",
+    "event_kind",
     "worker_incarnations",
     "worker_supervisions",
 ]
@@ -213,55 +217,8 @@ SUPERVISION_STATES = frozenset({WorkerState.SUPERVISED.value, WorkerState.FAILED
 INCARNATION_STATES = frozenset(s.value for s in WorkerState) - SUPERVISION_STATES
 """State names of an incarnation op."""
 
-_W = WorkerState
-_FORWARD = RecoveryAction.ROLL_FORWARD
-
-WORKER = OperationType(
-    name="worker",
-    description="supervised worker processes: a supervision per worker name, an incarnation per process started",
-    states=WorkerState,
-    events=(
-        WorkerSupervised,
-        WorkerFailed,
-        WorkerReleased,
-        WorkerStarting,
-        WorkerStarted,
-        WorkerAdopted,
-        WorkerSpawnFailed,
-        WorkerExited,
-        WorkerDied,
-        WorkerStopped,
-    ),
-    begins={"worker.supervised": _W.SUPERVISED, "worker.starting": _W.STARTING},
-    transitions={
-        (_W.SUPERVISED, "worker.failed"): _W.FAILED,
-        (_W.SUPERVISED, "worker.released"): _W.RELEASED,
-        (_W.STARTING, "worker.started"): _W.STARTED,
-        (_W.STARTING, "worker.spawn-failed"): _W.SPAWN_FAILED,
-        (_W.STARTING, "worker.stopped"): _W.STOPPED,
-        (_W.STARTING, "worker.died"): _W.DIED,
-        (_W.STARTED, "worker.adopted"): _W.STARTED,
-        (_W.STARTED, "worker.exited"): _W.EXITED,
-        (_W.STARTED, "worker.died"): _W.DIED,
-        (_W.STARTED, "worker.stopped"): _W.STOPPED,
-    },
-    terminal=frozenset({_W.FAILED, _W.RELEASED, _W.EXITED, _W.DIED, _W.STOPPED, _W.SPAWN_FAILED}),
-    recovery={
-        _W.SUPERVISED: Recovery(
-            _FORWARD, "a supervision owns no process; its supervisor is gone: journal released", "worker.released"
-        ),
-        _W.STARTING: Recovery(
-            _FORWARD,
-            "its start was cut off before the pid was journaled: a process carrying the op id in its environment "
-            "is stopped (journal stopped); none found: journal died 'gone at recovery'",
-        ),
-        _W.STARTED: Recovery(
-            _FORWARD,
-            "probe pid and create time: a live worker is stopped (or adopted), a gone one is journaled died",
-        ),
-    },
-)
-"""The ``worker`` operation type (a built-in)."""
+WORKER_TYPE = "worker"
+"""The name of the ``worker`` operation type (declared in :mod:`._operation`, with its recovery)."""
 
 
 def worker_incarnations(state: EngineState) -> list[OpRecord]:
@@ -270,9 +227,15 @@ def worker_incarnations(state: EngineState) -> list[OpRecord]:
     Each one's ``info`` holds ``name``, ``slot``, ``attempt``, ``delay`` and,
     once started, ``pid``, ``create_time``, ``pgid``, ``start_ticks``, ``boot_id``.
     """
-    return [op for op in state.ops.values() if op.type == WORKER.name and op.state in INCARNATION_STATES]
+    return [op for op in state.ops.values() if op.type == WORKER_TYPE and op.state in INCARNATION_STATES]
 
 
 def worker_supervisions(state: EngineState) -> list[OpRecord]:
     """The supervisions in progress (a supervisor is, or was until a crash, in charge of them), oldest first."""
-    return [op for op in state.ops.values() if op.type == WORKER.name and op.state in SUPERVISION_STATES]
+    return [op for op in state.ops.values() if op.type == WORKER_TYPE and op.state in SUPERVISION_STATES]
+
+
+def event_kind(event: Event) -> str:
+    """The tag of ``event`` (``worker.died``, ...), or its class name when it has none: how log lines name an event."""
+    tag = type(event).__struct_config__.tag
+    return tag if isinstance(tag, str) else type(event).__name__
