@@ -3,7 +3,6 @@
 Never imports shipslog.recovery, shipslog.gpu or torch.
 """
 
-from ._checkpoint import ArtifactAborted, ArtifactBegun, ArtifactCommitted, ArtifactDurable, CheckpointWriter
 from ._builtins import (
     BUILTIN_OPERATIONS,
     CHECKPOINT,
@@ -19,6 +18,13 @@ from ._builtins import (
     RunState,
     SessionState,
 )
+from ._checkpoint import (
+    ArtifactAborted,
+    ArtifactBegun,
+    ArtifactCommitted,
+    ArtifactDurable,
+    CheckpointWriter,
+)
 from ._consolidation import (
     CONSOLIDATION,
     ConsolidationAborted,
@@ -32,22 +38,8 @@ from ._consolidation import (
     MergeFn,
     finish_consolidation,
 )
-from ._core import EngineCore, WatchedFileSystem, decode_state, encode_state
 from ._context import OperationContext, RecoveryContext
-from ._events import EVENT_SCHEMA_VERSION, Event, RawEvent
-from ._recovery_op import RecoveryBegun, RecoveryDone, RecoveryStep, RecoverySuperseded
-from ._retention import RetentionDeleted, RetentionIntended
-from ._run import RunFailed, RunFinished, RunInterrupted, RunProgress, RunStarted, RunValidated
-from ._session import SessionClosed, SessionCrashed, SessionOpened
-from ._optypes import Claims, CloseFields, Executor, OperationType, Recovery, RecoveryAction
-from ._pointer import PointerAborted, PointerFile, PointerIntended, PointerSet, read_pointer_file, write_pointer_file
-from ._reducer import Reducer, SequenceGapError, apply, replay
-from ._registry import EventRecord, Registry
-from ._retention import RetentionPlan, delete_paths, plan_retention
-from ._run import DataFileSummary, Run, validate_data_file
-from ._state import STATE_VERSION, ArtifactInfo, EngineState, OpRecord, PointerInfo, RunInfo, SessionInfo
-from ._status import Status, status_of
-from ._subscribers import Subscription
+from ._core import SPACE_RESERVE_BYTES, EngineCore, WatchedFileSystem, decode_state, encode_state
 from ._errors import (
     ConflictError,
     CutOffOperationsError,
@@ -66,7 +58,18 @@ from ._errors import (
     RootLayoutError,
     UnknownOperationError,
 )
-from ._fields import MAX_NESTING, decode_json_within, expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath, nesting_depth, reject
+from ._events import EVENT_SCHEMA_VERSION, Event, RawEvent
+from ._fields import (
+    MAX_NESTING,
+    decode_json_within,
+    expect_count,
+    expect_equal,
+    expect_name,
+    expect_nested_within,
+    expect_relpath,
+    nesting_depth,
+    reject,
+)
 from ._layout import (
     ADAPTERS_DIR,
     ARTIFACT_FOLDERS,
@@ -84,7 +87,6 @@ from ._layout import (
     relpath_name,
     staging_relpath,
 )
-from ._state_check import check_state
 from ._load import LoadedState, load_state
 from ._manifest import (
     MANIFEST_NAME,
@@ -99,8 +101,57 @@ from ._manifest import (
     verify_folder,
     write_manifest,
 )
-from ._names import check_name
+from ._names import MAX_NAME_LENGTH, check_name, inside_root
+from ._optypes import Claims, CloseFields, Executor, OperationType, Recovery, RecoveryAction
+from ._pointer import (
+    PointerAborted,
+    PointerFile,
+    PointerIntended,
+    PointerSet,
+    read_pointer_file,
+    write_pointer_file,
+)
+from ._recovery_op import RecoveryBegun, RecoveryDone, RecoveryStep, RecoverySuperseded
+from ._reducer import Reducer, SequenceGapError, apply, replay
+from ._registry import EventRecord, Registry
+from ._retention import (
+    RetentionDeleted,
+    RetentionIntended,
+    RetentionPlan,
+    delete_paths,
+    plan_retention,
+)
+from ._run import (
+    MAX_LINE_BYTES,
+    DataFileSummary,
+    Run,
+    RunFailed,
+    RunFinished,
+    RunInterrupted,
+    RunProgress,
+    RunStarted,
+    RunValidated,
+    validate_data_file,
+)
+from ._session import SessionClosed, SessionCrashed, SessionOpened
+from ._state import (
+    STATE_VERSION,
+    ArtifactInfo,
+    EngineState,
+    OpRecord,
+    PointerInfo,
+    RunInfo,
+    SessionInfo,
+)
+from ._state_check import check_state
+from ._status import Status, status_of
+from ._subscribers import Subscription
 from ._workers import (
+    MAX_SPEC_COMMAND_BYTES,
+    MAX_SPEC_DEPTH,
+    MAX_SPEC_ITEMS,
+    MAX_SPEC_RESTARTS,
+    MAX_SPEC_STRING_BYTES,
     WORKER,
     WORKER_OP_ENV,
     Health,
@@ -136,27 +187,35 @@ __all__ = [
     "ADAPTERS_DIR",
     "ARTIFACT_FOLDERS",
     "BUILTIN_OPERATIONS",
-    "CHECKPOINTS_DIR",
-    "ENGINE_FOLDERS",
-    "MAX_NESTING",
-    "MODELS_DIR",
-    "POINTERS_DIR",
-    "RETAINABLE_FOLDERS",
-    "RETIRED_DIR",
-    "ROOT_FOLDERS",
-    "STAGING_DIR",
-    "TARGET_FOLDERS",
     "CHECKPOINT",
+    "CHECKPOINTS_DIR",
     "CONSOLIDATION",
+    "ENGINE_FOLDERS",
     "EVENT_SCHEMA_VERSION",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "MAX_LINE_BYTES",
+    "MAX_NAME_LENGTH",
+    "MAX_NESTING",
+    "MAX_SPEC_COMMAND_BYTES",
+    "MAX_SPEC_DEPTH",
+    "MAX_SPEC_ITEMS",
+    "MAX_SPEC_RESTARTS",
+    "MAX_SPEC_STRING_BYTES",
+    "MODELS_DIR",
     "POINTER",
+    "POINTERS_DIR",
     "RECOVERY",
+    "RETAINABLE_FOLDERS",
     "RETENTION",
+    "RETIRED_DIR",
+    "ROOT_FOLDERS",
     "RUN",
     "SESSION",
+    "SPACE_RESERVE_BYTES",
+    "STAGING_DIR",
     "STATE_VERSION",
+    "TARGET_FOLDERS",
     "WORKER",
     "WORKER_OP_ENV",
     "ArtifactAborted",
@@ -214,8 +273,8 @@ __all__ = [
     "RawEvent",
     "Recovery",
     "RecoveryAction",
-    "RecoveryContext",
     "RecoveryBegun",
+    "RecoveryContext",
     "RecoveryDone",
     "RecoveryState",
     "RecoveryStep",
@@ -247,6 +306,7 @@ __all__ = [
     "Supervisor",
     "SupervisorError",
     "UnknownOperationError",
+    "WatchedFileSystem",
     "WorkerAdopted",
     "WorkerConfigError",
     "WorkerDied",
@@ -269,12 +329,17 @@ __all__ = [
     "checksum_file",
     "crc32_file",
     "decode_json_within",
+    "decode_state",
+    "delete_paths",
+    "encode_state",
     "expect_count",
     "expect_equal",
     "expect_name",
     "expect_nested_within",
     "expect_relpath",
     "find_worker_processes",
+    "finish_consolidation",
+    "inside_root",
     "load_state",
     "nesting_depth",
     "new_manifest",
@@ -291,17 +356,12 @@ __all__ = [
     "settle_cut_off_worker",
     "settle_worker_event",
     "staging_relpath",
+    "status_of",
     "stop_worker",
     "validate_data_file",
     "verify_folder",
     "worker_incarnations",
     "worker_supervisions",
     "write_manifest",
-    "WatchedFileSystem",
-    "decode_state",
-    "delete_paths",
-    "encode_state",
-    "finish_consolidation",
-    "status_of",
     "write_pointer_file",
 ]

@@ -29,7 +29,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,11 +40,23 @@ from ._errors import ConflictError, IntegrityError, InvalidNameError
 from ._events import Event
 from ._fields import expect_count, expect_equal, expect_name, expect_nested_within, reject
 from ._layout import ARTIFACT_FOLDERS, artifact_relpath, staging_relpath
-from ._manifest import MANIFEST_NAME, FileEntry, Manifest, checksum_file, new_manifest, scan_folder, verify_folder, write_manifest
+from ._manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    checksum_file,
+    new_manifest,
+    scan_folder,
+    verify_folder,
+    write_manifest,
+)
 from ._names import check_name
 from ._names import check_relpath as check_names_relpath
 from ._optypes import OperationType, Recovery, RecoveryAction
 from ._state import ArtifactInfo, EngineState, OpRecord, StateBuilder
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = [
     "CHECKPOINT",
@@ -66,13 +78,13 @@ _log = logging.getLogger("shipslog.engine.checkpoint")
 # -- events --------------------------------------------------------------------------------
 
 
-class ArtifactBegun(Event, tag="checkpoint.begun"):
+class ArtifactBegun(Event, tag="checkpoint.begun", frozen=True):
     """A checkpoint (or model) began: files go to ``staging``; nothing is a result yet."""
 
     name: str
     artifact: str = "checkpoint"
     step: int | None = None
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = msgspec.field(default_factory=dict)
     expected_bytes: int = 0
     staging: str = ""
     source: str | None = None
@@ -88,7 +100,7 @@ class ArtifactBegun(Event, tag="checkpoint.begun"):
         expect_nested_within("meta", self.meta)
 
 
-class ArtifactDurable(Event, tag="checkpoint.durable"):
+class ArtifactDurable(Event, tag="checkpoint.durable", frozen=True):
     """Every file and the manifest are fsynced in staging; ``files``/``bytes``/``manifest_crc`` describe them."""
 
     files: int
@@ -102,7 +114,7 @@ class ArtifactDurable(Event, tag="checkpoint.durable"):
             reject("manifest_crc", self.manifest_crc, "a CRC-32 (0 to 2**32 - 1)")
 
 
-class ArtifactCommitted(Event, tag="checkpoint.committed"):
+class ArtifactCommitted(Event, tag="checkpoint.committed", frozen=True):
     """The folder was renamed into place (``path``, relative to the root) and that rename is durable."""
 
     path: str
@@ -115,7 +127,7 @@ class ArtifactCommitted(Event, tag="checkpoint.committed"):
             expect_equal("path", self.path, artifact_relpath(str(artifact), str(info.get("name"))))
 
 
-class ArtifactAborted(Event, tag="checkpoint.aborted"):
+class ArtifactAborted(Event, tag="checkpoint.aborted", frozen=True):
     """The checkpoint was abandoned; its staging folder is gone (or quarantined, as ``reason`` says)."""
 
     reason: str
@@ -408,9 +420,9 @@ class CheckpointWriter:
         fs = self._ctx.fs
         on_disk = scan_folder(self.path)
         present = set(on_disk)
-        for rel, entry in self._entries.items():
+        for rel, recorded in self._entries.items():
             if rel not in present:
-                raise IntegrityError(os.path.join(self.path, rel), f"a file of {entry.size} bytes", "no file")
+                raise IntegrityError(os.path.join(self.path, rel), f"a file of {recorded.size} bytes", "no file")
         entries: list[FileEntry] = []
         for rel in on_disk:
             full = os.path.join(self.path, *rel.split("/"))
@@ -432,6 +444,9 @@ class CheckpointWriter:
         crash_point(CP_FILES)
         manifest = new_manifest(self.artifact, self.name, entries, step=self.step, meta=self.meta)
         data = write_manifest(fs, self.path, manifest)  # fsyncs the staging folder
+        # ``staging/<op>``'s own entry in ``staging/`` must be durable too before the record says durable:
+        # after a power cut the journal would otherwise name a folder that is gone.
+        fs.fsync_dir(os.path.dirname(self.path))
         crash_point(CP_MANIFEST)
         return manifest, data
 
@@ -449,10 +464,10 @@ class CheckpointWriter:
             return  # the journal cannot record it; recovery will, on the next open
         try:
             self.abort(f"failed: {type(exc).__name__}: {exc}")
-        except Exception as abort_exc:
+        except Exception as abort_exc:  # noqa: BLE001 - best-effort cleanup: the caller's error propagates, recovery finishes the rest
             _log.error("could not abort %s %r after %s: %s; recovery will finish it", self.artifact, self.name, exc, abort_exc)
 
-    def __enter__(self) -> CheckpointWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:

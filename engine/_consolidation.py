@@ -28,17 +28,33 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from shipslog.journal import crash_point, register_crash_point
+import msgspec
+
+from shipslog.journal import FileSystem, crash_point, register_crash_point
 
 from ._checkpoint import settle_copies
 from ._context import OperationContext, RecoveryContext
-from ._errors import ConflictError, NotFoundError
+from ._errors import ConflictError, IntegrityError, NotFoundError
 from ._events import Event
 from ._fields import expect_count, expect_equal, expect_name, expect_nested_within, expect_relpath
-from ._layout import ADAPTERS_DIR, MODELS_DIR, POINTERS_DIR, RETIRED_DIR, artifact_relpath, staging_relpath
-from ._manifest import FileEntry, checksum_file, new_manifest, scan_folder, verify_folder, write_manifest
+from ._layout import (
+    ADAPTERS_DIR,
+    MODELS_DIR,
+    POINTERS_DIR,
+    RETIRED_DIR,
+    artifact_relpath,
+    staging_relpath,
+)
+from ._manifest import (
+    FileEntry,
+    checksum_file,
+    new_manifest,
+    scan_folder,
+    verify_folder,
+    write_manifest,
+)
 from ._names import check_name
 from ._optypes import OperationType, Recovery, RecoveryAction
 from ._pointer import write_pointer_file
@@ -63,12 +79,27 @@ __all__ = [
 
 _log = logging.getLogger("shipslog.engine.consolidation")
 
-MergeFn = Callable[[str, list[FileEntry], str, list[FileEntry], str], tuple[list[FileEntry], dict[str, Any]]]
-"""``merge(base_folder, base_files, adapter_folder, adapter_files, out_folder) -> (files written, report)``.
+class MergeFn(Protocol):
+    """``merge(base_folder, base_files, adapter_folder, adapter_files, out_folder, *, fs) -> (files written, report)``.
 
-Writes the merged model's files into ``out_folder`` (fsynced, checksummed
-while written) and returns their entries and a JSON-able report; raises on
-any failure (nothing it wrote is used then)."""
+    Writes the merged model's files into ``out_folder`` through ``fs`` (the
+    engine's file system, so every byte and fsync is seen by the recording,
+    fault-injecting and crash-image file systems), fsynced and checksummed
+    while written, and returns their entries and a JSON-able report; raises
+    on any failure (nothing it wrote is used then).
+    """
+
+    def __call__(
+        self,
+        base_folder: str,
+        base_files: list[FileEntry],
+        adapter_folder: str,
+        adapter_files: list[FileEntry],
+        out_folder: str,
+        /,
+        *,
+        fs: FileSystem,
+    ) -> tuple[list[FileEntry], dict[str, Any]]: ...
 
 CP_BEGUN = register_crash_point("consolidation.after_begun", "consolidation.begun is durable; nothing is merged yet")
 CP_MERGED_FILES = register_crash_point("consolidation.after_merge", "the merged files are in staging; no manifest yet")
@@ -84,7 +115,7 @@ CP_RETIRED = register_crash_point("consolidation.after_adapter_retired", "adapte
 # -- events and table ------------------------------------------------------------------------
 
 
-class ConsolidationBegun(Event, tag="consolidation.begun"):
+class ConsolidationBegun(Event, tag="consolidation.begun", frozen=True):
     """Merging adapter ``adapter`` (``adapters/<name>``) into ``base`` (``models/<name>``) as ``models/<into>``."""
 
     base: str
@@ -101,13 +132,13 @@ class ConsolidationBegun(Event, tag="consolidation.begun"):
         expect_equal("staging", self.staging, staging_relpath(self.op))
 
 
-class ConsolidationMerged(Event, tag="consolidation.merged"):
+class ConsolidationMerged(Event, tag="consolidation.merged", frozen=True):
     """The merged model and its manifest are durable in staging."""
 
     files: int
     bytes: int
     manifest_crc: int
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def check_fields(self, info: Mapping[str, Any] | None) -> None:
         expect_count("files", self.files)
@@ -115,7 +146,7 @@ class ConsolidationMerged(Event, tag="consolidation.merged"):
         expect_nested_within("report", self.report)
 
 
-class ConsolidationInstalled(Event, tag="consolidation.installed"):
+class ConsolidationInstalled(Event, tag="consolidation.installed", frozen=True):
     """The merged model is at ``path`` (``models/<into>``), durably: a committed model."""
 
     path: str
@@ -125,11 +156,11 @@ class ConsolidationInstalled(Event, tag="consolidation.installed"):
             expect_equal("path", self.path, artifact_relpath("model", str(info.get("into"))))
 
 
-class ConsolidationPointerSet(Event, tag="consolidation.pointer-set"):
+class ConsolidationPointerSet(Event, tag="consolidation.pointer-set", frozen=True):
     """The pointer file names the merged model, durably."""
 
 
-class ConsolidationAdapterRetired(Event, tag="consolidation.adapter-retired"):
+class ConsolidationAdapterRetired(Event, tag="consolidation.adapter-retired", frozen=True):
     """The adapter folder was moved to ``retired`` (a root-relative path under ``retired/``), durably."""
 
     retired: str
@@ -139,11 +170,11 @@ class ConsolidationAdapterRetired(Event, tag="consolidation.adapter-retired"):
             expect_equal("retired", self.retired, retired_relpath(self.op, str(info.get("adapter", ""))))
 
 
-class ConsolidationCommitted(Event, tag="consolidation.committed"):
+class ConsolidationCommitted(Event, tag="consolidation.committed", frozen=True):
     """Every step is done."""
 
 
-class ConsolidationAborted(Event, tag="consolidation.aborted"):
+class ConsolidationAborted(Event, tag="consolidation.aborted", frozen=True):
     """Abandoned before the merged model was durable: staging removed; base, adapter and pointer untouched."""
 
     reason: str
@@ -235,7 +266,9 @@ def consolidate(ctx: OperationContext, *, base: str, adapter: str, into: str, po
     staging = ctx.path(staging_rel)
     try:
         ctx.fs.mkdir(staging)
-        files, report = merge(ctx.path(base_art.path), list(base_manifest.files), ctx.path(adapter_art.path), list(adapter_manifest.files), staging)
+        files, report = merge(
+            ctx.path(base_art.path), list(base_manifest.files), ctx.path(adapter_art.path), list(adapter_manifest.files), staging, fs=ctx.fs
+        )
         crash_point(CP_MERGED_FILES)
         _seal(ctx, op, staging, into, files, report, base, adapter)
     except BaseException as exc:
@@ -264,6 +297,7 @@ def _seal(
         entries.append(entry)
     manifest = new_manifest("model", into, entries, meta={"merged_from": {"base": base, "adapter": adapter}, "merge": report})
     data = write_manifest(ctx.fs, staging, manifest)
+    ctx.fs.fsync_dir(os.path.dirname(staging))  # the merged folder's own entry is durable before the record says so
     ctx.journal_events(
         ConsolidationMerged(op=op, files=len(entries), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(data), report=report)
     )
@@ -275,7 +309,7 @@ def _abort(ctx: OperationContext, op: str, staging: str, exc: BaseException) -> 
     try:
         ctx.fs.remove_tree_durable(staging)
         ctx.journal_events(ConsolidationAborted(op=op, reason=f"failed: {type(exc).__name__}: {exc}"))
-    except Exception as abort_exc:
+    except Exception as abort_exc:  # noqa: BLE001 - best-effort cleanup: the caller's error propagates, recovery finishes the rest
         _log.error("could not abort consolidation %s after %s: %s; recovery will finish it", op, exc, abort_exc)
 
 
@@ -324,14 +358,34 @@ def retired_relpath(op: str, adapter_rel: str) -> str:
 
 
 def retire_adapter(ctx: OperationContext, op: str, adapter_rel: str) -> str:
-    """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path."""
+    """Move ``adapters/<name>`` to ``retired/<op>-<name>`` durably (idempotent); return the new root-relative path.
+
+    Handles every state a cut-off durable rename can leave: the source only
+    (move it), the target only (done), or both names (the target's folder
+    was synced, the source's not): the copy that verifies is kept as the
+    retired one and the other removed, so ``adapters/`` never keeps a name
+    the journal says is retired.
+    """
     retired_rel = retired_relpath(op, adapter_rel)
     src, dst = ctx.path(*adapter_rel.split("/")), ctx.path(*retired_rel.split("/"))
-    if os.path.lexists(src) and not os.path.lexists(dst):
+    if os.path.lexists(src) and os.path.lexists(dst):
+        if _verifies(dst):
+            ctx.fs.remove_tree_durable(src)
+        else:
+            ctx.fs.remove_tree_durable(dst)
+    if os.path.lexists(src):
         ctx.fs.ensure_dir(ctx.path("retired"))
         ctx.fs.rename_durable(src, dst)
     crash_point(CP_RETIRED_MOVE)
     return retired_rel
+
+
+def _verifies(folder: str) -> bool:
+    try:
+        verify_folder(folder)
+    except (IntegrityError, OSError):
+        return False
+    return True
 
 
 # -- recovery ------------------------------------------------------------------------------
@@ -347,6 +401,10 @@ def _roll_back(ctx: RecoveryContext, op: OpRecord) -> str:
 
 
 def _roll_forward(ctx: RecoveryContext, op: OpRecord) -> str:
+    staging = str(op.info.get("staging", ""))
+    if op.state != _S.MERGED.value and staging and os.path.lexists(ctx.path(*staging.split("/"))):
+        # installed with only models/ synced: a power cut kept the staged name too; the installed copy is the one
+        ctx.quarantine(staging)
     if op.state == _S.MERGED.value:
         info = op.info
         kept, why = settle_copies(ctx, artifact_relpath("model", info["into"]), str(info["staging"]), info.get("manifest_crc"))

@@ -30,17 +30,23 @@ from shipslog.journal import (
 
 from ._checkpoint import CheckpointWriter, begin_artifact
 from ._consolidation import MergeFn, consolidate
-from ._errors import EngineBrokenError, EngineClosedError, IntegrityError, InvalidTransitionError, NotFoundError
+from ._errors import (
+    EngineBrokenError,
+    EngineClosedError,
+    IntegrityError,
+    InvalidTransitionError,
+    NotFoundError,
+)
+from ._events import Event
 from ._manifest import Manifest, scan_folder, verify_folder
 from ._names import check_name
 from ._pointer import resolve_target, set_pointer
-from ._retention import RetentionPlan, retain
-from ._run import Run, start_run
-from ._status import Status, status_of
-from ._events import Event
 from ._reducer import Reducer
 from ._registry import EventRecord, Registry
+from ._retention import RetentionPlan, retain
+from ._run import Run, start_run
 from ._state import STATE_VERSION, ArtifactInfo, EngineState, PointerInfo
+from ._status import Status, status_of
 from ._subscribers import Subscribers, Subscription
 
 __all__ = [

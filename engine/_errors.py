@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from shipslog.journal import JournalBrokenError, JournalClosedError, JournalLockedError, ShipslogError, short_repr
+from shipslog.journal import (
+    JournalBrokenError,
+    JournalClosedError,
+    JournalLockedError,
+    ShipslogError,
+    short_repr,
+)
 
 __all__ = [
     "ConflictError",

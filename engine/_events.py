@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 
-
 __all__ = ["EVENT_SCHEMA_VERSION", "Event", "RawEvent"]
 
 EVENT_SCHEMA_VERSION = 1

@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 import stat
 
-from shipslog.journal import JOURNAL_DIR, LOCK_NAME, QUARANTINE_DIR, SNAPSHOT_DIR, is_temp_name, list_segments
+from shipslog.journal import (
+    JOURNAL_DIR,
+    LOCK_NAME,
+    QUARANTINE_DIR,
+    SNAPSHOT_DIR,
+    is_temp_name,
+    list_segments,
+)
 
 from ._errors import ForeignFolderError, RootLayoutError
 from ._names import MAX_NAME_LENGTH, check_name
@@ -25,9 +32,9 @@ __all__ = [
     "POINTERS_DIR",
     "RETAINABLE_FOLDERS",
     "RETIRED_DIR",
+    "ROOT_FOLDERS",
     "STAGING_DIR",
     "TARGET_FOLDERS",
-    "ROOT_FOLDERS",
     "artifact_relpath",
     "check_root_folders",
     "relpath_name",

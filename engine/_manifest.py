@@ -27,20 +27,27 @@ import msgspec
 from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name, read_limited
 
 from ._errors import IntegrityError, InvalidFieldError, InvalidNameError
-from ._fields import MAX_NESTING, decode_json_within, expect_count, expect_name, expect_nested_within, reject
+from ._fields import (
+    MAX_NESTING,
+    decode_json_within,
+    expect_count,
+    expect_name,
+    expect_nested_within,
+    reject,
+)
 from ._layout import ARTIFACT_FOLDERS
 from ._names import MAX_RELPATH_PARTS, check_relpath
 
 __all__ = [
-    "MAX_MANIFEST_BYTES",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "MAX_MANIFEST_BYTES",
     "FileEntry",
     "Manifest",
     "check_manifest",
     "checksum_file",
-    "new_manifest",
     "crc32_file",
+    "new_manifest",
     "read_manifest",
     "scan_folder",
     "verify_folder",

@@ -225,5 +225,5 @@ class OperationType:
 def _tag_of(cls: type[Event]) -> str:
     tag = cls.__struct_config__.tag
     if not isinstance(tag, str):
-        raise ValueError(f"event class {cls.__name__} needs a string tag (class {cls.__name__}(Event, tag='type.event'))")
+        raise ValueError(f"event class {cls.__name__} needs a string tag (class {cls.__name__}(Event, tag='type.event'))")  # noqa: TRY004 - an ill-formed OperationType raises ValueError, like every declaration problem here
     return tag

@@ -51,7 +51,7 @@ __all__ = [
 # -- events --------------------------------------------------------------------------------
 
 
-class PointerIntended(Event, tag="pointer.intended"):
+class PointerIntended(Event, tag="pointer.intended", frozen=True):
     """Pointer ``name`` is about to move from ``old`` to ``new`` (targets are root-relative paths)."""
 
     name: str
@@ -65,11 +65,11 @@ class PointerIntended(Event, tag="pointer.intended"):
             expect_relpath("old", self.old, TARGET_FOLDERS)
 
 
-class PointerSet(Event, tag="pointer.set"):
+class PointerSet(Event, tag="pointer.set", frozen=True):
     """The pointer file names ``new`` and is durable."""
 
 
-class PointerAborted(Event, tag="pointer.aborted"):
+class PointerAborted(Event, tag="pointer.aborted", frozen=True):
     """The move was abandoned; the pointer still names ``old``."""
 
     reason: str

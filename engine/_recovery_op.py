@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 
+import msgspec
+
 from ._events import Event
 from ._optypes import OperationType, Recovery, RecoveryAction
 
@@ -19,14 +21,14 @@ __all__ = ["RECOVERY", "RecoveryBegun", "RecoveryDone", "RecoveryState", "Recove
 # -- events --------------------------------------------------------------------------------
 
 
-class RecoveryBegun(Event, tag="recovery.begun"):
+class RecoveryBegun(Event, tag="recovery.begun", frozen=True):
     """Start-up recovery found ``actions`` things to finish or roll back (``found`` says what, one line each)."""
 
     actions: int
-    found: list[str] = []
+    found: list[str] = msgspec.field(default_factory=list)
 
 
-class RecoveryStep(Event, tag="recovery.step"):
+class RecoveryStep(Event, tag="recovery.step", frozen=True):
     """Recovery is about to carry out ``action`` on ``target`` (an op id or a root-relative path), because ``reason``.
 
     Journaled before the effect; the effect's own record (e.g. ``checkpoint.aborted``)
@@ -39,14 +41,14 @@ class RecoveryStep(Event, tag="recovery.step"):
     reason: str = ""
 
 
-class RecoveryDone(Event, tag="recovery.done"):
+class RecoveryDone(Event, tag="recovery.done", frozen=True):
     """Every action was carried out; ``quarantined`` lists what was moved to ``quarantine/``."""
 
     done: int
-    quarantined: list[str] = []
+    quarantined: list[str] = msgspec.field(default_factory=list)
 
 
-class RecoverySuperseded(Event, tag="recovery.superseded"):
+class RecoverySuperseded(Event, tag="recovery.superseded", frozen=True):
     """A recovery that was itself cut off; the next one planned again from the journal."""
 
 

@@ -127,7 +127,8 @@ class Reducer:
         fold_op = ""
         fold_get: Any = None
         fold_value = 0
-        fold_rule: Any = None
+        fold_project: Any = None
+        fold_record: Any = None
         fold_rec: Any = None
         try:
             for rec in records:
@@ -140,7 +141,8 @@ class Reducer:
                     expected += 1
                     continue
                 if fold_rec is not None:
-                    self._project_folded(fold_rule, fold_rec)
+                    b.seq = fold_rec.seq - 1
+                    fold_project(b, fold_record, fold_rec.event, fold_rec.seq, fold_rec.time)
                     fold_rec = None
                 fold_cls = None
                 rule = rules.get(ev.__class__)
@@ -178,12 +180,13 @@ class Reducer:
                             del ops[op_id]
                         else:
                             ops[op_id] = op
-                    elif rule.grows is not None:
+                    elif rule.grows is not None and rule.project is not None:
                         fold_cls = ev.__class__
                         fold_op = op_id
                         fold_get = rule.grows
                         fold_value = fold_get(ev)
-                        fold_rule = rule
+                        fold_project = rule.project
+                        fold_record = op
                 project = rule.project
                 if project is not None:
                     b.seq = expected - 1
@@ -191,15 +194,9 @@ class Reducer:
                 expected += 1
         finally:
             if fold_rec is not None:
-                self._project_folded(fold_rule, fold_rec)
+                b.seq = fold_rec.seq - 1
+                fold_project(b, fold_record, fold_rec.event, fold_rec.seq, fold_rec.time)
             b.seq = expected - 1
-
-    def _project_folded(self, rule: KindRule, rec: Any) -> None:
-        """Project the last record of a folded run (its op is unchanged by the run: a self-loop)."""
-        b = self._builder
-        if rule.project is not None:
-            b.seq = rec.seq - 1
-            rule.project(b, b.ops[rec.event.op], rec.event, rec.seq, rec.time)
 
     def _check_fields(self, rule: KindRule, ev: Any, info: dict[str, Any] | None, seq: int) -> None:
         """Hold a replayed event to its class's field rules (and a beginning one's op id to the name rules).

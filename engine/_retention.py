@@ -42,7 +42,7 @@ __all__ = [
 # -- events --------------------------------------------------------------------------------
 
 
-class RetentionIntended(Event, tag="retention.intended"):
+class RetentionIntended(Event, tag="retention.intended", frozen=True):
     """These root-relative ``paths`` are about to be deleted (recovery redoes the deletes)."""
 
     paths: list[str]
@@ -53,7 +53,7 @@ class RetentionIntended(Event, tag="retention.intended"):
             expect_relpath(f"paths[{i}]", path, RETAINABLE_FOLDERS)
 
 
-class RetentionDeleted(Event, tag="retention.deleted"):
+class RetentionDeleted(Event, tag="retention.deleted", frozen=True):
     """Every path of the intent is gone, durably."""
 
 

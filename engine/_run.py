@@ -19,7 +19,7 @@ import os
 import stat
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -32,6 +32,9 @@ from ._fields import decode_json_within, expect_count, expect_relpath
 from ._layout import CHECKPOINTS_DIR
 from ._optypes import OperationType, Recovery, RecoveryAction
 from ._state import EngineState, OpRecord, RunInfo, StateBuilder
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -56,17 +59,17 @@ _replace = msgspec.structs.replace
 # -- events --------------------------------------------------------------------------------
 
 
-class RunValidated(Event, tag="run.validated"):
+class RunValidated(Event, tag="run.validated", frozen=True):
     """The data file was checked whole: ``lines`` JSON lines, ``size`` bytes, ``crc32``, fields present."""
 
     data_file: str
     lines: int
     size: int
     crc32: int
-    required_fields: list[str] = []
+    required_fields: list[str] = msgspec.field(default_factory=list)
 
 
-class RunStarted(Event, tag="run.started"):
+class RunStarted(Event, tag="run.started", frozen=True):
     """Training started at global step ``start_step`` (from committed checkpoint ``checkpoint``)."""
 
     start_step: int
@@ -78,13 +81,13 @@ class RunStarted(Event, tag="run.started"):
             expect_relpath("checkpoint", self.checkpoint, (CHECKPOINTS_DIR,))
 
 
-class RunProgress(Event, tag="run.progress"):
+class RunProgress(Event, tag="run.progress", frozen=True):
     """The run reached global ``step`` (never below the run's step: the projection checks it)."""
 
     step: int
 
 
-class RunFinished(Event, tag="run.finished"):
+class RunFinished(Event, tag="run.finished", frozen=True):
     """The run completed at global ``step``."""
 
     step: int
@@ -93,14 +96,14 @@ class RunFinished(Event, tag="run.finished"):
         expect_count("step", self.step)
 
 
-class RunFailed(Event, tag="run.failed"):
+class RunFailed(Event, tag="run.failed", frozen=True):
     """The run raised ``error`` at global ``step``."""
 
     step: int
     error: str
 
 
-class RunInterrupted(Event, tag="run.interrupted"):
+class RunInterrupted(Event, tag="run.interrupted", frozen=True):
     """The run's session ended without finishing it (a crash); recorded by a later session."""
 
     step: int = 0
@@ -203,7 +206,7 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataFileError(full, None, "it is not a regular file")
-        f = open(fd, "rb")  # owns fd from here on; the with below closes it
+        f = open(fd, "rb")  # noqa: SIM115 - owns fd from here on; the with below closes it
     except OSError as exc:
         os.close(fd)
         raise DataFileError(full, None, f"it cannot be read ({exc.strerror or exc})") from None
@@ -337,7 +340,7 @@ class Run:
         self._ctx.journal_events(RunFailed(op=self.op, step=self.step, error=text))
         self._ended = "failed"
 
-    def __enter__(self) -> Run:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:

@@ -28,7 +28,7 @@ _replace = msgspec.structs.replace
 # -- events --------------------------------------------------------------------------------
 
 
-class SessionOpened(Event, tag="session.opened"):
+class SessionOpened(Event, tag="session.opened", frozen=True):
     """An engine opened the root: process ``pid`` on ``host``, writing event schema ``schema``."""
 
     pid: int
@@ -37,11 +37,11 @@ class SessionOpened(Event, tag="session.opened"):
     version: str = ""
 
 
-class SessionClosed(Event, tag="session.closed"):
+class SessionClosed(Event, tag="session.closed", frozen=True):
     """The session ended cleanly."""
 
 
-class SessionCrashed(Event, tag="session.crashed"):
+class SessionCrashed(Event, tag="session.crashed", frozen=True):
     """The session ended without closing (an unclean shutdown), found by session ``found_by``."""
 
     found_by: str = ""

@@ -149,21 +149,21 @@ class StateBuilder:
     """
 
     __slots__ = (
-        "seq",
-        "ops",
-        "checkpoints",
-        "models",
         "adapters",
-        "retired",
-        "pointers",
-        "runs",
-        "retiring",
-        "latest",
+        "checkpoints",
         "global_step",
-        "session",
-        "previous_session",
-        "unclean_sessions",
+        "latest",
+        "models",
         "op_counts",
+        "ops",
+        "pointers",
+        "previous_session",
+        "retired",
+        "retiring",
+        "runs",
+        "seq",
+        "session",
+        "unclean_sessions",
     )
 
     def __init__(self, state: EngineState | None = None) -> None:

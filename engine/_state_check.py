@@ -18,7 +18,14 @@ import msgspec
 from ._errors import InvalidFieldError
 from ._events import Event
 from ._fields import expect_equal, expect_name, expect_op_id, expect_relpath, reject
-from ._layout import ARTIFACT_FOLDERS, MODELS_DIR, RETAINABLE_FOLDERS, RETIRED_DIR, TARGET_FOLDERS, artifact_relpath
+from ._layout import (
+    ARTIFACT_FOLDERS,
+    MODELS_DIR,
+    RETAINABLE_FOLDERS,
+    RETIRED_DIR,
+    TARGET_FOLDERS,
+    artifact_relpath,
+)
 from ._registry import Registry
 from ._state import ArtifactInfo, EngineState, OpRecord
 

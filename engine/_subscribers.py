@@ -12,7 +12,10 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = ["Subscribers", "Subscription"]
 
@@ -38,7 +41,7 @@ class Subscription:
         """Stop receiving records.  Idempotent."""
         self._owner.remove(self._key)
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,5 +92,5 @@ class Subscribers:
                     continue
                 try:
                     callback(record)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a host callback's failure is logged and isolated from the engine
                     _log.exception("subscriber %r raised on record seq %d (%s); it stays subscribed, the engine goes on", callback, record.seq, kind)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shipslog.engine import FileEntry
+from shipslog.journal import OS_FS, FileSystem
 
 from ._lora import ADAPTER_CONFIG_NAME, DEFAULT_MERGE_BUDGET_BYTES, load_adapter, merge_lora
 from ._tensorfile import load_state_dict, save_state_dict
@@ -31,19 +32,23 @@ def _is_tensor_file(rel: str) -> bool:
     return rel.startswith(_MODEL_PREFIX) and rel.endswith((".safetensors", ".index.json", ".tree.json"))
 
 
-def _copy(src: str, dst: str) -> FileEntry:
+def _copy(fs: FileSystem, src: str, dst: str) -> FileEntry:
+    """Copy ``src`` to the new file ``dst`` through ``fs``, checksumming in the same pass, and fsync it."""
     crc = 0
     size = 0
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        while True:
-            chunk = fin.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fout.write(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
+    with open(src, "rb") as fin:
+        fd = fs.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            while True:
+                chunk = fin.read(_COPY_CHUNK)
+                if not chunk:
+                    break
+                fs.write_all(fd, chunk)
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
     return FileEntry(os.path.basename(dst), size, crc)
 
 
@@ -55,6 +60,7 @@ def merge_folders(
     out_folder: str,
     *,
     memory_budget_bytes: int = DEFAULT_MERGE_BUDGET_BYTES,
+    fs: FileSystem = OS_FS,
 ) -> tuple[list[FileEntry], dict[str, Any]]:
     """Merge the adapter in ``adapter_folder`` into the model in ``base_folder``, writing ``out_folder``.
 
@@ -63,15 +69,16 @@ def merge_folders(
     :class:`~shipslog.engine.IntegrityError` for a file that does not match
     its manifest, :class:`AdapterError` for a bad config or mismatched shapes,
     :class:`NonFiniteError` when the result holds NaN/Inf; nothing it wrote is
-    to be used then.
+    to be used then.  Every file is written and fsynced through ``fs`` (the
+    engine passes its own).
     """
     base_tensor_files = [f for f in base_files if _is_tensor_file(f.path)]
     base_state = load_state_dict(base_folder, entries=base_tensor_files, prefix=_MODEL_PREFIX)
     adapter_state, config = load_adapter(adapter_folder, entries=adapter_files)
     result = merge_lora(base_state, adapter_state, config, memory_budget_bytes=memory_budget_bytes)
-    entries = save_state_dict(result.state, out_folder, prefix=_MODEL_PREFIX)
+    entries = save_state_dict(result.state, out_folder, prefix=_MODEL_PREFIX, fs=fs)
     for extra in base_files:
         if _is_tensor_file(extra.path) or "/" in extra.path or extra.path == ADAPTER_CONFIG_NAME:
             continue
-        entries.append(_copy(os.path.join(base_folder, extra.path), os.path.join(out_folder, extra.path)))
+        entries.append(_copy(fs, os.path.join(base_folder, extra.path), os.path.join(out_folder, extra.path)))
     return entries, result.report()

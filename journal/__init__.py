@@ -6,6 +6,7 @@ writer's root lock, the error hierarchy and the crash-point registry.  Nothing
 here knows about the layers above; nothing here imports torch.
 """
 
+from ._crashimage import CrashImage, CrashImageFileSystem
 from ._crashpoints import (
     CRASH_AT_ENV,
     CRASH_EXIT_CODE,
@@ -61,7 +62,14 @@ from ._journal import (
 from ._lock import LOCK_NAME, RootLock, read_lock_holder
 from ._reader import JournalReader, Position, TornTail, last_record_seq, list_segments
 from ._recording import FsOp, RecordingFileSystem
-from ._snapshot import SNAPSHOT_VERSION, Snapshot, list_snapshots, newest_snapshot, read_snapshot
+from ._snapshot import (
+    SNAPSHOT_VERSION,
+    Snapshot,
+    encode_snapshot,
+    list_snapshots,
+    newest_snapshot,
+    read_snapshot,
+)
 
 __all__ = [
     "CRASH_AT_ENV",
@@ -82,6 +90,8 @@ __all__ = [
     "CorruptJournalError",
     "CorruptRecordError",
     "CorruptSnapshotError",
+    "CrashImage",
+    "CrashImageFileSystem",
     "DelegatingFileSystem",
     "FileSystem",
     "FsOp",
@@ -107,6 +117,7 @@ __all__ = [
     "TornTail",
     "UnsupportedFormatError",
     "crash_point",
+    "encode_snapshot",
     "is_temp_name",
     "last_record_seq",
     "list_segments",

@@ -237,6 +237,8 @@ class FileSystem:
         parent, name = os.path.split(path)
         parent = parent or "."
         trash = os.path.join(parent, f".{name}{_DELETING_MARK}")
+        if os.path.lexists(path) and os.path.lexists(trash):
+            self._remove_tree(trash)  # an earlier removal of this name was cut off: finish it first
         if os.path.lexists(path):
             self.replace(path, trash)
             self.fsync_dir(parent)

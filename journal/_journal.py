@@ -197,7 +197,7 @@ class Journal:
         self._keep_snapshots = keep_snapshots
         self.session = session or secrets.token_hex(6)
         self._fs.ensure_dir(self.root)
-        self._lock = RootLock(self.root)
+        self._lock = RootLock(self.root, fs=self._fs)
         self._lock.acquire()
         try:
             self._fs.ensure_dir(self.journal_dir)

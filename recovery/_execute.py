@@ -196,30 +196,34 @@ def _carry_out(core: EngineCore, ctx: _Recovering, action: Action) -> str:
     if op is None:
         return "already settled"
     if action.kind == "close":
-        core.journal_events(close_event(core.state, core.registry, action, core.session))
+        core.journal_events(close_event(core.state, core.registry, action, core.session, root=core.root))
         return f"journaled {action.event}"
-    rule = _rule_of(core.registry, op)
+    rule = _rule_of(core.registry, op, core.root)
     if rule.execute is None:
         raise CutOffOperationsError(core.root, [(op.id, op.type, op.state)])
     return rule.execute(ctx, op)
 
 
-def _rule_of(registry: Registry, op: OpRecord) -> Recovery:
+def _rule_of(registry: Registry, op: OpRecord, root: str) -> Recovery:
     op_type = registry.op_type(op.type)
     if op_type is None:
         raise UnknownOperationError([op.type])
     rule = op_type.recovery.get(op_type.state(op.state))
     if rule is None:
-        raise CutOffOperationsError("the root", [(op.id, op.type, op.state)])
+        raise CutOffOperationsError(root, [(op.id, op.type, op.state)])
     return rule
 
 
-def close_event(state: EngineState, registry: Registry, action: Action, session: str) -> Event:
-    """The event that settles a ``close`` action: its op's declared closing event, filled in by its ``close_fields``."""
+def close_event(state: EngineState, registry: Registry, action: Action, session: str, *, root: str = "the root") -> Event:
+    """The event that settles a ``close`` action: its op's declared closing event, filled in by its ``close_fields``.
+
+    Raises :class:`~shipslog.engine.CutOffOperationsError` (naming ``root``)
+    when the action's op is not in progress in ``state`` or names no event.
+    """
     op = state.ops.get(action.target)
     if op is None or action.event is None:
-        raise CutOffOperationsError("the root", [(action.target, action.op_type or "", action.state or "")])
-    rule = _rule_of(registry, op)
+        raise CutOffOperationsError(root, [(action.target, action.op_type or "", action.state or "")])
+    rule = _rule_of(registry, op, root)
     cls = registry.event_classes.get(action.event)
     if cls is None:
         raise UnknownOperationError([action.event])

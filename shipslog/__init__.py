@@ -29,7 +29,9 @@ from shipslog.engine import (
     RecoveryAction,
     Run,
     Status,
+    Supervisor,
     UnknownOperationError,
+    WorkerSpec,
     replay,
 )
 from shipslog.journal import (
@@ -47,7 +49,6 @@ from shipslog.journal import (
     ShipslogError,
     UnsupportedFormatError,
 )
-from shipslog.engine import Supervisor, WorkerSpec
 
 __version__ = "0.1.0"
 
@@ -87,10 +88,10 @@ __all__ = [
     "Run",
     "ShipslogError",
     "Status",
+    "Supervisor",
     "UnknownOperationError",
     "UnsupportedFormatError",
-    "replay",
-    "__version__",
-    "Supervisor",
     "WorkerSpec",
+    "__version__",
+    "replay",
 ]

@@ -15,8 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from shipslog.engine import (
     ENGINE_FOLDERS,
@@ -47,7 +46,19 @@ from shipslog.journal import (
     crash_point,
     register_crash_point,
 )
-from shipslog.recovery import ActionResult, RecoveryReport, Violation, check_invariants, close_event, execute, list_root, plan
+from shipslog.recovery import (
+    ActionResult,
+    RecoveryReport,
+    Violation,
+    check_invariants,
+    close_event,
+    execute,
+    list_root,
+    plan,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "Engine"]
 
@@ -144,7 +155,7 @@ class Engine(EngineCore):
             engine.replayed = replayed
             closes = [a for a in actions if a.kind == "close"]
             opened = SessionOpened(op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version())
-            engine.settled = engine.journal_events(*(close_event(state, registry, a, journal.session) for a in closes), opened)[:-1]
+            engine.settled = engine.journal_events(*(close_event(state, registry, a, journal.session, root=journal.root) for a in closes), opened)[:-1]
             crash_point(CP_OPENED)
             report = execute(engine, [a for a in actions if a.kind != "close"])
             engine.recovery = RecoveryReport(
@@ -206,7 +217,7 @@ class Engine(EngineCore):
         """
         self.close_core([SessionClosed(op=f"session-{self.session}")])
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

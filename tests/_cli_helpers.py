@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from _engine_helpers import commit_checkpoint, open_engine, tree
+
 from shipslog.tools import main
 
 __all__ = ["TTY", "cli", "healthy_host", "keep_logging", "unchanged"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from shipslog import Engine
 from shipslog.engine import ArtifactInfo, EventRecord, OperationType, RawEvent, Registry
-from shipslog.journal import JournalReader
-
+from shipslog.journal import JournalReader, set_crash_hook
 
 SEGMENT_BYTES = 1 << 20
 """Segments of 1 MiB (still preallocated): reading a 64 MiB preallocated segment back scans its zeros (~0.1 s)."""
@@ -58,11 +58,12 @@ def tree(path: str | os.PathLike[str], *, skip: Iterable[str] = ("journal", "LOC
     if not os.path.exists(base):
         return out
     skipped = set(skip)
-    for dirpath, dirnames, filenames in os.walk(base):
+    for dirpath, dirnames, all_files in os.walk(base):
         rel_dir = os.path.relpath(dirpath, base)
+        filenames = all_files
         if rel_dir == ".":
             dirnames[:] = [d for d in dirnames if d not in skipped]
-            filenames = [f for f in filenames if f not in skipped]
+            filenames = [f for f in all_files if f not in skipped]
         for name in dirnames:
             full = os.path.join(dirpath, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
@@ -127,13 +128,27 @@ class SimulatedCrash(BaseException):
 
 
 def crash_at(name: str) -> Callable[[str], None]:
-    """A stand-in for ``crash_point`` that raises :class:`SimulatedCrash` at the point called ``name``."""
+    """A crash hook (for :func:`shipslog.journal.set_crash_hook`) that raises :class:`SimulatedCrash` at the point called ``name``."""
 
     def point(hit: str) -> None:
         if hit == name:
             raise SimulatedCrash(name)
 
     return point
+
+
+@contextmanager
+def dies_at_point(name: str) -> Iterator[None]:
+    """Within the block, reaching crash point ``name`` raises :class:`SimulatedCrash` there (an in-process "death").
+
+    Installs the hook through the public :func:`shipslog.journal.set_crash_hook` and puts the previous
+    hook back on the way out, so the engine reopened after the block runs free of it.
+    """
+    previous = set_crash_hook(crash_at(name))
+    try:
+        yield
+    finally:
+        set_crash_hook(previous)
 
 
 def crash(engine: Engine) -> None:

@@ -53,3 +53,19 @@ def write_records(root: str, n: int, **kw: object) -> None:
     with Journal.open(root, **kw) as j:  # type: ignore[arg-type]
         for i in range(1, n + 1):
             j.append(event(i))
+
+
+def crafted_damage(size: int) -> bytes:
+    """A bad frame followed by ``size`` crafted bytes, to write after the last frame of a segment (the damage
+    ``shipslog bench journal`` scans).
+
+    The bad frame claims a length that reaches past the crafted bytes into the zeros of a preallocated
+    segment, so the reader must decide whether a valid frame hides inside them; every 16th offset looks
+    like a frame start (a length that fits, a payload that begins like a msgpack array of records)
+    claiming a frame as long as the rest.  A search that checksums every candidate in full is quadratic
+    in ``size``.
+    """
+    crafted = bytearray()
+    while len(crafted) < size:
+        crafted += _FRAME.pack(max(1, size - len(crafted) - 16), 0x12345678) + b"\x91\x94" + b"\x01" * 6
+    return _FRAME.pack(size + 64, 0xDEADBEEF) + bytes(crafted[:size])

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from _engine_helpers import SimulatedCrash, open_engine
+
+from shipslog import Engine
 from shipslog.journal import (
     CRASH_AT_ENV,
     CRASH_MODE_ENV,
@@ -18,8 +20,6 @@ from shipslog.journal import (
     PathLike,
     set_crash_hook,
 )
-
-from shipslog import Engine
 
 
 class DyingFileSystem(FileSystem):
@@ -99,10 +99,14 @@ def dies_at(fs: DyingFileSystem, point: str, nth: int = 1) -> Iterator[list[str]
 
 
 def drop(engine: Engine, fs: DyingFileSystem | None = None) -> None:
-    """Let go of ``engine`` as a killed process would (no journaling), then bring ``fs`` back to life."""
-    engine.journal.close()
+    """Let go of ``engine`` as a killed process would (no journaling), then bring ``fs`` back to life.
+
+    ``fs`` comes back first: the kernel releases a dead process's lock, which
+    is what closing the journal stands for here (it journals nothing).
+    """
     if fs is not None:
         fs.dead = False
+    engine.journal.close()
 
 
 def open_with(root: str, fs: FileSystem, **kw: Any) -> Engine:

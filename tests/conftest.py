@@ -7,7 +7,6 @@ own temporary folder, and no test leaves a process behind.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -22,8 +21,8 @@ settings.register_profile(
 settings.load_profile("shipslog")
 
 @pytest.fixture
-def root(tmp_path: "os.PathLike[str]") -> Iterator[str]:
+def root(tmp_path: os.PathLike[str]) -> str:
     """A fresh host root inside the test's temporary folder."""
-    yield os.path.join(os.fspath(tmp_path), "root")
+    return os.path.join(os.fspath(tmp_path), "root")
 
 

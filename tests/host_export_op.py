@@ -36,6 +36,7 @@ from typing import Any
 from shipslog.engine import (
     MODELS_DIR,
     Event,
+    FileEntry,
     IntegrityError,
     NotFoundError,
     OperationContext,
@@ -53,7 +54,6 @@ from shipslog.engine import (
     verify_folder,
     write_manifest,
 )
-from shipslog.engine import FileEntry
 from shipslog.journal import crash_point, register_crash_point
 
 __all__ = ["EXPORT", "OPERATIONS", "ExportState", "check", "export_model", "workload"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,8 +27,8 @@ def _digest(root: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def host(root: str) -> Iterator[str]:
-    yield healthy_host(root)
+def host(root: str) -> str:
+    return healthy_host(root)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -189,9 +188,9 @@ def test_status_lists_running_workers_with_their_pid_and_liveness(host: str, cap
     from shipslog.engine import Supervisor, WorkerSpec
 
     sleep = shutil.which("sleep") or "/bin/sleep"
-    with Engine.open(host, fsync=False) as e:
-        with Supervisor(e, [WorkerSpec(name="loader", argv=(sleep, "1000"), output="devnull", stop_timeout=1.0)]) as sup:
-            pid = sup.workers()["loader"].pid
-            code, out, _ = run(capsys, "status", host)
-            assert code == 0
-            assert f"worker      loader pid {pid} attempt 0 started (alive)" in out
+    spec = WorkerSpec(name="loader", argv=(sleep, "1000"), output="devnull", stop_timeout=1.0)
+    with Engine.open(host, fsync=False) as e, Supervisor(e, [spec]) as sup:
+        pid = sup.workers()["loader"].pid
+        code, out, _ = run(capsys, "status", host)
+        assert code == 0
+        assert f"worker      loader pid {pid} attempt 0 started (alive)" in out

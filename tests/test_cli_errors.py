@@ -19,12 +19,10 @@ import pytest
 from _cli_helpers import cli, healthy_host, keep_logging, unchanged  # noqa: F401  (keep_logging: autouse fixture)
 from _engine_helpers import crash, open_engine
 from _helpers import frames, segments
-from shipslog.engine import EVENT_SCHEMA_VERSION, Registry
-from shipslog.engine import SessionOpened
+
+from shipslog.engine import EVENT_SCHEMA_VERSION, Registry, SessionOpened
 from shipslog.journal import FORMAT_VERSION, SNAPSHOT_VERSION, Journal, UnsupportedFormatError
-from shipslog.tools import main
-from shipslog.tools._cli import EXIT_CODES
-from shipslog.tools._inspect import NotARootError, UnreadableRootError
+from shipslog.tools import EXIT_CODES, NotARootError, RootView, UnreadableRootError, main
 
 READ_ONLY = [
     ["status"], ["log"], ["tail"], ["verify"], ["verify", "--deep"], ["checkpoints"], ["pointers"],
@@ -179,19 +177,20 @@ def test_a_segment_that_is_a_folder_is_one_line_exit_2(root: str, capsys: pytest
 
 
 def _refuse_to_read(monkeypatch: pytest.MonkeyPatch, err: int, *, after: int = 0) -> None:
-    """Make opening a journal segment fail with ``err`` (after ``after`` successful opens)."""
-    import shipslog.journal._reader as reader
-
-    real = reader.mapped_segment
+    """Make the OS refuse to open a journal segment for reading with ``err`` (after ``after`` successful opens)."""
+    real = os.open
     calls = [0]
 
-    def refused(path: str) -> Any:
-        calls[0] += 1
-        if calls[0] > after:
-            raise OSError(err, os.strerror(err), path)
-        return real(path)
+    def refused(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        name = os.fspath(path)
+        is_segment = name.endswith(".log") and os.path.basename(os.path.dirname(name)) == "journal"
+        if is_segment and not flags & (os.O_WRONLY | os.O_RDWR):
+            calls[0] += 1
+            if calls[0] > after:
+                raise OSError(err, os.strerror(err), name)
+        return real(path, flags, *args, **kw)
 
-    monkeypatch.setattr(reader, "mapped_segment", refused)
+    monkeypatch.setattr(os, "open", refused)
 
 
 @pytest.mark.parametrize("err", [errno.EACCES, errno.EIO], ids=["EACCES", "EIO"])
@@ -217,14 +216,17 @@ def test_an_os_error_while_streaming_records_is_one_line_exit_2(
 def test_an_os_error_while_re_checksumming_is_one_line_exit_2(
     root: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shipslog.engine._manifest as manifest
+    import builtins
 
     healthy_host(root)
+    real = builtins.open
 
-    def failing(path: str, *args: Any, **kw: Any) -> Any:
-        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+    def failing(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)) == "model.bin" and "r" in mode:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(file))
+        return real(file, mode, *args, **kw)
 
-    monkeypatch.setattr(manifest, "crc32_file", failing)
+    monkeypatch.setattr(builtins, "open", failing)
     err = _one_line_error(*cli(capsys, "verify", root, "--deep"))
     assert "model.bin: Input/output error (EIO)" in err
 
@@ -347,8 +349,6 @@ def test_an_os_error_while_reading_keeps_its_cause_under_debug(root: str, monkey
 
 
 def test_a_bug_is_not_swallowed(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shipslog.tools._inspect import RootView
-
     healthy_host(root)
 
     def broken(self: Any) -> Any:

@@ -23,13 +23,12 @@ from _cli_helpers import cli, keep_logging, unchanged  # noqa: F401  (keep_loggi
 from _engine_helpers import commit_checkpoint, crash, open_engine
 from _helpers import segments
 
-from shipslog.journal import CorruptJournalError, list_snapshots, read_snapshot
-from shipslog.journal._snapshot import encode_snapshot
-from shipslog.tools._inspect import open_view
-from shipslog.tools._operations_module import (
+from shipslog.journal import CorruptJournalError, encode_snapshot, list_snapshots, read_snapshot
+from shipslog.tools import (
     OperationsModuleError,
     load_operations,
     load_operations_module,
+    open_view,
     operation_types,
 )
 

@@ -1,7 +1,8 @@
 """How the command line draws: rich tables and a progress bar on a terminal, the plain columns everywhere else.
 
-The decision is :func:`shipslog.tools._render.use_rich`; these tests check it
-directly, then force it either way and look at what each command prints.
+The decision is :func:`shipslog.tools.use_rich`; these tests check it
+directly, then run each command on a stream that is a terminal or a pipe and
+look at what it prints.
 Piped output and ``NO_COLOR`` never hold an escape code; ``--json`` is the same
 on a terminal.
 """
@@ -12,26 +13,57 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import pytest
-import shipslog.tools._render as render
 from _cli_helpers import TTY, cli, healthy_host, keep_logging, unchanged  # noqa: F401  (keep_logging: autouse fixture)
 from _engine_helpers import commit_checkpoint, crash, open_engine
-from shipslog.recovery import check_invariants
-from shipslog.tools._render import ByteProgress, Printer, plain_table, use_rich
 from test_recovery_faults import left_durable
 
 from shipslog import Engine
+from shipslog.recovery import check_invariants
+from shipslog.tools import (
+    ByteProgress,
+    Printer,
+    event_style,
+    main,
+    plain_table,
+    printable,
+    use_rich,
+)
 
 ESC = "\x1b["
 BOX = ("╭", "│", "╰")
 
 
+Terminal = Callable[..., tuple[int, str, str]]
+"""Runs ``shipslog argv`` with stdout and stderr on terminals: (exit code, stdout, stderr)."""
+
+
+def _on_a_terminal(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str, str]:
+    out, err = TTY(), TTY()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", out)
+        m.setattr(sys, "stderr", err)
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def _a_terminal(monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    """The environment of a colour terminal ``columns`` wide: no NO_COLOR, a TERM that is not dumb."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", str(columns))
+
+
 @pytest.fixture
-def rich_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every stream counts as a terminal without NO_COLOR, 200 columns wide."""
-    monkeypatch.setattr(render, "use_rich", lambda stream, environ=None: True)
-    monkeypatch.setenv("COLUMNS", "200")
+def rich_everywhere(monkeypatch: pytest.MonkeyPatch) -> Terminal:
+    """Commands run with stdout and stderr on a colour terminal 200 columns wide (see :data:`Terminal`)."""
+    _a_terminal(monkeypatch, 200)
+    return lambda *argv: _on_a_terminal(monkeypatch, *argv)
 
 
 # -- the decision -------------------------------------------------------------------------
@@ -83,7 +115,7 @@ def test_printer_pairs_pad_keys_to_the_longest() -> None:
 
 @pytest.mark.parametrize(
     "argv", [["status"], ["log"], ["tail"], ["checkpoints"], ["pointers"], ["verify"], ["recover", "--dry-run"]],
-    ids=lambda a: "-".join(a),
+    ids="-".join,
 )
 def test_piped_output_has_no_escape_codes_or_boxes(root: str, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code, out, _ = cli(capsys, *argv[:1], healthy_host(root), *argv[1:])
@@ -123,7 +155,7 @@ def test_no_color_on_a_terminal_prints_what_a_pipe_gets(
      ("session.crashed", "red"), ("checkpoint.begun", ""), ("custom.thing", "")],
 )
 def test_event_style_colours_completed_events_green_and_failed_ones_red(kind: str, style: str) -> None:
-    assert render.event_style(kind) == style
+    assert event_style(kind) == style
 
 
 def test_rich_text_shows_brackets_in_data_as_they_are() -> None:
@@ -132,59 +164,64 @@ def test_rich_text_shows_brackets_in_data_as_they_are() -> None:
     assert "[bold]step-1[/bold]" in stream.getvalue()
 
 
-@pytest.mark.parametrize(("width", "expected"), [(200, [True, True, False, True]), (60, [True, False, False, True]), (20, [False] * 4)])
-def test_a_narrow_terminal_keeps_the_narrow_columns_whole_and_wraps_the_rest(width: int, expected: list[bool]) -> None:
+@pytest.mark.parametrize(
+    ("width", "expected"), [(80, [True, True, False, True]), (60, [True, False, False, True]), (20, [True, False, False, False])]
+)
+def test_a_narrow_terminal_keeps_the_narrow_columns_whole_and_wraps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, width: int, expected: list[bool]
+) -> None:
+    """At 80 columns seq, time and path stay on one line and details wraps; at 60 the time gives way
+    before the (narrower) path; at 20 nothing longer than seq fits on one line."""
+    _a_terminal(monkeypatch, width)
     headers = ["seq", "time", "details", "path"]
     rows = [["10", "2026-11-23T18:04:56.378", "name=current old=None new=checkpoints/step-300", "checkpoints/step-300"]]
-    assert render._kept_whole(headers, rows, width) == expected
+    stream = TTY()
+    Printer(stream, environ={}).table(headers, rows)
+    drawn = stream.getvalue()
+    assert "╭" in drawn
+    assert [cell in drawn for cell in rows[0]] == expected  # a cell kept whole is on one line of the table
 
 
-@pytest.mark.usefixtures("rich_everywhere")
 @pytest.mark.parametrize("command", ["log", "checkpoints", "pointers"])
-def test_a_terminal_gets_box_tables_with_the_same_data(root: str, capsys: pytest.CaptureFixture[str], command: str) -> None:
-    code, out, _ = cli(capsys, command, healthy_host(root))
+def test_a_terminal_gets_box_tables_with_the_same_data(root: str, rich_everywhere: Terminal, command: str) -> None:
+    code, out, _ = rich_everywhere(command, healthy_host(root))
     assert code == 0
     assert all(c in out for c in BOX) and ESC in out
     assert "step-300" in out or "pointer.set" in out
 
 
-@pytest.mark.usefixtures("rich_everywhere")
-def test_log_on_a_terminal_colours_committed_events_green(root: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _, out, _ = cli(capsys, "log", healthy_host(root), "--kind", "checkpoint.committed")
+def test_log_on_a_terminal_colours_committed_events_green(root: str, rich_everywhere: Terminal) -> None:
+    _, out, _ = rich_everywhere("log", healthy_host(root), "--kind", "checkpoint.committed")
     assert f"{ESC}32mcheckpoint.committed" in out
 
 
-@pytest.mark.usefixtures("rich_everywhere")
-def test_status_on_a_terminal_shows_findings_in_red(root: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_on_a_terminal_shows_findings_in_red(root: str, rich_everywhere: Terminal) -> None:
     e = open_engine(healthy_host(root))
     e.checkpoint("half", step=400)
     crash(e)
-    code, out, _ = cli(capsys, "status", root)
+    code, out, _ = rich_everywhere("status", root)
     assert code == 1
     assert f"{ESC}1;31mFINDING" in out and "global step" in out
 
 
-@pytest.mark.usefixtures("rich_everywhere")
-def test_tail_on_a_terminal_keeps_one_line_per_record(root: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "tail", healthy_host(root), "-n", "3")
+def test_tail_on_a_terminal_keeps_one_line_per_record(root: str, rich_everywhere: Terminal) -> None:
+    code, out, _ = rich_everywhere("tail", healthy_host(root), "-n", "3")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 4 and all(ESC in line for line in lines)
     assert "session.closed" in lines[-1]
 
 
-@pytest.mark.usefixtures("rich_everywhere")
-def test_recover_plan_on_a_terminal_is_a_box_table(root: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_plan_on_a_terminal_is_a_box_table(root: str, rich_everywhere: Terminal) -> None:
     op, _staging = left_durable(root)
     before = unchanged(root)
-    code, out, _ = cli(capsys, "recover", "--dry-run", root)
+    code, out, _ = rich_everywhere("recover", "--dry-run", root)
     assert code == 0 and all(c in out for c in BOX)
     assert op in out and "checkpoint.roll-forward" in out and "dry run: nothing was changed" in out
     assert unchanged(root) == before
 
 
-@pytest.mark.usefixtures("rich_everywhere")
 @pytest.mark.parametrize("command", ["status", "log", "checkpoints", "pointers", "verify"])
-def test_json_on_a_terminal_is_plain_json(root: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+def test_json_on_a_terminal_is_plain_json(root: str, capsys: pytest.CaptureFixture[str], rich_everywhere: Terminal, command: str) -> None:
     def steady(text: str) -> object:  # the free bytes on the disk move while the suite runs
         data = json.loads(text)
         if isinstance(data, dict):
@@ -192,9 +229,9 @@ def test_json_on_a_terminal_is_plain_json(root: str, capsys: pytest.CaptureFixtu
         return data
 
     healthy_host(root)
-    rich_out = cli(capsys, command, root, "--json")[1]
-    monkeypatch.setattr(render, "use_rich", lambda stream, environ=None: False)
-    assert ESC not in rich_out and steady(rich_out) == steady(cli(capsys, command, root, "--json")[1])
+    terminal_out = rich_everywhere(command, root, "--json")[1]
+    piped_out = cli(capsys, command, root, "--json")[1]
+    assert ESC not in terminal_out and steady(terminal_out) == steady(piped_out)
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -221,8 +258,8 @@ def test_progress_off_a_terminal_prints_nothing_and_logs_one_line(caplog: pytest
     assert len(messages) == 1 and messages[0].startswith("re-checksumming: 1 file(s), 10 bytes in ")
 
 
-def test_verify_deep_draws_its_progress_on_stderr_only(root: str, capsys: pytest.CaptureFixture[str], rich_everywhere: None) -> None:
-    code, out, err = cli(capsys, "verify", healthy_host(root), "--deep")
+def test_verify_deep_draws_its_progress_on_stderr_only(root: str, rich_everywhere: Terminal) -> None:
+    code, out, err = rich_everywhere("verify", healthy_host(root), "--deep")
     assert code == 0 and "every invariant verify (every checksum)" in out
     assert "re-checksumming committed files" in err and "re-checksumming" not in out
 
@@ -247,9 +284,7 @@ def test_check_invariants_calls_on_file_for_each_verified_file_only_when_deep(ro
     assert sorted(os.path.relpath(p, root) for p, _ in seen if "two-files" in p) == ["checkpoints/two-files/a.bin", "checkpoints/two-files/b/c.bin"]
 
 
-def test_read_only_commands_on_a_terminal_change_no_byte_of_a_live_root(
-    root: str, capsys: pytest.CaptureFixture[str], rich_everywhere: None
-) -> None:
+def test_read_only_commands_on_a_terminal_change_no_byte_of_a_live_root(root: str, rich_everywhere: Terminal) -> None:
     healthy_host(root)
     with Engine.open(root, fsync=False) as live:
         commit_checkpoint(live, "step-400", step=400)
@@ -258,7 +293,7 @@ def test_read_only_commands_on_a_terminal_change_no_byte_of_a_live_root(
         with open(lock, "rb") as f:
             lock_bytes = f.read()
         for argv in (["status", root], ["tail", root], ["verify", root, "--deep"], ["log", root], ["checkpoints", root]):
-            code, _, err = cli(capsys, *argv)
+            code, _, err = rich_everywhere(*argv)
             assert code == 0, (argv, err)
         assert unchanged(root) == before
         with open(lock, "rb") as f:
@@ -290,9 +325,10 @@ def test_control_characters_from_the_journal_are_escaped_in_every_output(
 ) -> None:
     _hostile_root(root)
     if terminal:
-        monkeypatch.setattr(render, "use_rich", lambda stream, environ=None: True)
-        monkeypatch.setenv("COLUMNS", "400")
-    _code, out, _err = cli(capsys, argv[0], root, *argv[1:])
+        _a_terminal(monkeypatch, 400)
+        _code, out, _err = _on_a_terminal(monkeypatch, argv[0], root, *argv[1:])
+    else:
+        _code, out, _err = cli(capsys, argv[0], root, *argv[1:])
     for char in ("\x07", "\r", "\x9b", "\x1b]"):
         assert char not in out
     if not terminal:
@@ -302,7 +338,7 @@ def test_control_characters_from_the_journal_are_escaped_in_every_output(
 
 
 def test_printable_escapes_c0_del_and_c1_and_keeps_newlines_only_when_asked() -> None:
-    assert render.printable("a\x00b\x7fc\x85d\te") == "a\\x00b\\x7fc\\x85d\\x09e"
-    assert render.printable("one\ntwo") == "one\\x0atwo"
-    assert render.printable("one\ntwo", newlines=True) == "one\ntwo"
-    assert render.printable("plain [bold] é") == "plain [bold] é"
+    assert printable("a\x00b\x7fc\x85d\te") == "a\\x00b\\x7fc\\x85d\\x09e"
+    assert printable("one\ntwo") == "one\\x0atwo"
+    assert printable("one\ntwo", newlines=True) == "one\ntwo"
+    assert printable("plain [bold] é") == "plain [bold] é"

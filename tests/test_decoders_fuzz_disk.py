@@ -29,7 +29,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipslog
-from shipslog.engine import IntegrityError, Registry, read_manifest, read_pointer_file, verify_folder
+from shipslog.engine import (
+    IntegrityError,
+    Registry,
+    read_manifest,
+    read_pointer_file,
+    verify_folder,
+)
 from shipslog.journal import (
     HEADER_SIZE,
     CorruptSnapshotError,
@@ -104,7 +110,7 @@ def _last_frame_end(path: str) -> tuple[int, int]:
 
 def _append_frame(root: str, payload: bytes) -> None:
     """Write a frame carrying ``payload`` in the crc chain after the last one, as a hostile writer would."""
-    seg = os.path.join(root, "journal", sorted(os.listdir(os.path.join(root, "journal")))[-1])
+    seg = os.path.join(root, "journal", max(os.listdir(os.path.join(root, "journal"))))
     off, prev = _last_frame_end(seg)
     crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", len(payload)), prev))
     with open(seg, "r+b") as f:
@@ -142,7 +148,7 @@ def _replay_or_shipslog_error(root: str) -> None:
 @given(tail=st.binary(max_size=600), at=st.integers(min_value=0, max_value=400))
 def test_segment_bytes_after_the_header_are_records_or_a_journal_error(base_root: str, tail: bytes, at: int) -> None:
     with _hostile_copy(base_root) as root:
-        seg = os.path.join(root, "journal", sorted(os.listdir(os.path.join(root, "journal")))[-1])
+        seg = os.path.join(root, "journal", max(os.listdir(os.path.join(root, "journal"))))
         off, _crc = _last_frame_end(seg)
         with open(seg, "r+b") as f:
             f.seek(max(HEADER_SIZE, off - at))
@@ -154,7 +160,7 @@ def test_segment_bytes_after_the_header_are_records_or_a_journal_error(base_root
 def test_a_whole_segment_file_of_any_bytes_is_a_journal_error(base_root: str, data: bytes) -> None:
     with _hostile_copy(base_root) as root:
         journal = os.path.join(root, "journal")
-        seg = os.path.join(journal, sorted(os.listdir(journal))[-1])
+        seg = os.path.join(journal, max(os.listdir(journal)))
         with open(seg, "wb") as f:
             f.write(data)
         with pytest.raises(ShipslogError):

@@ -17,7 +17,13 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipslog.engine import DataFileError, DataFileSummary, WorkerConfigError, WorkerSpec, validate_data_file
+from shipslog.engine import (
+    DataFileError,
+    DataFileSummary,
+    WorkerConfigError,
+    WorkerSpec,
+    validate_data_file,
+)
 
 FUZZ = settings(max_examples=200)
 
@@ -90,9 +96,7 @@ FIELD_VALUES = st.one_of(
 @FUZZ
 @given(VALID_SPECS, st.lists(st.tuples(KEYS, FIELD_VALUES), min_size=1, max_size=3))
 def test_from_dict_over_near_valid_specs(base: dict[str, Any], mutations: list[tuple[str, Any]]) -> None:
-    data = dict(base)
-    for key, value in mutations:
-        data[key] = value
+    data = {**base, **dict(mutations)}
     _check_spec_or_error(data)
 
 

@@ -10,12 +10,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from _engine_helpers import journal_records, kind_of  # noqa: E402
-from _workers_helpers import no_stray_children  # noqa: E402, F401  (a fixture)
-from shipslog.engine import replay  # noqa: E402
-from shipslog.tools import main  # noqa: E402
-from shipslog.tools._demo import make_inbox, run_demo  # noqa: E402
-from shipslog.tools._demo_host import DemoDataError, prepare_inbox  # noqa: E402
+from _engine_helpers import journal_records, kind_of
+from _workers_helpers import no_stray_children  # noqa: F401  (a fixture)
+
+from shipslog.engine import replay
+from shipslog.tools import DemoDataError, main, make_inbox, prepare_inbox, run_demo
 
 
 def _loss_rows(folder: str) -> list[tuple[int, float, int]]:
@@ -152,7 +151,7 @@ def test_demo_command_prints_the_story_then_the_status_of_the_result(
 
 
 def test_demo_refuses_an_unknown_crash_point_and_lists_the_known_ones(tmp_path: str) -> None:
-    with pytest.raises(ValueError, match="known points: .*checkpoint.after_durable"):
+    with pytest.raises(ValueError, match=r"known points: .*checkpoint\.after_durable"):
         run_demo(os.path.join(tmp_path, "demo"), crash_at="no.such.point")
     assert not os.path.exists(os.path.join(tmp_path, "demo"))
 
@@ -169,16 +168,24 @@ def test_demo_refuses_a_bad_hit_number(tmp_path: str) -> None:
 def test_demo_whose_loader_meets_bad_data_fails_with_one_line_naming_the_host_log(
     tmp_path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import shipslog.tools._demo as demo
+    import io
+    import sys
 
-    def bad_inbox(folder: str, files: int, seed: int = 0) -> list[str]:
-        paths = make_inbox(folder, files, seed)
-        with open(paths[1], "a", encoding="utf-8") as f:
-            f.write("not json\n")
-        return paths
-
-    monkeypatch.setattr(demo, "make_inbox", bad_inbox)
     folder = os.path.join(tmp_path, "demo")
+
+    class SpoilsTheInbox(io.StringIO):
+        """stdout that, at the demo's first line (the inbox is written, no host has started), spoils data-001.jsonl."""
+
+        spoiled = False
+
+        def write(self, text: str) -> int:
+            if not self.spoiled:
+                self.spoiled = True
+                with open(os.path.join(folder, "inbox", "data-001.jsonl"), "a", encoding="utf-8") as f:
+                    f.write("not json\n")
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stdout", SpoilsTheInbox())
     assert main(["demo", folder, "--files", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

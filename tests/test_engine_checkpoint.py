@@ -10,7 +10,17 @@ import zlib
 from typing import Any
 
 import pytest
-from _engine_helpers import commit_checkpoint, events_of, flip_bit, journal_records, kinds, open_engine, tree, truncate, write_files
+from _engine_helpers import (
+    commit_checkpoint,
+    events_of,
+    flip_bit,
+    journal_records,
+    kinds,
+    open_engine,
+    tree,
+    truncate,
+    write_files,
+)
 
 from shipslog import Engine
 from shipslog.engine import (
@@ -128,10 +138,9 @@ def test_write_json_and_copy_file(engine: Engine, root: str, tmp_path: Any) -> N
 
 
 def test_a_block_that_raises_aborts_and_removes_staging(engine: Engine, root: str) -> None:
-    with pytest.raises(RuntimeError, match="training blew up"):
-        with engine.checkpoint("step-9", step=9) as ck:
-            ck.write_bytes("model.bin", b"partial")
-            raise RuntimeError("training blew up")
+    with pytest.raises(RuntimeError, match="training blew up"), engine.checkpoint("step-9", step=9) as ck:
+        ck.write_bytes("model.bin", b"partial")
+        raise RuntimeError("training blew up")
     assert not os.path.exists(ck.path)
     assert os.listdir(os.path.join(root, "staging")) == []
     assert not os.path.exists(os.path.join(root, "checkpoints", "step-9"))
@@ -223,20 +232,18 @@ def test_meta_that_is_not_json_is_refused(engine: Engine, root: str) -> None:
 
 
 def test_add_file_with_a_wrong_size_fails_at_commit_and_aborts(engine: Engine, root: str) -> None:
-    with pytest.raises(IntegrityError) as info:
-        with engine.checkpoint("lying", step=1) as ck:
-            with open(os.path.join(ck.path, "w.bin"), "wb") as f:
-                f.write(b"0123456789")
-            ck.add_file(FileEntry("w.bin", 11, 0))
+    with pytest.raises(IntegrityError) as info, engine.checkpoint("lying", step=1) as ck:
+        with open(os.path.join(ck.path, "w.bin"), "wb") as f:
+            f.write(b"0123456789")
+        ck.add_file(FileEntry("w.bin", 11, 0))
     assert "11 bytes" in str(info.value) and "10 bytes" in str(info.value) and "w.bin" in info.value.path
     assert events_of(root, ck.op) == ["checkpoint.begun", "checkpoint.aborted"]
     assert not os.path.exists(ck.path) and not os.path.exists(os.path.join(root, "checkpoints", "lying"))
 
 
 def test_add_file_for_a_file_that_is_not_there_fails_at_commit(engine: Engine, root: str) -> None:
-    with pytest.raises(IntegrityError, match="no file"):
-        with engine.checkpoint("ghost", step=1) as ck:
-            ck.add_file(FileEntry("missing.bin", 3, 0))
+    with pytest.raises(IntegrityError, match="no file"), engine.checkpoint("ghost", step=1) as ck:
+        ck.add_file(FileEntry("missing.bin", 3, 0))
     assert events_of(root, ck.op)[-1] == "checkpoint.aborted"
 
 
@@ -252,9 +259,8 @@ def test_a_symlink_in_staging_fails_the_commit(engine: Engine, root: str, tmp_pa
     outside = os.path.join(tmp_path, "outside.bin")
     with open(outside, "wb") as f:
         f.write(b"secret")
-    with pytest.raises(IntegrityError, match="symlink"):
-        with engine.checkpoint("linked", step=1) as ck:
-            os.symlink(outside, os.path.join(ck.path, "link.bin"))
+    with pytest.raises(IntegrityError, match="symlink"), engine.checkpoint("linked", step=1) as ck:
+        os.symlink(outside, os.path.join(ck.path, "link.bin"))
     assert events_of(root, ck.op)[-1] == "checkpoint.aborted"
     with open(outside, "rb") as f:
         assert f.read() == b"secret"

@@ -23,9 +23,7 @@ from _engine_helpers import (
     write_jsonl,
 )
 
-import shipslog.journal._fs as fs_mod
-from shipslog.engine import EngineBrokenError, EngineClosedError
-from shipslog.engine._core import SPACE_RESERVE_BYTES
+from shipslog.engine import SPACE_RESERVE_BYTES, EngineBrokenError, EngineClosedError
 from shipslog.journal import InsufficientSpaceError, JournalBrokenError
 
 
@@ -50,8 +48,8 @@ def test_a_journal_fsync_failure_breaks_the_engine(root: str, tmp_path: Any, mon
     e = open_engine(root, fsync=True)
     commit_checkpoint(e, "step-1", step=1)
     acknowledged = journal_records(root)
-    monkeypatch.setattr(fs_mod.os, "fdatasync", failing(errno.EIO))
-    monkeypatch.setattr(fs_mod.os, "fsync", failing(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", failing(errno.EIO))
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
     with pytest.raises(EngineBrokenError) as info:
         e.run(data)
     monkeypatch.undo()
@@ -73,10 +71,9 @@ def test_a_journal_fsync_failure_breaks_the_engine(root: str, tmp_path: Any, mon
 
 def test_a_checkpoint_file_fsync_failure_breaks_the_engine(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     e = open_engine(root, fsync=True)
-    monkeypatch.setattr(fs_mod.os, "fsync", failing(errno.EIO))
-    with pytest.raises(OSError) as info:
-        with e.checkpoint("step-1", step=1) as ck:
-            ck.write_bytes("model.bin", b"weights")
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError) as info, e.checkpoint("step-1", step=1) as ck:
+        ck.write_bytes("model.bin", b"weights")
     monkeypatch.undo()
     assert info.value.errno == errno.EIO
     assert e.broken is info.value
@@ -104,8 +101,8 @@ def test_every_call_after_an_fsync_failure_raises_engine_broken(
     root: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     e, ctx = prepared_engine(root, tmp_path, fsync=True)
-    monkeypatch.setattr(fs_mod.os, "fdatasync", failing(errno.EIO))
-    monkeypatch.setattr(fs_mod.os, "fsync", failing(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", failing(errno.EIO))
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
     with pytest.raises(EngineBrokenError):
         e.set_pointer("second", "step-1")
     monkeypatch.undo()
@@ -126,11 +123,10 @@ def test_every_call_after_an_fsync_failure_raises_engine_broken(
 def test_enospc_while_writing_a_checkpoint_file_aborts_it(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     e = open_engine(root)
     commit_checkpoint(e, "before", step=1)
-    monkeypatch.setattr(fs_mod.os, "write", failing(errno.ENOSPC, after=1, real=os.write))
-    with pytest.raises(OSError) as info:
-        with e.checkpoint("step-2", step=2) as ck:
-            ck.write_bytes("a.bin", b"a" * 1000)
-            ck.write_bytes("b.bin", b"b" * 1000)
+    monkeypatch.setattr(os, "write", failing(errno.ENOSPC, after=1, real=os.write))
+    with pytest.raises(OSError) as info, e.checkpoint("step-2", step=2) as ck:
+        ck.write_bytes("a.bin", b"a" * 1000)
+        ck.write_bytes("b.bin", b"b" * 1000)
     monkeypatch.undo()
     assert info.value.errno == errno.ENOSPC
     assert events_of(root, ck.op) == ["checkpoint.begun", "checkpoint.aborted"]
@@ -145,10 +141,9 @@ def test_enospc_while_writing_a_checkpoint_file_aborts_it(root: str, monkeypatch
 
 def test_enospc_while_writing_a_checkpoint_raises_insufficient_space(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_engine(root) as e:
-        monkeypatch.setattr(fs_mod.os, "write", failing(errno.ENOSPC))
-        with pytest.raises(InsufficientSpaceError):
-            with e.checkpoint("step-2", step=2) as ck:
-                ck.write_bytes("a.bin", b"a" * 1000)
+        monkeypatch.setattr(os, "write", failing(errno.ENOSPC))
+        with pytest.raises(InsufficientSpaceError), e.checkpoint("step-2", step=2) as ck:
+            ck.write_bytes("a.bin", b"a" * 1000)
         monkeypatch.undo()
 
 
@@ -156,7 +151,7 @@ def test_enospc_while_writing_the_manifest_aborts_and_leaves_no_temp_file(root: 
     e = open_engine(root)
     ck = e.checkpoint("step-3", step=3)
     ck.write_bytes("a.bin", b"a")
-    monkeypatch.setattr(fs_mod.os, "write", failing(errno.ENOSPC))
+    monkeypatch.setattr(os, "write", failing(errno.ENOSPC))
     with pytest.raises(OSError) as info:
         ck.commit()
     monkeypatch.undo()

@@ -14,7 +14,7 @@ from _engine_helpers import (
     SimulatedCrash,
     commit_checkpoint,
     crash,
-    crash_at,
+    dies_at_point,
     journal_records,
     kind_of,
     kinds,
@@ -24,9 +24,6 @@ from _engine_helpers import (
     write_jsonl,
 )
 
-import shipslog.engine._checkpoint as artifacts_mod
-import shipslog.engine._pointer as pointers_mod
-import shipslog.engine._retention as retention_mod
 from shipslog import Engine
 from shipslog.engine import (
     CutOffOperationsError,
@@ -39,8 +36,13 @@ from shipslog.engine import (
     SessionCrashed,
     replay,
 )
-from shipslog.journal import JournalClosedError, JournalLockedError, list_snapshots, read_snapshot
-from shipslog.journal._snapshot import encode_snapshot
+from shipslog.journal import (
+    JournalClosedError,
+    JournalLockedError,
+    encode_snapshot,
+    list_snapshots,
+    read_snapshot,
+)
 
 FOLDERS = sorted(["checkpoints", "journal", "models", "pointers", "quarantine", "snapshots", "staging", "adapters", "retired"])
 
@@ -310,15 +312,13 @@ def test_a_root_needing_recovery_is_refused_with_recover_false_and_nothing_chang
         open_engine(root, recover=False)
 
 
-def test_a_checkpoint_left_durable_is_rolled_forward_at_open(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_left_durable_is_rolled_forward_at_open(root: str) -> None:
     e = open_engine(root)
     ck = e.checkpoint("step-5", step=5)
     ck.write_bytes("model.bin", b"whole")
-    monkeypatch.setattr(artifacts_mod, "crash_point", crash_at("checkpoint.after_durable"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("checkpoint.after_durable"), pytest.raises(SimulatedCrash):
         ck.commit()
     crash(e)
-    monkeypatch.undo()
     with open_engine(root) as again:
         assert again.state.checkpoints["step-5"].path == "checkpoints/step-5"
         assert again.latest_checkpoint(deep=True) is not None
@@ -328,19 +328,16 @@ def test_a_checkpoint_left_durable_is_rolled_forward_at_open(root: str, monkeypa
     assert events_for(root, ck.op) == ["checkpoint.begun", "checkpoint.durable", "checkpoint.committed"]
 
 
-def test_every_cut_off_operation_is_recovered_oldest_first(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_cut_off_operation_is_recovered_oldest_first(root: str) -> None:
     e = open_engine(root)
     for i in range(1, 4):
         commit_checkpoint(e, f"c{i}", step=i)
-    monkeypatch.setattr(pointers_mod, "crash_point", crash_at("pointer.after_intended"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("pointer.after_intended"), pytest.raises(SimulatedCrash):
         e.set_pointer("best", "c3")
-    monkeypatch.setattr(retention_mod, "crash_point", crash_at("retention.after_intended"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("retention.after_intended"), pytest.raises(SimulatedCrash):
         e.retain(1)
     ck = e.checkpoint("c4", step=4)
     crash(e)
-    monkeypatch.undo()
     with open_engine(root) as again:
         kinds_done = [r.action.kind for r in again.recovery.results]
         assert kinds_done == ["close", "pointer.settle", "retention.redo", "checkpoint.roll-back"]

@@ -64,23 +64,23 @@ _Q, _R, _D, _C = JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.CANC
 
 def job_type(**overrides: Any) -> OperationType:
     """A well-formed user operation type; ``overrides`` break it one way at a time."""
-    spec: dict[str, Any] = dict(
-        name="job",
-        states=JobState,
-        events=(JobQueued, JobRunning, JobDone, JobCancelled),
-        begins={"job.queued": _Q},
-        transitions={
+    spec: dict[str, Any] = {
+        "name": "job",
+        "states": JobState,
+        "events": (JobQueued, JobRunning, JobDone, JobCancelled),
+        "begins": {"job.queued": _Q},
+        "transitions": {
             (_Q, "job.running"): _R,
             (_Q, "job.cancelled"): _C,
             (_R, "job.done"): _D,
             (_R, "job.cancelled"): _C,
         },
-        terminal=frozenset({_D, _C}),
-        recovery={
+        "terminal": frozenset({_D, _C}),
+        "recovery": {
             _Q: Recovery(RecoveryAction.ROLL_BACK, "never started: cancel it", "job.cancelled"),
             _R: Recovery(RecoveryAction.ROLL_BACK, "its worker is gone: cancel it", "job.cancelled"),
         },
-    )
+    }
     spec.update(overrides)
     return OperationType(**spec)
 
@@ -137,12 +137,12 @@ def test_an_unreachable_state_is_refused() -> None:
 def test_a_terminal_state_with_a_way_out_is_refused() -> None:
     transitions = dict(job_type().transitions)
     transitions[(_D, "job.running")] = _R
-    with pytest.raises(ValueError, match="terminal state 'done' has a way out \\('job.running'\\)"):
+    with pytest.raises(ValueError, match=r"terminal state 'done' has a way out \('job\.running'\)"):
         job_type(transitions=transitions)
 
 
 def test_an_event_tag_without_the_type_prefix_is_refused() -> None:
-    with pytest.raises(ValueError, match="event kind 'other.thing' must start with 'job.'"):
+    with pytest.raises(ValueError, match=r"event kind 'other\.thing' must start with 'job\.'"):
         job_type(events=(JobQueued, JobRunning, JobDone, JobCancelled, StrayEvent))
 
 
@@ -158,14 +158,14 @@ def test_a_type_that_nothing_begins_is_refused() -> None:
 
 
 def test_beginning_with_an_event_of_another_type_is_refused() -> None:
-    with pytest.raises(ValueError, match="begins with 'job.nope'"):
+    with pytest.raises(ValueError, match=r"begins with 'job\.nope'"):
         job_type(begins={"job.queued": _Q, "job.nope": _Q})
 
 
 def test_a_transition_on_an_undeclared_event_is_refused() -> None:
     transitions = dict(job_type().transitions)
     transitions[(_Q, "job.teleported")] = _D
-    with pytest.raises(ValueError, match="transition on 'job.teleported'"):
+    with pytest.raises(ValueError, match=r"transition on 'job\.teleported'"):
         job_type(transitions=transitions)
 
 
@@ -177,14 +177,14 @@ def test_a_recovery_rule_on_a_terminal_state_is_refused() -> None:
 
 
 def test_a_close_with_that_the_table_does_not_allow_is_refused() -> None:
-    with pytest.raises(ValueError, match="closes with 'job.done', which the table does not allow there"):
+    with pytest.raises(ValueError, match=r"closes with 'job\.done', which the table does not allow there"):
         job_type(recovery={_Q: Recovery(RecoveryAction.ROLL_BACK, "x", "job.done"), _R: Recovery(RecoveryAction.ROLL_BACK, "x")})
-    with pytest.raises(ValueError, match="closes with 'job.gone', not one of its events"):
+    with pytest.raises(ValueError, match=r"closes with 'job\.gone', not one of its events"):
         job_type(recovery={_Q: Recovery(RecoveryAction.ROLL_BACK, "x", "job.gone"), _R: Recovery(RecoveryAction.ROLL_BACK, "x")})
 
 
 def test_a_close_with_event_that_needs_more_than_op_is_refused_at_declaration() -> None:
-    with pytest.raises(ValueError, match="job.stopped"):
+    with pytest.raises(ValueError, match=r"job\.stopped"):
         job_type(
             events=(JobQueued, JobRunning, JobDone, NeedsReason),
             transitions={(_Q, "job.running"): _R, (_R, "job.done"): _D, (_Q, "job.stopped"): _C, (_R, "job.stopped"): _C},
@@ -222,7 +222,7 @@ def test_two_types_declaring_one_event_kind_are_refused() -> None:
     )
     Registry([JOB, job2])  # distinct kinds: fine
     object.__setattr__(job2, "events", (Job2Begun, JobDone))
-    with pytest.raises(ValueError, match="'job.done' is declared by two operation types"):
+    with pytest.raises(ValueError, match=r"'job\.done' is declared by two operation types"):
         Registry([JOB, job2])
 
 

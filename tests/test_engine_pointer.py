@@ -7,10 +7,17 @@ import os
 from typing import Any
 
 import pytest
-from _engine_helpers import SimulatedCrash, commit_checkpoint, crash_at, events_of, flip_bit, journal_records, open_engine, tree
+from _engine_helpers import (
+    SimulatedCrash,
+    commit_checkpoint,
+    dies_at_point,
+    events_of,
+    flip_bit,
+    journal_records,
+    open_engine,
+    tree,
+)
 
-import shipslog.engine._pointer as pointers_mod
-import shipslog.engine._retention as retention_mod
 from shipslog import Engine
 from shipslog.engine import (
     MANIFEST_NAME,
@@ -47,7 +54,7 @@ def test_set_pointer_writes_a_file_naming_the_target(engine: Engine, root: str) 
     intended = next(r.event for r in journal_records(root) if r.event.op == info.op)
     assert (intended.name, intended.old, intended.new) == ("best", None, "checkpoints/step-100")
     assert engine.state.pointers["best"].target == "checkpoints/step-100"
-    assert [n for n in os.listdir(os.path.join(root, "pointers"))] == ["best"], "a temporary file was left behind"
+    assert list(os.listdir(os.path.join(root, "pointers"))) == ["best"], "a temporary file was left behind"
 
 
 def test_moving_a_pointer_records_the_old_target(engine: Engine, root: str) -> None:
@@ -207,25 +214,21 @@ def test_a_pointer_file_that_is_not_a_pointer_does_not_parse(tmp_path: Any) -> N
             read_pointer_file(path)
 
 
-def test_a_pointer_to_a_checkpoint_being_deleted_is_refused(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pointer_to_a_checkpoint_being_deleted_is_refused(engine: Engine, root: str) -> None:
     for step in (1, 2, 3):
         commit_checkpoint(engine, f"c{step}", step=step)
-    monkeypatch.setattr(retention_mod, "crash_point", crash_at("retention.after_intended"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("retention.after_intended"), pytest.raises(SimulatedCrash):
         engine.retain(1)
-    monkeypatch.undo()
     assert "checkpoints/c1" in engine.state.retiring
     err = assert_refused(engine, root, lambda: engine.set_pointer("best", "c1"), ConflictError)
     assert "retention" in str(err)
 
 
-def test_a_second_move_of_a_pointer_in_progress_is_refused(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_move_of_a_pointer_in_progress_is_refused(engine: Engine, root: str) -> None:
     commit_checkpoint(engine, "a", step=1)
     commit_checkpoint(engine, "b", step=2)
-    monkeypatch.setattr(pointers_mod, "crash_point", crash_at("pointer.after_intended"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("pointer.after_intended"), pytest.raises(SimulatedCrash):
         engine.set_pointer("best", "a")
-    monkeypatch.undo()
     (moving,) = engine.state.ops_of("pointer")
     err = assert_refused(engine, root, lambda: engine.set_pointer("best", "b"), ConflictError)
     assert moving.id in str(err)

@@ -19,6 +19,13 @@ from shipslog.engine import (
     ArtifactBegun,
     ArtifactCommitted,
     ArtifactDurable,
+    ConsolidationAborted,
+    ConsolidationAdapterRetired,
+    ConsolidationBegun,
+    ConsolidationCommitted,
+    ConsolidationInstalled,
+    ConsolidationMerged,
+    ConsolidationPointerSet,
     EngineState,
     Event,
     EventRecord,
@@ -47,19 +54,6 @@ from shipslog.engine import (
     SessionCrashed,
     SessionOpened,
     UnknownOperationError,
-    apply,
-)
-from shipslog.engine import (
-    ConsolidationAborted,
-    ConsolidationAdapterRetired,
-    ConsolidationBegun,
-    ConsolidationCommitted,
-    ConsolidationInstalled,
-    ConsolidationMerged,
-    ConsolidationPointerSet,
-)
-from shipslog.journal import UnsupportedFormatError
-from shipslog.engine import (
     WorkerAdopted,
     WorkerDied,
     WorkerExited,
@@ -70,7 +64,9 @@ from shipslog.engine import (
     WorkerStarting,
     WorkerStopped,
     WorkerSupervised,
+    apply,
 )
+from shipslog.journal import UnsupportedFormatError
 
 SESSION = "s1"
 
@@ -246,7 +242,7 @@ def test_an_event_on_a_terminal_operation_is_refused(type_name: str) -> None:
 )
 def test_an_event_on_a_finished_operation_is_refused(kind: str) -> None:
     """What the reducer does today for a terminal op: refuses every non-begin event (without naming the state)."""
-    op_type = TYPES[kind.split(".")[0]]
+    op_type = TYPES[kind.split(".", maxsplit=1)[0]]
     terminal = next(iter(op_type.terminal))
     before = build(path_to(op_type, terminal))
     with pytest.raises(InvalidTransitionError) as info:
@@ -489,7 +485,7 @@ def test_apply_does_not_change_its_input_and_returns_a_new_value() -> None:
 
 
 def test_a_state_restored_from_a_snapshot_folds_like_the_original() -> None:
-    from shipslog.engine._core import decode_state, encode_state
+    from shipslog.engine import decode_state, encode_state
 
     records = [
         rec(1, RunValidated(op="r", data_file="/d", lines=1, size=1, crc32=1)),
@@ -509,7 +505,7 @@ def test_a_state_restored_from_a_snapshot_folds_like_the_original() -> None:
 
 
 def test_a_snapshot_round_trip_keeps_the_state() -> None:
-    from shipslog.engine._core import decode_state, encode_state
+    from shipslog.engine import decode_state, encode_state
 
     reducer = Reducer(Registry())
     reducer.apply_all(scenario())

@@ -7,9 +7,16 @@ import os
 from typing import Any
 
 import pytest
-from _engine_helpers import SimulatedCrash, commit_checkpoint, crash_at, journal_records, kind_of, open_engine, tree
+from _engine_helpers import (
+    SimulatedCrash,
+    commit_checkpoint,
+    dies_at_point,
+    journal_records,
+    kind_of,
+    open_engine,
+    tree,
+)
 
-import shipslog.engine._pointer as pointers_mod
 from shipslog import Engine
 from shipslog.engine import RetentionDeleted, RetentionIntended, plan_retention
 
@@ -87,14 +94,10 @@ def test_a_pointer_target_and_the_newest_are_never_deleted(engine: Engine, root:
     assert os.path.isdir(engine.pointer("best"))
 
 
-def test_a_checkpoint_a_pointer_move_in_progress_names_is_kept(
-    engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_checkpoint_a_pointer_move_in_progress_names_is_kept(engine: Engine, root: str) -> None:
     five(engine)
-    monkeypatch.setattr(pointers_mod, "crash_point", crash_at("pointer.after_intended"))
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("pointer.after_intended"), pytest.raises(SimulatedCrash):
         engine.set_pointer("best", "step-100")
-    monkeypatch.undo()
     plan = engine.retain(1)
     assert "checkpoints/step-100" not in plan.delete
     assert "used by operation" in plan.keep["checkpoints/step-100"]

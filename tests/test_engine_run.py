@@ -12,6 +12,7 @@ from _engine_helpers import commit_checkpoint, events_of, journal_records, open_
 
 from shipslog import Engine
 from shipslog.engine import (
+    MAX_LINE_BYTES,
     ConflictError,
     DataFileError,
     RunFailed,
@@ -158,10 +159,9 @@ def test_progress_below_the_last_step_is_refused(engine: Engine, root: str, tmp_
 
 
 def test_an_exception_in_the_block_fails_the_run_with_its_text(engine: Engine, root: str, tmp_path: Any) -> None:
-    with pytest.raises(ZeroDivisionError):
-        with engine.run(data_file(tmp_path, GOOD)) as run:
-            run.progress(3)
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), engine.run(data_file(tmp_path, GOOD)) as run:
+        run.progress(3)
+        1 / 0  # noqa: B018
     failed = journal_records(root)[-1].event
     assert type(failed).__name__ == "RunFailed" and failed.op == run.op
     assert failed.error.startswith("ZeroDivisionError") and "division by zero" in failed.error
@@ -239,15 +239,16 @@ def test_data_line_nested_just_past_the_limit_is_refused(tmp_path: Any) -> None:
     assert err.line == 2 and "nests more than 64 levels deep" in str(err)
 
 
-def test_overlong_data_line_is_a_data_file_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shipslog.engine._run.MAX_LINE_BYTES", 1024)
-    exactly = b'{"text": "' + b"a" * (1024 - 13) + b'"}\n'  # 1024 bytes with its newline: allowed
-    assert len(exactly) == 1024
+def test_overlong_data_line_is_a_data_file_error(tmp_path: Any) -> None:
+    limit = MAX_LINE_BYTES  # the real limit (64 MiB): the files below are written for real
+    exactly = b'{"text": "' + b"a" * (limit - 13) + b'"}\n'  # the limit with its newline: allowed
+    assert len(exactly) == limit
     assert validate_data_file(data_file(tmp_path, exactly, "ok.jsonl"), ["text"]).lines == 1
-    err = _bad_line(tmp_path, b'{"text": "a"}\n{"text": "' + b"a" * 5000 + b'"}\n{"text": "c"}\n')
-    assert err.line == 2 and "longer than 1024 bytes" in str(err)
-    err = _bad_line(tmp_path, b'{"text": "a"}\n' + b"b" * 5000)  # no newline at all
-    assert err.line == 2 and "longer than 1024 bytes" in str(err)
+    del exactly
+    err = _bad_line(tmp_path, b'{"text": "a"}\n{"text": "' + b"a" * (limit - 12) + b'"}\n{"text": "c"}\n')  # one byte over
+    assert err.line == 2 and f"longer than {limit} bytes" in str(err)
+    err = _bad_line(tmp_path, b'{"text": "a"}\n' + b"b" * (limit + 1))  # no newline at all
+    assert err.line == 2 and f"longer than {limit} bytes" in str(err)
 
 
 def test_nul_byte_in_data_line_is_a_data_file_error(tmp_path: Any) -> None:

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from _engine_helpers import commit_checkpoint, crash, open_engine, write_jsonl
 
-from shipslog.engine import replay
-from shipslog.engine._status import status_of
+from shipslog.engine import replay, status_of
 
 
 @pytest.fixture

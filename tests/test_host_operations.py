@@ -12,7 +12,15 @@ from typing import Any
 
 import host_export_op as export
 import pytest
-from _engine_helpers import SimulatedCrash, crash, crash_at, events_of, journal_records, kind_of, open_engine
+from _engine_helpers import (
+    SimulatedCrash,
+    crash,
+    dies_at_point,
+    events_of,
+    journal_records,
+    kind_of,
+    open_engine,
+)
 
 from shipslog.engine import (
     BUILTIN_OPERATIONS,
@@ -47,12 +55,7 @@ def _slot(root: str, slot: str) -> dict[str, bytes]:
     return found
 
 
-def _die_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
-    monkeypatch.setattr(export, "crash_point", crash_at(point))
-
-
-def _reopen(monkeypatch: pytest.MonkeyPatch, root: str) -> Any:
-    monkeypatch.setattr(export, "crash_point", lambda name: None)
+def _reopen(root: str) -> Any:
     return open_engine(root, operations=OPS)
 
 
@@ -81,11 +84,10 @@ def test_a_second_export_to_a_slot_replaces_it_and_leaves_nothing_aside(root: st
 # -- recovery: planned from the type's declaration, carried out by its executors ---------------------
 
 
-def test_the_planner_names_the_executor_the_host_type_declares(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_planner_names_the_executor_the_host_type_declares(root: str) -> None:
     e = open_engine(root, operations=OPS)
     _models(e)
-    _die_at(monkeypatch, "export.after_copied")
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("export.after_copied"), pytest.raises(SimulatedCrash):
         export.export_model(e, "m1", "prod")
     state, registry = e.state, e.registry
     crash(e)
@@ -93,16 +95,15 @@ def test_the_planner_names_the_executor_the_host_type_declares(root: str, monkey
     assert [(a.kind, a.state) for a in actions] == [("export.roll-forward", "copied")]
 
 
-def test_cut_off_after_copied_rolls_forward_to_the_new_copy(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cut_off_after_copied_rolls_forward_to_the_new_copy(root: str) -> None:
     e = open_engine(root, operations=OPS)
     _models(e)
     export.export_model(e, "m1", "prod")
-    _die_at(monkeypatch, "export.after_old_moved")
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("export.after_old_moved"), pytest.raises(SimulatedCrash):
         export.export_model(e, "m2", "prod")
     crash(e)
     assert not os.path.exists(os.path.join(root, "serving", "prod"))  # the slot is empty at the crash
-    with _reopen(monkeypatch, root) as again:
+    with _reopen(root) as again:
         assert again.state.ops_of("export") == []
         steps = [r.event for r in journal_records(root, OPS) if isinstance(r.event, RecoveryStep)]
         assert [s.action for s in steps] == ["export.roll-forward"]
@@ -110,49 +111,46 @@ def test_cut_off_after_copied_rolls_forward_to_the_new_copy(root: str, monkeypat
     assert sorted(os.listdir(os.path.join(root, "serving"))) == ["prod"]
 
 
-def test_cut_off_while_copying_rolls_back_and_keeps_the_old_copy(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cut_off_while_copying_rolls_back_and_keeps_the_old_copy(root: str) -> None:
     e = open_engine(root, operations=OPS)
     _models(e)
     export.export_model(e, "m1", "prod")
-    _die_at(monkeypatch, "export.after_file")
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("export.after_file"), pytest.raises(SimulatedCrash):
         export.export_model(e, "m2", "prod")
     crash(e)
-    with _reopen(monkeypatch, root) as again:
+    with _reopen(root) as again:
         op = again.recovery.results[-1].action.target
     assert events_of(root, op) == ["export.begun", "export.aborted"]
     assert _slot(root, "prod")["weights.bin"] == b"one" * 300
     assert sorted(os.listdir(os.path.join(root, "serving"))) == ["prod"]
 
 
-def test_a_staged_copy_that_does_not_verify_is_not_published_and_the_old_copy_stays(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_staged_copy_that_does_not_verify_is_not_published_and_the_old_copy_stays(root: str) -> None:
     e = open_engine(root, operations=OPS)
     _models(e)
     export.export_model(e, "m1", "prod")
-    _die_at(monkeypatch, "export.after_copied")
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("export.after_copied"), pytest.raises(SimulatedCrash):
         export.export_model(e, "m2", "prod")
     op = e.state.ops_of("export")[0].id
     crash(e)
     with open(os.path.join(root, *export.staging_of(op).split("/"), "weights.bin"), "r+b") as f:
         f.write(b"X")  # a bit of the staged copy went bad
-    with _reopen(monkeypatch, root):
+    with _reopen(root):
         pass
     assert events_of(root, op)[-1] == "export.aborted"
     assert _slot(root, "prod")["weights.bin"] == b"one" * 300
 
 
-def test_cut_off_after_published_removes_the_old_copy_and_commits(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cut_off_after_published_removes_the_old_copy_and_commits(root: str) -> None:
     e = open_engine(root, operations=OPS)
     _models(e)
     export.export_model(e, "m1", "prod")
-    _die_at(monkeypatch, "export.after_published")
-    with pytest.raises(SimulatedCrash):
+    with dies_at_point("export.after_published"), pytest.raises(SimulatedCrash):
         export.export_model(e, "m2", "prod")
     op = e.state.ops_of("export")[0].id
     crash(e)
     assert os.path.isdir(os.path.join(root, *export.old_of(op).split("/")))
-    with _reopen(monkeypatch, root):
+    with _reopen(root):
         pass
     assert events_of(root, op)[-1] == "export.committed"
     assert sorted(os.listdir(os.path.join(root, "serving"))) == ["prod"]
@@ -179,21 +177,21 @@ class _End(Event, tag="t.end"):
 
 
 def _t(**over: Any) -> OperationType:
-    spec: dict[str, Any] = dict(
-        name="t",
-        states=_S,
-        events=(_Go, _Tick, _End),
-        begins={"t.go": _S.A},
-        transitions={(_S.A, "t.tick"): _S.A, (_S.A, "t.end"): _S.B},
-        terminal=frozenset({_S.B}),
-        recovery={_S.A: Recovery(RecoveryAction.ROLL_BACK, "x", "t.end")},
-    )
+    spec: dict[str, Any] = {
+        "name": "t",
+        "states": _S,
+        "events": (_Go, _Tick, _End),
+        "begins": {"t.go": _S.A},
+        "transitions": {(_S.A, "t.tick"): _S.A, (_S.A, "t.end"): _S.B},
+        "terminal": frozenset({_S.B}),
+        "recovery": {_S.A: Recovery(RecoveryAction.ROLL_BACK, "x", "t.end")},
+    }
     spec.update(over)
     return OperationType(**spec)
 
 
 def test_a_rule_with_both_a_closing_event_and_an_executor_is_refused() -> None:
-    with pytest.raises(ValueError, match="both closes with 't.end' and has an executor"):
+    with pytest.raises(ValueError, match=r"both closes with 't\.end' and has an executor"):
         _t(recovery={_S.A: Recovery(RecoveryAction.ROLL_BACK, "x", "t.end", execute=lambda ctx, op: "")})
 
 
@@ -203,7 +201,7 @@ def test_close_fields_without_a_closing_event_is_refused() -> None:
 
 
 def test_grows_must_name_a_self_loop_and_a_field_of_the_event() -> None:
-    with pytest.raises(ValueError, match="field 'step' of 't.tick'"):
+    with pytest.raises(ValueError, match=r"field 'step' of 't\.tick'"):
         _t(grows={"t.tick": "step"})
     with pytest.raises(ValueError, match="only a self-loop folds"):
         _t(grows={"t.end": "op"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ import shipslog.journal
 @pytest.mark.parametrize("module", ["shipslog", "shipslog.journal", "shipslog.engine", "shipslog.recovery", "shipslog.tools"])
 def test_importing_does_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
 
 
 @pytest.mark.subprocess
@@ -32,14 +33,20 @@ def test_importing_does_not_import_rich(module: str) -> None:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _imports(packages: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+_DOTTED = re.compile(r"shipslog(?:\.[A-Za-z_]\w*)+(?::[\w.]+)?")
+"""A string that names a shipslog module or an object in one: ``monkeypatch.setattr("shipslog.x.y.NAME", ...)``,
+``importlib.import_module("shipslog.x")``, a worker target ``"shipslog.x:function"``."""
+
+
+def _imports(packages: Iterable[str], *, strings: bool = False) -> Iterator[tuple[str, str, str]]:
     """Every absolute import of every module of ``packages``: (file relative to the repo, its package, the dotted name).
 
-    ``from shipslog import X`` yields ``shipslog`` and ``shipslog.X`` (X may be a private module of the front door).
+    ``from shipslog.X import Y`` yields ``shipslog.X`` and ``shipslog.X.Y`` (Y may be a private module or name);
+    with ``strings``, every string constant that is a dotted ``shipslog.*`` name (:data:`_DOTTED`) counts too.
     """
     for package in packages:
         for dirpath, _dirs, files in os.walk(os.path.join(REPO, package)):
-            for name in (f for f in files if f.endswith(".py")):
+            for name in sorted(f for f in files if f.endswith(".py")):
                 path = os.path.join(dirpath, name)
                 with open(path, encoding="utf-8") as f:
                     tree = ast.parse(f.read(), path)
@@ -48,7 +55,10 @@ def _imports(packages: Iterable[str]) -> Iterator[tuple[str, str, str]]:
                     if isinstance(node, ast.Import):
                         names = [a.name for a in node.names]
                     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "shipslog"]
+                        top = node.module.split(".")[0]
+                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if top == "shipslog"]
+                    elif strings and isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.fullmatch(node.value):
+                        names = [node.value.partition(":")[0]]
                     else:
                         continue
                     yield from ((rel, package, n) for n in names)
@@ -109,3 +119,18 @@ def test_packages_talk_through_their_public_init_only_and_never_upward() -> None
             upward.append(f"{path}: {dotted} ({package} may not import {target})")
     assert private == [], "imports of another package's private modules"
     assert upward == [], "imports against the layering journal <- engine <- gpu, recovery <- shipslog <- tools"
+
+
+def _is_private(dotted: str) -> bool:
+    """Whether a ``shipslog.*`` name reaches past a package's ``__init__``: a part after ``shipslog`` that starts
+    with ``_`` (``shipslog.engine._core``, ``shipslog.engine._core.X``, ``shipslog._engine``), dunders aside."""
+    parts = dotted.split(".")
+    return parts[0] == "shipslog" and any(p.startswith("_") and not (p.startswith("__") and p.endswith("__")) for p in parts[1:])
+
+
+def test_tests_talk_to_the_packages_through_their_public_init_only() -> None:
+    """The tests use each package as a user does: through its ``__init__`` (a name a test needs is exported there
+    when a user could need it too).  Every .py file under tests/ counts, helpers and tests/gpu included; so do
+    dotted strings, which monkeypatch and importlib resolve as imports."""
+    private = sorted({f"{path}: {dotted}" for path, _pkg, dotted in _imports(("tests",), strings=True) if _is_private(dotted)})
+    assert not private, "tests that import a private module (or name) of a shipslog package:\n" + "\n".join(private)

@@ -137,7 +137,7 @@ def test_group_commit_shares_one_write_and_one_fsync(root: str) -> None:
     for t in followers:
         t.start()
     deadline = time.monotonic() + 30
-    while len(j._queue) < 7:  # noqa: SLF001 - waiting for the followers to queue is the point
+    while len(j._queue) < 7:
         assert time.monotonic() < deadline
         time.sleep(0.001)
     before = fs.count("fdatasync")
@@ -232,13 +232,12 @@ def test_snapshot_with_a_bad_checksum_falls_back_to_the_older_one(
     with open(newest, "r+b") as f:
         f.seek(-6, os.SEEK_END)
         f.write(b"\x00")
-    with caplog.at_level(logging.WARNING, logger="shipslog.journal"):
-        with Journal.open(root) as j:
-            assert j.snapshot is not None and j.snapshot.seq == 10
-            assert j.snapshot.payload == b"at-10"
-            assert [p for p, _ in j.report.skipped_snapshots] == [newest]
-            assert "checksum mismatch" in j.report.skipped_snapshots[0][1]
-            assert [r.seq for r in j.records()] == list(range(1, 31))
+    with caplog.at_level(logging.WARNING, logger="shipslog.journal"), Journal.open(root) as j:
+        assert j.snapshot is not None and j.snapshot.seq == 10
+        assert j.snapshot.payload == b"at-10"
+        assert [p for p, _ in j.report.skipped_snapshots] == [newest]
+        assert "checksum mismatch" in j.report.skipped_snapshots[0][1]
+        assert [r.seq for r in j.records()] == list(range(1, 31))
     assert any("ignoring snapshot" in m and newest in m for m in caplog.messages)
     assert os.path.exists(newest), "a damaged snapshot is reported, not deleted"
 
@@ -282,7 +281,7 @@ def test_a_leader_writes_the_capped_batches_queued_before_its_own(root: str) -> 
     for k, t in enumerate(queued):
         t.start()
         deadline = time.monotonic() + 30
-        while len(j._queue) < k + 1:  # noqa: SLF001 - the queue order is what this test sets up
+        while len(j._queue) < k + 1:
             assert time.monotonic() < deadline
             time.sleep(0.001)
     fs.release.set()

@@ -62,7 +62,7 @@ def _assert_torn_tail_repaired(root: str, path: str, offset: int, damaged: int) 
     with Journal.open(root) as j:
         assert j.report.tail_repair is None
         assert [r.seq for r in j.records()] == list(range(1, N + 1))
-        assert event_index(list(j.records(N))[0].event) == 99
+        assert event_index(next(iter(j.records(N))).event) == 99
 
 
 @pytest.mark.parametrize("preallocate", [True, False])
@@ -179,7 +179,7 @@ def _three_segments(root: str) -> list[str]:
 
 
 def test_missing_segment_between_two_others(root: str) -> None:
-    first, middle, last = _three_segments(root)
+    _first, middle, last = _three_segments(root)
     os.unlink(middle)
     with pytest.raises(CorruptJournalError) as info:
         Journal.open(root, segment_bytes=512)
@@ -189,7 +189,7 @@ def test_missing_segment_between_two_others(root: str) -> None:
     with pytest.raises(CorruptJournalError):
         for record in JournalReader(os.path.join(root, "journal")).records():
             served.append(record.seq)
-    assert served == [r for r in range(1, len(served) + 1)]
+    assert served == list(range(1, len(served) + 1))
     assert served, "records of the first segment are served before the error"
 
 

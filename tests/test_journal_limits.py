@@ -15,10 +15,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from _helpers import frames, segments
+from _helpers import crafted_damage, frames, segments
 
 from shipslog.journal import MAX_RECORDS_PER_FRAME, CorruptJournalError, Journal, JournalReader
-from shipslog.tools._bench_journal import crafted_damage
 
 _FRAME = struct.Struct("<II")
 

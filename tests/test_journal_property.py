@@ -54,17 +54,15 @@ def _check(plan: list[list[int]], fraction: float, mode: str, preallocate: bool)
             next_seq = j.append(event(10_000)).seq
         assert got == acknowledged[: len(got)], "a prefix of what was acknowledged"
         assert seqs == list(range(1, len(got) + 1))
-        frames_kept = 0
         count = kept_before
-        for sizes in _frames_of_last_segment(plan, kept_before):
+        for frames_kept, sizes in enumerate(_frames_of_last_segment(plan, kept_before)):
             if frames_kept == whole:
                 break
             count += sizes
-            frames_kept += 1
         assert len(got) >= count, "every frame wholly before the cut survives"
         assert next_seq == len(got) + 1
         with Journal.open(root, fsync=False, segment_bytes=SEGMENT_BYTES) as j:
-            assert [event_index(r.event) for r in j.records()] == got + [10_000]
+            assert [event_index(r.event) for r in j.records()] == [*got, 10000]
     finally:
         shutil.rmtree(base)
 

@@ -16,7 +16,7 @@ def _example() -> str:
     with open(README, encoding="utf-8") as f:
         text = f.read()
     section = text[text.index("## Embedding the engine"):]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, "the README lost its embedding example"
     return match.group(1)
 

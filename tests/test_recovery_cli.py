@@ -19,8 +19,9 @@ from _engine_helpers import (
     truncate,
 )
 from _helpers import frames, segments
-from shipslog.tools import main
 from test_recovery_faults import left_durable
+
+from shipslog.tools import main
 
 
 def everything(root: str) -> dict[str, Any]:

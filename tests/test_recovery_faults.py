@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import shipslog.journal._fs as fs_mod
 from _engine_helpers import (
     SimulatedCrash,
     commit_checkpoint,
@@ -25,11 +24,11 @@ from _engine_helpers import (
 )
 from _helpers import frames, segments
 from _recovery_helpers import DyingFileSystem, dies_at, drop, open_with
+
+from shipslog import Engine
 from shipslog.engine import FileEntry, RecoveryDone, replay
 from shipslog.journal import CorruptJournalError
 from shipslog.recovery import check_invariants, list_root, plan
-
-from shipslog import Engine
 
 
 def recovered_cleanly(e: Engine) -> None:
@@ -284,7 +283,7 @@ def test_a_full_disk_while_recovery_writes_loses_nothing_and_a_later_open_recove
         with open(pointer_file, "rb") as f:
             old_pointer = f.read()
     before = journal_records(root)
-    monkeypatch.setattr(fs_mod.os, call, _enospc(getattr(os, call), after=2 if call == "pwrite" else 0))
+    monkeypatch.setattr(os, call, _enospc(getattr(os, call), after=2 if call == "pwrite" else 0))
     with pytest.raises(OSError) as info:
         open_engine(root)
     assert info.value.errno == errno.ENOSPC
@@ -313,7 +312,7 @@ def test_a_full_disk_while_recovery_writes_loses_nothing_and_a_later_open_recove
 def test_a_full_disk_while_taking_the_lock_leaves_the_root_unlocked(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_engine(root):
         pass
-    monkeypatch.setattr(fs_mod.os, "pwrite", _enospc(os.pwrite))
+    monkeypatch.setattr(os, "pwrite", _enospc(os.pwrite))
     with pytest.raises(OSError) as info:
         open_engine(root)
     assert info.value.errno == errno.ENOSPC
@@ -362,7 +361,7 @@ def test_a_crc_is_what_catches_the_corruption(root: str) -> None:
         data = f.read()
     length = int.from_bytes(data[offset : offset + 4], "little")
     assert zlib.crc32(data[offset + 8 : offset + 8 + length]) != 0  # the frame still parses; only its checksum is wrong
-    with pytest.raises(CorruptJournalError, match="crc|checksum|CRC"):
+    with pytest.raises(CorruptJournalError, match=r"crc|checksum|CRC"):
         replay(root)
 
 

@@ -20,11 +20,11 @@ from _recovery_helpers import DyingFileSystem, dies_at, drop
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from shipslog import Engine
 from shipslog.engine import RetentionIntended, verify_folder
 from shipslog.journal import registered_crash_points
 from shipslog.recovery import check_invariants
-
-from shipslog import Engine
 
 _PREFIXES = ("journal.", "checkpoint.", "pointer.", "retention.", "run.", "session.", "recovery.")
 POINTS = sorted(p for p in registered_crash_points() if p.startswith(_PREFIXES))

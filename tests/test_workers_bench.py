@@ -9,13 +9,13 @@ import pytest
 from _workers_helpers import no_stray_children  # noqa: F401 - a fixture
 
 from shipslog.tools import main
-from shipslog.tools._bench_workers import run_workers_bench
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.usefixtures("no_stray_children")]
 
 
-def test_a_short_run_reports_every_figure(tmp_path: Any) -> None:
-    result = run_workers_bench(str(tmp_path), rounds=2)
+def test_a_short_run_reports_every_figure(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "workers", "--json", "--dir", str(tmp_path), "--rounds", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
     for key in ("detect_death_ms", "restart_ms", "backoff_ms", "restart_overhead_ms"):
         assert result[key] >= 0
     assert result["restart_ms"] >= result["backoff_ms"] > 0

@@ -10,6 +10,9 @@ from _workers_helpers import sleep_forever
 
 from shipslog.engine import (
     BUILTIN_OPERATIONS,
+    MAX_SPEC_COMMAND_BYTES,
+    MAX_SPEC_ITEMS,
+    MAX_SPEC_STRING_BYTES,
     WORKER,
     EngineError,
     OpRecord,
@@ -26,7 +29,6 @@ from shipslog.engine import (
     probe_worker,
     settle_worker_event,
 )
-from shipslog.engine._workers import _spec as supervisor_module
 
 # -- configuration -----------------------------------------------------------------------------------
 
@@ -258,24 +260,24 @@ def test_unencodable_string_is_refused() -> None:
 
 
 def test_overlong_string_is_refused() -> None:
-    big = "a" * (supervisor_module.MAX_SPEC_STRING_BYTES + 1)
+    big = "a" * (MAX_SPEC_STRING_BYTES + 1)
     message = _refused({"name": "w", "argv": ["x", big]})
-    assert "WorkerSpec.argv[1]" in message and f"at most {supervisor_module.MAX_SPEC_STRING_BYTES} bytes" in message
+    assert "WorkerSpec.argv[1]" in message and f"at most {MAX_SPEC_STRING_BYTES} bytes" in message
     assert len(message) < 1000
-    multibyte = "é" * (supervisor_module.MAX_SPEC_STRING_BYTES // 2 + 1)  # under the limit in characters, over it in bytes
+    multibyte = "é" * (MAX_SPEC_STRING_BYTES // 2 + 1)  # under the limit in characters, over it in bytes
     assert "WorkerSpec.env['X']" in _refused({"name": "w", "argv": ["x"], "env": {"X": multibyte}})
 
 
 def test_too_many_argv_items_or_env_entries_are_refused() -> None:
-    many = supervisor_module.MAX_SPEC_ITEMS + 1
-    assert f"at most {supervisor_module.MAX_SPEC_ITEMS} items" in _refused({"name": "w", "argv": ["x"] * many})
+    many = MAX_SPEC_ITEMS + 1
+    assert f"at most {MAX_SPEC_ITEMS} items" in _refused({"name": "w", "argv": ["x"] * many})
     env = {f"V{i}": "1" for i in range(many)}
-    assert f"at most {supervisor_module.MAX_SPEC_ITEMS} variables" in _refused({"name": "w", "argv": ["x"], "env": env})
+    assert f"at most {MAX_SPEC_ITEMS} variables" in _refused({"name": "w", "argv": ["x"], "env": env})
 
 
 def test_too_large_command_line_in_all_is_refused() -> None:
     chunk = "a" * 60_000
-    count = supervisor_module.MAX_SPEC_COMMAND_BYTES // len(chunk) + 1
+    count = MAX_SPEC_COMMAND_BYTES // len(chunk) + 1
     assert "in all" in _refused({"name": "w", "argv": ["x"], "env": {f"V{i}": chunk for i in range(count)}})
 
 

@@ -5,8 +5,91 @@ The entry point is :func:`main`, installed as the ``shipslog`` script and run by
 :mod:`shipslog.tools._cli`; the work behind it lives in a module of its own
 (``shipslog bench journal`` in :mod:`shipslog.tools._bench_journal`), which
 logs with :mod:`logging` and returns data for the command line to print.
+
+Besides :func:`main`, this package exports what the commands are built from,
+for scripts (and tests) that drive them without parsing their output: the exit
+codes and the argument parser; read-only views of a root (:func:`open_view`,
+which takes no lock and writes nothing); loading a host's ``--operations``
+module; the output helpers (:class:`Printer`, :func:`plain_table`,
+:func:`printable`: rich on a terminal, plain columns elsewhere, control
+characters escaped); the demo (:func:`run_demo`) and its loader worker; and the
+crash harness's workload helpers.  The demo and the harness are imported on
+first use, so a command such as ``shipslog status`` does not load them.
 """
 
-from ._cli import main
+from __future__ import annotations
 
-__all__ = ["main"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._cli import EXIT_CODES, build_parser, main
+from ._inspect import NotARootError, RootView, UnreadableRootError, open_view
+from ._operations_module import (
+    OperationsModuleError,
+    load_operations,
+    load_operations_module,
+    operation_types,
+)
+from ._render import ByteProgress, Printer, event_style, plain_table, printable, use_rich
+
+if TYPE_CHECKING:
+    from ._demo import DemoError, make_inbox, run_demo
+    from ._demo_host import DemoDataError, prepare_inbox
+    from ._torture import kill_orphans, workload_processes
+    from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
+
+_LAZY = {
+    "DemoDataError": "._demo_host",
+    "DemoError": "._demo",
+    "WORKLOAD_OPS": "._workload",
+    "WORKLOAD_ROOT_ENV": "._workload",
+    "kill_orphans": "._torture",
+    "make_inbox": "._demo",
+    "parse_ops": "._workload",
+    "points_for_ops": "._workload",
+    "prepare_inbox": "._demo_host",
+    "run_demo": "._demo",
+    "workload_processes": "._torture",
+}
+"""Exported names imported on first use (PEP 562), and the module each comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "EXIT_CODES",
+    "WORKLOAD_OPS",
+    "WORKLOAD_ROOT_ENV",
+    "ByteProgress",
+    "DemoDataError",
+    "DemoError",
+    "NotARootError",
+    "OperationsModuleError",
+    "Printer",
+    "RootView",
+    "UnreadableRootError",
+    "build_parser",
+    "event_style",
+    "kill_orphans",
+    "load_operations",
+    "load_operations_module",
+    "main",
+    "make_inbox",
+    "open_view",
+    "operation_types",
+    "parse_ops",
+    "plain_table",
+    "points_for_ops",
+    "prepare_inbox",
+    "printable",
+    "run_demo",
+    "use_rich",
+    "workload_processes",
+]

@@ -29,14 +29,15 @@ import logging
 import os
 import shutil
 import sqlite3
-import tempfile
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
 from shipslog.journal import HEADER_SIZE, JOURNAL_DIR, CorruptJournalError, Journal, JournalReader
 
 __all__ = ["DAMAGE_SCAN_MAX_RATIO", "EVENT_BYTES", "REPLAY_TARGET_PER_S", "TARGETS", "crafted_damage", "make_event", "run_journal_bench"]
@@ -234,7 +235,7 @@ def _bench_damage_scan(root: str, size: int, repeats: int = 3) -> float:
     """Median seconds to read a journal whose last frame is followed by :func:`crafted_damage` of ``size`` bytes."""
     with Journal.open(root, fsync=False, segment_bytes=max(4 << 20, 2 * size)) as journal:
         journal.append(make_event(0))
-        segment = os.path.join(root, JOURNAL_DIR, sorted(os.listdir(os.path.join(root, JOURNAL_DIR)))[-1])
+        segment = os.path.join(root, JOURNAL_DIR, max(os.listdir(os.path.join(root, JOURNAL_DIR))))
     with open(segment, "r+b") as f:
         data = f.read()
         off = HEADER_SIZE

@@ -29,7 +29,14 @@ import time
 from typing import Any
 
 from shipslog import Engine
-from shipslog.engine import EventRecord, Supervisor, WorkerDied, WorkerSpec, WorkerStarted, WorkerStarting
+from shipslog.engine import (
+    EventRecord,
+    Supervisor,
+    WorkerDied,
+    WorkerSpec,
+    WorkerStarted,
+    WorkerStarting,
+)
 
 __all__ = ["BACKOFF_S", "run_workers_bench"]
 
@@ -86,13 +93,17 @@ def run_workers_bench(directory: str, *, rounds: int = 20) -> dict[str, Any]:
                     if status.pid is None or status.op is None:
                         raise RuntimeError(f"round {n}: the worker is not running ({status.health.value})")
                     old = status.op
+
+                    def replaced(old: str = old) -> bool:
+                        return old in died and bool(starting) and starting[-1].op in started
+
                     time.sleep(0.01)  # longer than the restart window: every kill is a first restart
                     with changed:
                         starting.clear()
                     t0 = time.perf_counter()
                     os.kill(status.pid, signal.SIGKILL)
                     with changed:
-                        if not changed.wait_for(lambda old=old: old in died and bool(starting) and starting[-1].op in started, _WAIT_S):
+                        if not changed.wait_for(replaced, _WAIT_S):
                             raise TimeoutError(f"round {n}: no replacement journaled within {_WAIT_S} s")
                         replacement = starting[-1]
                         detect.append((died[old] - t0) * 1000)

@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         "workload(engine, ack) and optionally check(engine, acks); its types' crash points (and the journal's and "
         "recovery's) count",
     )
+    torture.add_argument(
+        "--power-loss",
+        action="store_true",
+        help="instead of killing the process, cut the power: run the workload on a crash-image file system and "
+        "recover every state a power cut can leave at and between its durability points",
+    )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
     torture.add_argument(
         "--quick",
@@ -328,9 +334,8 @@ def _format_bench_journal(result: dict[str, Any]) -> str:
         f"  {'measure':<30} {'per second':>12}",
     ]
     for label, key in _RATE_ROWS:
-        if key == "group_commit_per_s":
-            label = f"{label} ({result['group_commit_threads']} threads)"
-        lines.append(f"  {label:<30} {result[key]:>12,}")
+        shown = f"{label} ({result['group_commit_threads']} threads)" if key == "group_commit_per_s" else label
+        lines.append(f"  {shown:<30} {result[key]:>12,}")
     lines += ["", f"  {'target':<30} {'value':>12}   {'wanted':<12} result"]
     ratios, targets = result["ratios"], result["targets"]
     for label, ratio_key, target_key, wanted in _TARGET_ROWS:
@@ -503,6 +508,24 @@ def _format_torture(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _format_power_loss(result: dict[str, Any]) -> str:
+    """The readable summary of a ``run_power_loss`` result."""
+    head = (
+        f"shipslog torture --power-loss ({'quick' if result['quick'] else 'full'}, ops {','.join(result['ops'])}, "
+        f"seed {result['seed']}): {result['crash_states']} crash state(s) from {result['boundaries']} durability point(s), "
+        f"{result['recovery_crash_states']} of them during recovery; {result['recovered']} needed recovery; "
+        f"{result['seconds']} s"
+    )
+    lines = [head]
+    for key in ("violations", "acknowledged_lost", "refused"):
+        found = result[key]
+        lines.append(f"{key.replace('_', ' ')}: {len(found) or 'none'}")
+        lines.extend(f"  {item['image']}: {item.get('invariant', 'open')}: {item['message']}" for item in found[:50])
+        if len(found) > 50:
+            lines.append(f"  ... and {len(found) - 50} more (--json lists them all)")
+    return "\n".join(lines)
+
+
 def _cmd_torture(args: argparse.Namespace) -> int:
     """``shipslog torture``: the crash harness; exit 1 when any violation (or uncovered point) is found."""
     from ._torture import run_torture
@@ -510,6 +533,8 @@ def _cmd_torture(args: argparse.Namespace) -> int:
 
     if args.operations is not None and args.ops is not None:
         args.parser.error("--ops chooses built-in operations and --operations a host module's; give one of them")
+    if args.power_loss and args.operations is not None:
+        args.parser.error("--power-loss runs the built-in workload; --operations is not supported with it yet")
     try:
         ops = parse_ops(args.ops) if args.operations is None else None
     except ValueError as exc:
@@ -519,6 +544,13 @@ def _cmd_torture(args: argparse.Namespace) -> int:
     if args.dir is not None and not os.path.isdir(args.dir):
         args.parser.error(f"--dir {args.dir!r} is not a folder")
     log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
+    if args.power_loss:
+        from ._powerloss import run_power_loss
+
+        result = run_power_loss(ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log)
+        _write_result(args, result, _format_power_loss)
+        failed = result["violations"] or result["acknowledged_lost"] or result["refused"]
+        return EXIT_VIOLATIONS if failed else EXIT_OK
     result = run_torture(
         ops=ops, seed=args.seed, quick=args.quick, workdir=args.dir, jobs=args.jobs, keep=args.keep, log=log, operations=args.operations
     )

@@ -26,7 +26,15 @@ from shipslog.engine import Registry, probe_worker, worker_incarnations
 from shipslog.journal import CorruptJournalError, ShipslogError
 
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
-from ._inspect import RootView, event_fields, event_kind, format_time, open_records, open_view, reading
+from ._inspect import (
+    RootView,
+    event_fields,
+    event_kind,
+    format_time,
+    open_records,
+    open_view,
+    reading,
+)
 from ._operations_module import OPERATIONS_HELP, load_operations
 from ._render import ByteProgress, Printer, event_style, printable
 
@@ -373,7 +381,7 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     from ._cli import _positive_int as positive_int
 
     def command(name: str, help_text: str, func: Any, *, root: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, parents=[sub_flags], help=help_text, description=help_text)
+        p: argparse.ArgumentParser = commands.add_parser(name, parents=[sub_flags], help=help_text, description=help_text)
         if root:
             p.add_argument("root", metavar="ROOT", help="the host root (the folder an Engine was opened on)")
             p.add_argument("--operations", metavar="MODULE", default=None, help=OPERATIONS_HELP)

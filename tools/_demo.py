@@ -206,8 +206,8 @@ def run_demo(
     :class:`DemoError` when the host fails other than by the armed crash.
     """
     import shipslog
-    import shipslog.gpu  # noqa: F401  (registers nothing, but fails early without torch)
-    import shipslog.recovery  # noqa: F401  (registers the recovery crash points)
+    import shipslog.gpu  # registers nothing, but fails early without torch
+    import shipslog.recovery  # registers the recovery crash points
     from shipslog.recovery import list_root, plan
 
     point = crash_at or DEFAULT_CRASH_AT

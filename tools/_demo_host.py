@@ -375,7 +375,7 @@ def train(folder: str) -> int:
                         while step < target:
                             optimizer.zero_grad()
                             loss = torch.nn.functional.mse_loss(model(x), y)
-                            loss.backward()
+                            torch.autograd.backward(loss)  # loss.backward(), which is untyped
                             optimizer.step()
                             step += 1
                             losses.write(f"{step}\t{loss.item():.6f}\t{os.getpid()}\n")

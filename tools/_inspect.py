@@ -26,7 +26,17 @@ from typing import Any
 
 import msgspec
 import psutil
-from shipslog.engine import EngineState, LoadedState, RawEvent, Registry, Status, check_root_folders, load_state, status_of
+
+from shipslog.engine import (
+    EngineState,
+    LoadedState,
+    RawEvent,
+    Registry,
+    Status,
+    check_root_folders,
+    load_state,
+    status_of,
+)
 from shipslog.journal import (
     JOURNAL_DIR,
     CorruptRecordError,
@@ -254,4 +264,4 @@ def open_records(root: str, *, registry: Registry | None = None) -> RootView:
 
 def format_time(t: float) -> str:
     """A record time as local ISO-8601 with milliseconds."""
-    return datetime.datetime.fromtimestamp(t).isoformat(timespec="milliseconds")
+    return datetime.datetime.fromtimestamp(t).isoformat(timespec="milliseconds")  # noqa: DTZ006 - local wall-clock time for a reader, shown without an offset

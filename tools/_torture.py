@@ -66,7 +66,14 @@ from shipslog.journal import (
     JournalReader,
 )
 
-from ._workload import ALWAYS_PREFIXES, ENGINE_OPTIONS, WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
+from ._workload import (
+    ALWAYS_PREFIXES,
+    ENGINE_OPTIONS,
+    WORKLOAD_OPS,
+    WORKLOAD_ROOT_ENV,
+    parse_ops,
+    points_for_ops,
+)
 
 __all__ = ["TortureResult", "check_root", "kill_orphans", "run_torture", "workload_processes"]
 
@@ -137,7 +144,7 @@ def _acked_problems(root: str, state: Any, acks: list[dict[str, Any]], reg: Any)
             for path in ack["paths"]:
                 folder, _, name = path.partition("/")
                 table = state.checkpoints if folder == "checkpoints" else state.models
-                if name in table and table[name].path == path or os.path.lexists(os.path.join(root, *path.split("/"))):
+                if (name in table and table[name].path == path) or os.path.lexists(os.path.join(root, *path.split("/"))):
                     found.append({"invariant": "no-acked-loss", "message": f"{path} was deleted by an acknowledged retention and is back"})
     return found
 
@@ -164,27 +171,36 @@ def _worker_problems(before: Any, after: Any, session: str) -> list[str]:
     return found
 
 
-def check_root(root: str, *, acks: str | None = None, mark: str | None = None, operations: str | None = None) -> dict[str, Any]:
+def check_root(
+    root: str,
+    *,
+    acks: str | None = None,
+    mark: str | None = None,
+    operations: str | None = None,
+    acked: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Open ``root`` (recovery runs), check every invariant, close, open again and check nothing is left to do.
 
     ``mark`` names the crash trace file: a line is appended to it when the
     first open has returned, so the harness can tell recovery's crash points
     from the rest.  ``operations`` names a host module (``--operations``):
     its types are registered and its ``check(engine, acks)`` (when defined)
-    reports problems as violations of invariant ``host-check``.  Returns
-    ``{"violations": [...], "recovered": [...]}``.
+    reports problems as violations of invariant ``host-check``.  ``acked``
+    (instead of the ``acks`` file) lists the acknowledged results to check.
+    Returns ``{"violations": [...], "recovered": [...], "outcomes": [...]}``
+    (``outcomes``: what each recovery action did).
     """
+    from shipslog import Engine
     from shipslog.engine import Registry, replay
     from shipslog.recovery import check_invariants
-
-    from shipslog import Engine
 
     from ._workload import host_operations
 
     out: list[dict[str, str]] = []
     module, types = host_operations(operations) if operations else (None, ())
     registry = Registry(types)
-    acked = _read_acks(acks)
+    if acked is None:
+        acked = _read_acks(acks)
 
     def add(invariant: str, message: str) -> None:
         out.append({"invariant": invariant, "message": message})
@@ -197,7 +213,7 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None, o
         e = Engine.open(root, operations=types, **ENGINE_OPTIONS)
     except Exception as exc:  # noqa: BLE001  (any failure to recover is the finding)
         add("open", f"the first open after the crash failed: {type(exc).__name__}: {exc}")
-        return {"violations": out, "recovered": []}
+        return {"violations": out, "recovered": [], "outcomes": []}
     if mark:
         with open(mark, "a", encoding="utf-8") as f:
             f.write(_OPENED_MARK + "\n")
@@ -226,7 +242,7 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None, o
         again = Engine.open(root, operations=types, **ENGINE_OPTIONS)
     except Exception as exc:  # noqa: BLE001
         add("recovery-idempotent", f"the second open failed: {type(exc).__name__}: {exc}")
-        return {"violations": out, "recovered": report.found}
+        return {"violations": out, "recovered": report.found, "outcomes": [r.outcome for r in report.results]}
     try:
         if again.recovery.found:
             add("recovery-idempotent", f"a second open still recovered: {again.recovery.found}")
@@ -246,7 +262,7 @@ def check_root(root: str, *, acks: str | None = None, mark: str | None = None, o
         again.close()
     if replay(root, registry=registry) != again.state:
         add("replay", "a read-only replay of the journal differs from the engine's state")
-    return {"violations": out, "recovered": report.found}
+    return {"violations": out, "recovered": report.found, "outcomes": [r.outcome for r in report.results]}
 
 
 # -- the harness (runs in the parent) -------------------------------------------------------------

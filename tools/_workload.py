@@ -46,10 +46,9 @@ from typing import Any
 
 import shipslog.engine  # registers the engine's crash points
 import shipslog.recovery  # noqa: F401  (registers the recovery crash points)
-from shipslog.engine import FileEntry, Health, OperationType, Registry, Supervisor, WorkerSpec
-from shipslog.journal import registered_crash_points
-
 from shipslog import Engine
+from shipslog.engine import FileEntry, Health, OperationType, Registry, Supervisor, WorkerSpec
+from shipslog.journal import FileSystem, registered_crash_points
 
 from ._operations_module import OperationsModuleError, load_operations_module, operation_types
 
@@ -59,10 +58,10 @@ __all__ = [
     "OP_PREFIXES",
     "WORKLOAD_OPS",
     "WORKLOAD_ROOT_ENV",
+    "host_operations",
     "main",
     "parse_ops",
     "points_for_ops",
-    "host_operations",
     "run_host_workload",
     "run_workload",
 ]
@@ -123,14 +122,21 @@ class PlannedFailure(Exception):
 
 
 class _Acks:
-    """Appends one JSON line per acknowledged result (O_APPEND: a crash keeps every whole line written)."""
+    """Appends one JSON line per acknowledged result (O_APPEND: a crash keeps every whole line written).
 
-    def __init__(self, path: str | None) -> None:
+    With ``stamp``, each line also holds ``position``: ``stamp()`` when the
+    result was acknowledged (the crash-image file system's count of effects).
+    """
+
+    def __init__(self, path: str | None, stamp: Callable[[], int] | None = None) -> None:
         self.path = path
+        self.stamp = stamp
 
     def __call__(self, **fields: Any) -> None:
         if self.path is None:
             return
+        if self.stamp is not None:
+            fields["position"] = self.stamp()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(fields, sort_keys=True) + "\n").encode())
@@ -226,14 +232,30 @@ def _workers(e: Engine, root: str, src: str, seed: int) -> None:
         sv.stop(timeout=_WAIT_S)
 
 
-def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, acks: str | None = None) -> None:
-    """Run the workload for ``ops`` on ``root`` (deterministic for a given ``seed``)."""
+def run_workload(
+    root: str,
+    ops: Sequence[str] = WORKLOAD_OPS,
+    seed: int = 0,
+    acks: str | None = None,
+    *,
+    fs: FileSystem | None = None,
+    stamp: Callable[[], int] | None = None,
+) -> None:
+    """Run the workload for ``ops`` on ``root`` (deterministic for a given ``seed``).
+
+    ``fs`` (the power-loss harness's crash-image file system) is what every
+    opening of the root uses; ``stamp`` stamps each acknowledgement.
+    """
     chosen = set(ops)
     rng = random.Random(seed)
-    ack = _Acks(acks)
+    ack = _Acks(acks, stamp)
     data, hf = _prepare_sources(os.fspath(root) + ".src", random.Random(seed + 1))
     artifacts = bool(chosen & {"checkpoint", "pointer", "retention"})
-    e = Engine.open(root, **ENGINE_OPTIONS)
+
+    def open_root() -> Engine:
+        return Engine.open(root, fs=fs, **ENGINE_OPTIONS)
+
+    e = open_root()
     run = e.run(data, required_fields=["text"]) if "run" in chosen else None
 
     def progress(step: int) -> None:
@@ -284,7 +306,7 @@ def run_workload(root: str, ops: Sequence[str] = WORKLOAD_OPS, seed: int = 0, ac
     if "session" in chosen:
         for i in range(1, 7):
             e.close()
-            e = Engine.open(root, **ENGINE_OPTIONS)
+            e = open_root()
             if artifacts and i == 1:
                 _checkpoint(e, ack, rng, "step-500", 500)
                 if "pointer" in chosen:
@@ -317,25 +339,28 @@ def _consolidation(e: Engine, ack: _Acks) -> None:
 
 
 def _byte_merge(
-    base: str, base_files: list[FileEntry], adapter: str, adapter_files: list[FileEntry], out: str
+    base: str, base_files: list[FileEntry], adapter: str, adapter_files: list[FileEntry], out: str, *, fs: FileSystem
 ) -> tuple[list[FileEntry], dict[str, Any]]:
-    """The workload's merge: copy the base's files into ``out`` and record the adapter's checksums (fsynced)."""
+    """The workload's merge: copy the base's files into ``out`` and record the adapter's checksums (fsynced, through ``fs``)."""
     written: list[FileEntry] = []
     for entry in base_files:
         with open(os.path.join(base, entry.path), "rb") as f:
             data = f.read()
-        written.append(_write_synced(out, entry.path, data))
+        written.append(_write_synced(fs, out, entry.path, data))
     record = json.dumps({"adapter": [[f.path, f.crc32] for f in adapter_files]}).encode()
-    written.append(_write_synced(out, "merged_from.json", record))
+    written.append(_write_synced(fs, out, "merged_from.json", record))
     return written, {"merged_modules": 1, "crc": zlib.crc32(record)}
 
 
-def _write_synced(folder: str, name: str, data: bytes) -> FileEntry:
-    with open(os.path.join(folder, name), "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def _write_synced(fs: FileSystem, folder: str, name: str, data: bytes) -> FileEntry:
+    fd = fs.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fs.write_all(fd, data)
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
     return FileEntry(name, len(data), zlib.crc32(data))
+
 
 def host_operations(spec: str) -> tuple[ModuleType, tuple[OperationType, ...]]:
     """The module ``spec`` names (loaded once) and its checked ``OPERATIONS``.

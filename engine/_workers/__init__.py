@@ -28,7 +28,6 @@ starts, signals or journals nothing.
 from __future__ import annotations
 
 from ._errors import SupervisorError, WorkerConfigError
-from ._operation import WORKER
 from ._events import (
     INCARNATION_STATES,
     MAX_STOP_TIMEOUT,
@@ -48,10 +47,25 @@ from ._events import (
     worker_incarnations,
     worker_supervisions,
 )
-from ._identity import CREATE_TIME_TOLERANCE, ProcessIdentity, find_worker_processes, probe_worker, process_identity
+from ._identity import (
+    CREATE_TIME_TOLERANCE,
+    ProcessIdentity,
+    find_worker_processes,
+    probe_worker,
+    process_identity,
+)
+from ._operation import WORKER
 from ._process import KILL_GRACE, stop_worker
 from ._recovery import recover_worker, settle_cut_off_worker, settle_worker_event
-from ._spec import RestartPolicy, WorkerSpec
+from ._spec import (
+    MAX_SPEC_COMMAND_BYTES,
+    MAX_SPEC_DEPTH,
+    MAX_SPEC_ITEMS,
+    MAX_SPEC_RESTARTS,
+    MAX_SPEC_STRING_BYTES,
+    RestartPolicy,
+    WorkerSpec,
+)
 from ._status import Health, WorkerStatus
 from ._supervisor import POLL_INTERVAL, Supervisor
 
@@ -59,6 +73,11 @@ __all__ = [
     "CREATE_TIME_TOLERANCE",
     "INCARNATION_STATES",
     "KILL_GRACE",
+    "MAX_SPEC_COMMAND_BYTES",
+    "MAX_SPEC_DEPTH",
+    "MAX_SPEC_ITEMS",
+    "MAX_SPEC_RESTARTS",
+    "MAX_SPEC_STRING_BYTES",
     "MAX_STOP_TIMEOUT",
     "POLL_INTERVAL",
     "SUPERVISION_STATES",

@@ -38,6 +38,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from .._events import Event
 from .._fields import expect_count, expect_name, expect_op_id, reject
 from .._state import EngineState, OpRecord
@@ -46,8 +48,8 @@ __all__ = [
     "INCARNATION_STATES",
     "MAX_STOP_TIMEOUT",
     "SUPERVISION_STATES",
-    "WORKER_TYPE",
     "WORKER_OP_ENV",
+    "WORKER_TYPE",
     "WorkerAdopted",
     "WorkerDied",
     "WorkerExited",
@@ -78,27 +80,27 @@ journaled, and to check that a process-group member really is one of ours.
 # -- supervision events ------------------------------------------------------------------
 
 
-class WorkerSupervised(Event, tag="worker.supervised"):
+class WorkerSupervised(Event, tag="worker.supervised", frozen=True):
     """A supervisor took charge of worker ``name`` with restart ``policy`` and its budget."""
 
     name: str
     policy: str
     max_restarts: int
     restart_window: float
-    command: list[str] = []
+    command: list[str] = msgspec.field(default_factory=list)
 
     def check_fields(self, info: Mapping[str, Any] | None) -> None:
         expect_name("name", self.name, "worker")
 
 
-class WorkerFailed(Event, tag="worker.failed"):
+class WorkerFailed(Event, tag="worker.failed", frozen=True):
     """Worker ``name`` will not be restarted: ``reason`` (budget exceeded, or policy ``never``); ``restarts`` made."""
 
     reason: str
     restarts: int = 0
 
 
-class WorkerReleased(Event, tag="worker.released"):
+class WorkerReleased(Event, tag="worker.released", frozen=True):
     """The supervision ended without failure: the supervisor stopped, the worker finished, or its session is gone."""
 
     reason: str = ""
@@ -108,7 +110,7 @@ class WorkerReleased(Event, tag="worker.released"):
 # -- incarnation events ------------------------------------------------------------------
 
 
-class WorkerStarting(Event, tag="worker.starting"):
+class WorkerStarting(Event, tag="worker.starting", frozen=True):
     """Incarnation ``attempt`` (0: first start, n: n-th restart) of worker ``name`` starts after ``delay`` seconds.
 
     ``slot`` is the op id of its supervision; ``reason`` why it (re)starts;
@@ -131,7 +133,7 @@ class WorkerStarting(Event, tag="worker.starting"):
             reject("stop_timeout", self.stop_timeout, f"a number of seconds from 0 to {MAX_STOP_TIMEOUT:g}")
 
 
-class WorkerStarted(Event, tag="worker.started"):
+class WorkerStarted(Event, tag="worker.started", frozen=True):
     """The process runs: ``pid``, ``create_time`` (psutil, seconds since the epoch), ``start_ticks`` and ``boot_id``.
 
     ``start_ticks`` (clock ticks after boot, from /proc/<pid>/stat) and
@@ -158,7 +160,7 @@ class WorkerStarted(Event, tag="worker.started"):
             expect_count("start_ticks", self.start_ticks)
 
 
-class WorkerAdopted(Event, tag="worker.adopted"):
+class WorkerAdopted(Event, tag="worker.adopted", frozen=True):
     """A supervisor of session ``session`` took over this running process (found alive after a crash) for supervision ``slot``."""
 
     slot: str
@@ -168,26 +170,26 @@ class WorkerAdopted(Event, tag="worker.adopted"):
         expect_op_id("slot", self.slot)
 
 
-class WorkerSpawnFailed(Event, tag="worker.spawn-failed"):
+class WorkerSpawnFailed(Event, tag="worker.spawn-failed", frozen=True):
     """The process could not be started (``error``: executable missing, permission, ...)."""
 
     error: str
 
 
-class WorkerExited(Event, tag="worker.exited"):
+class WorkerExited(Event, tag="worker.exited", frozen=True):
     """The process exited by itself with ``code``."""
 
     code: int
 
 
-class WorkerDied(Event, tag="worker.died"):
+class WorkerDied(Event, tag="worker.died", frozen=True):
     """The process was killed by ``signal`` (not by its supervisor), or ``reason`` says how it was found gone."""
 
     signal: int | None = None
     reason: str = ""
 
 
-class WorkerStopped(Event, tag="worker.stopped"):
+class WorkerStopped(Event, tag="worker.stopped", frozen=True):
     """The supervisor (or recovery) ended it: ``how`` is terminated, killed, cancelled (never started) or gone.
 
     ``code`` or ``signal`` is its exit status when the stopper could read it.

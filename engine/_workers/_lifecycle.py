@@ -39,10 +39,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from shipslog.journal import JournalBrokenError, JournalClosedError, crash_point, register_crash_point
+from shipslog.journal import (
+    JournalBrokenError,
+    JournalClosedError,
+    crash_point,
+    register_crash_point,
+)
 
 from .._events import Event
-from ._operation import WORKER
 from ._events import (
     WorkerDied,
     WorkerExited,
@@ -55,6 +59,7 @@ from ._events import (
     event_kind,
 )
 from ._identity import process_identity
+from ._operation import WORKER
 from ._policy import backoff_delay, restarts_within_window, wants_restart
 from ._process import (
     child_exited,

@@ -25,7 +25,14 @@ import psutil
 from .._events import Event
 from .._state import OpRecord
 from ._events import WORKER_TYPE, WorkerDied, WorkerState, WorkerStopped, event_kind
-from ._identity import ProcessIdentity, environ_op_of, find_worker_processes, probe_worker, read_boot_id, read_start_ticks
+from ._identity import (
+    ProcessIdentity,
+    environ_op_of,
+    find_worker_processes,
+    probe_worker,
+    read_boot_id,
+    read_start_ticks,
+)
 from ._process import pgid_of, stop_worker
 
 if TYPE_CHECKING:

@@ -341,7 +341,7 @@ def _check_plain_shape(data: Mapping[Any, Any]) -> None:
                 _check_utf8(f"{where}{field} (the key)", key)
                 stack.append((item, depth + 1, f"{where}{field}"))
         else:
-            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))  # type: ignore[arg-type]
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def _check_utf8(where: str, text: str) -> None:

@@ -35,7 +35,6 @@ from shipslog.journal import crash_point, register_crash_point
 
 from .._state import OpRecord
 from ._errors import SupervisorError, WorkerConfigError
-from ._operation import WORKER
 from ._events import (
     WORKER_OP_ENV,
     WorkerAdopted,
@@ -48,11 +47,14 @@ from ._events import (
 )
 from ._identity import environ_op_of, probe_worker
 from ._lifecycle import WorkerLifecycle
+from ._operation import WORKER
 from ._process import KILL_GRACE
 from ._spec import WorkerSpec
 from ._status import SEVERITY, Health, Incarnation, Slot, WorkerStatus
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
+
     from .._core import EngineCore
 
 __all__ = ["POLL_INTERVAL", "Supervisor"]
@@ -184,8 +186,9 @@ class Supervisor(WorkerLifecycle):
         if thread.is_alive():
             raise SupervisorError(f"the supervisor did not stop its workers within {timeout} s")
 
-    def __enter__(self) -> Supervisor:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()  # returns self
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -311,7 +314,7 @@ class Supervisor(WorkerLifecycle):
                         self._on_end(key.data)
                 if self._polling:
                     self._poll_children()
-        except BaseException:  # a bug here must not leave workers running unwatched
+        except BaseException:  # noqa: BLE001 - a bug here must not leave workers running unwatched
             _log.exception("the supervisor's monitor failed; killing every worker")
             self._emergency_stop()
         finally:

@@ -33,13 +33,16 @@ from shipslog.gpu import (
     CheckpointerClosedError,
     SaveTimeoutError,
     StateDictError,
-    _async,
     load_state_dict,
 )
-from shipslog.journal import InsufficientSpaceError, JournalReader, ShipslogError
-
-_real_save_state_dict = _async.save_state_dict
-
+from shipslog.journal import (
+    DelegatingFileSystem,
+    FileSystem,
+    InsufficientSpaceError,
+    JournalReader,
+    PathLike,
+    ShipslogError,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -133,10 +136,23 @@ def check_committed(root: str, name: str) -> tuple[str, list[FileEntry]]:
     return folder, list(manifest.files)
 
 
-class Gate:
-    """Replaces ``save_state_dict`` in gpu._async: each persist blocks until released, and may fail."""
+def _staged_file(path: PathLike, flags: int) -> str | None:
+    """The checkpoint staging folder (``staging/<op>``) that opening ``path`` with ``flags`` writes a new file in
+    (``save_state_dict`` creates its files with O_TRUNC; the engine's own writers use O_EXCL), else None."""
+    folder = os.path.dirname(os.fspath(path))
+    staged = flags & os.O_TRUNC and os.path.basename(os.path.dirname(folder)) == "staging"
+    return folder if staged else None
 
-    def __init__(self, *, fail: BaseException | None = None, block: bool = True) -> None:
+
+class Gate(DelegatingFileSystem):
+    """The engine's file system, with a gate at each background persist: the first file ``save_state_dict``
+    creates in a staging folder blocks until released, and may fail there (after a partial file).
+
+    A persist counts as active from that file until ``save_state_dict``'s closing fsync of the folder.
+    """
+
+    def __init__(self, inner: FileSystem, *, fail: BaseException | None = None, block: bool = True) -> None:
+        super().__init__(inner)
         self.started = threading.Event()
         self.release = threading.Event()
         if not block:
@@ -146,28 +162,45 @@ class Gate:
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._active: set[str] = set()
 
-    def __call__(self, state: Any, folder: str, **kw: Any) -> list[FileEntry]:
+    def open(self, path: PathLike, flags: int, mode: int = 0o644) -> int:
+        folder = _staged_file(path, flags)
+        if folder is not None and folder not in self._seen:
+            self._enter(folder)
+        return super().open(path, flags, mode)
+
+    def _enter(self, folder: str) -> None:
         with self._lock:
+            self._seen.add(folder)
+            self._active.add(folder)
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             self.calls.append(os.path.basename(folder))
-        try:
-            self.started.set()
-            assert self.release.wait(60), "the test never released the persist"
-            if self.fail is not None:
-                with open(os.path.join(folder, "model.safetensors"), "wb") as f:
-                    f.write(b"partial")  # something half-written that the abort must remove
-                raise self.fail
-            return _real_save_state_dict(state, folder, **kw)
-        finally:
-            with self._lock:
+        self.started.set()
+        assert self.release.wait(60), "the test never released the persist"
+        if self.fail is not None:
+            self._leave(folder)
+            with open(os.path.join(folder, "model.safetensors"), "wb") as f:
+                f.write(b"partial")  # something half-written that the abort must remove
+            raise self.fail
+
+    def _leave(self, folder: str) -> None:
+        with self._lock:
+            if folder in self._active:
+                self._active.discard(folder)
                 self.active -= 1
 
+    def fsync_dir(self, path: PathLike) -> None:
+        super().fsync_dir(path)
+        self._leave(os.fspath(path))
 
-def gate(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Gate:
-    g = Gate(**kw)
-    monkeypatch.setattr(_async, "save_state_dict", g)
+
+def gate(monkeypatch: pytest.MonkeyPatch, engine: Engine, **kw: Any) -> Gate:
+    """Put a :class:`Gate` around ``engine``'s file system (which the checkpointer hands to ``save_state_dict``)."""
+    g = Gate(engine.fs, **kw)
+    monkeypatch.setattr(engine, "fs", g)
     return g
 
 
@@ -213,7 +246,7 @@ def test_the_caller_may_change_its_tensors_as_soon_as_save_returns(engine: Engin
         "step": 5,
     }
     expected = clone_state(state)
-    g = gate(monkeypatch)
+    g = gate(monkeypatch, engine)
     with AsyncCheckpointer(engine) as ck:
         handle = ck.save("snap", state, 5)
         assert handle is not None
@@ -246,7 +279,7 @@ def test_host_buffers_are_reused_from_one_save_to_the_next(engine: Engine) -> No
 def test_skip_policy_returns_none_while_a_save_is_in_flight(
     engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    g = gate(monkeypatch)
+    g = gate(monkeypatch, engine)
     state = model_state(4)
     with AsyncCheckpointer(engine, policy="skip") as ck:
         first = ck.save("slow", state, 1)
@@ -268,7 +301,7 @@ def test_skip_policy_returns_none_while_a_save_is_in_flight(
 
 
 def test_wait_policy_serializes_saves_in_journal_order(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = gate(monkeypatch, block=False)
+    g = gate(monkeypatch, engine, block=False)
     with AsyncCheckpointer(engine, policy="wait") as ck:
         for i in range(4):
             assert ck.save(f"s{i}", model_state(i), i) is not None
@@ -282,7 +315,7 @@ def test_wait_policy_serializes_saves_in_journal_order(engine: Engine, root: str
 def test_wait_policy_blocks_a_second_save_until_the_first_is_committed(
     engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    g = gate(monkeypatch)
+    g = gate(monkeypatch, engine)
     state = model_state(5)
     outcome: list[Any] = []
     with AsyncCheckpointer(engine, policy="wait") as ck:
@@ -303,7 +336,7 @@ def test_wait_policy_blocks_a_second_save_until_the_first_is_committed(
 
 
 def test_saves_from_several_threads_are_serialized(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = gate(monkeypatch, block=False)
+    g = gate(monkeypatch, engine, block=False)
     errors: list[BaseException] = []
     with AsyncCheckpointer(engine, policy="wait") as ck:
 
@@ -337,7 +370,7 @@ def test_saves_from_several_threads_are_serialized(engine: Engine, root: str, mo
 def test_a_failed_persist_is_aborted_and_raised_at_the_next_save(
     engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch, failure: BaseException
 ) -> None:
-    g = gate(monkeypatch, fail=failure, block=False)
+    g = gate(monkeypatch, engine, fail=failure, block=False)
     state = model_state(6)
     with AsyncCheckpointer(engine) as ck:
         handle = ck.save("bad", state, 1)
@@ -364,10 +397,17 @@ def test_a_failed_persist_is_aborted_and_raised_at_the_next_save(
 
 
 def test_a_failure_inside_commit_is_aborted_by_the_engine_and_raised(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    def wrong_sizes(state: Any, folder: str, **kw: Any) -> list[FileEntry]:
-        return [FileEntry(e.path, e.size + 1, e.crc32) for e in _real_save_state_dict(state, folder, **kw)]
+    class GrowsAfterTheSave(DelegatingFileSystem):
+        """A file ``save_state_dict`` wrote grows by a byte after it was checksummed: its recorded size is wrong."""
 
-    monkeypatch.setattr(_async, "save_state_dict", wrong_sizes)
+        def fsync_dir(self, path: PathLike) -> None:
+            shard = os.path.join(os.fspath(path), "model.safetensors")
+            if os.path.basename(os.path.dirname(os.fspath(path))) == "staging" and os.path.exists(shard):
+                with open(shard, "ab") as f:
+                    f.write(b"x")
+            super().fsync_dir(path)
+
+    monkeypatch.setattr(engine, "fs", GrowsAfterTheSave(engine.fs))
     ck = AsyncCheckpointer(engine)
     handle = ck.save("sized", model_state(7), 1)
     assert handle is not None
@@ -381,7 +421,7 @@ def test_a_failure_inside_commit_is_aborted_by_the_engine_and_raised(engine: Eng
 
 
 def test_the_failure_of_the_last_save_is_raised_by_close(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate(monkeypatch, fail=OSError(errno.EIO, "Input/output error"), block=False)
+    gate(monkeypatch, engine, fail=OSError(errno.EIO, "Input/output error"), block=False)
     ck = AsyncCheckpointer(engine)
     handle = ck.save("last", model_state(8), 1)
     assert handle is not None
@@ -396,7 +436,7 @@ def test_the_failure_of_the_last_save_is_raised_by_close(engine: Engine, root: s
 
 
 def test_a_failure_is_raised_by_wait_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = gate(monkeypatch, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
+    g = gate(monkeypatch, engine, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
     with AsyncCheckpointer(engine) as ck:
         ck.save("x", model_state(9), 1)
         with pytest.raises(AsyncSaveError):
@@ -410,7 +450,7 @@ def test_a_failure_is_raised_by_wait_once(engine: Engine, monkeypatch: pytest.Mo
 
 
 def test_skip_policy_still_raises_a_failure_that_already_happened(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate(monkeypatch, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
+    gate(monkeypatch, engine, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
     with AsyncCheckpointer(engine, policy="skip") as ck:
         handle = ck.save("x", model_state(10), 1)
         assert handle is not None
@@ -515,7 +555,7 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_close_waits_for_the_save_in_flight(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = gate(monkeypatch)
+    g = gate(monkeypatch, engine)
     ck = AsyncCheckpointer(engine)
     handle = ck.save("closing", model_state(15), 1)
     assert handle is not None and g.started.wait(60)
@@ -541,8 +581,8 @@ def test_errors_share_the_root_and_their_builtin() -> None:
         (gpu.SaveTimeoutError, TimeoutError),
     ):
         assert issubclass(error, ShipslogError) and issubclass(error, builtin)
-    for name in _async.__all__:
-        assert hasattr(_async, name) and name in gpu.__all__
+    for name in ("EXPECTED_BYTES_MARGIN", "AsyncCheckpointer", "AsyncSaveError", "CheckpointerClosedError", "SaveHandle", "SaveTimeoutError"):
+        assert hasattr(gpu, name) and name in gpu.__all__
 
 
 # --------------------------------------------------------------------------- resuming training exactly

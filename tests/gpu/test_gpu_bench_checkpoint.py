@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from shipslog.tools._cli import _format_bench_checkpoint, build_parser
+from shipslog.tools import build_parser
 
 MEASURES = (
     "raw_write_fsync_s",
@@ -55,8 +55,16 @@ def test_bench_checkpoint_prints_json_and_removes_its_folder(tmp_path: Path) -> 
     assert result["mib"] == 8 and result["dir"] == str(tmp_path)
     assert result["merge_max_abs_diff"] == 0.0
     assert os.listdir(tmp_path) == []
-    table = _format_bench_checkpoint(result)
-    assert "checkpoint / raw write" in table and "MiB of float32" in table
+    readable = subprocess.run(
+        [sys.executable, "-m", "shipslog", "bench", "checkpoint", "--mib", "1", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert readable.returncode == 0, readable.stderr
+    assert "checkpoint / raw write" in readable.stdout and "MiB of float32" in readable.stdout
+    assert os.listdir(tmp_path) == []
 
 
 def test_bench_checkpoint_arguments() -> None:

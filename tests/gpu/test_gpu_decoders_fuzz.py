@@ -26,7 +26,6 @@ torch = pytest.importorskip("torch")
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import shipslog.gpu._target_regex as target_regex
 from shipslog.gpu import (
     DTYPES,
     AdapterError,
@@ -303,7 +302,6 @@ def _check_config(config: Any, modules: list[str]) -> None:
     for module in modules:
         hit = parsed.targets(module)
         if isinstance(parsed.target_modules, str):
-            assert target_regex.regex_refusal(parsed.target_modules) is None
             assert hit == (re.fullmatch(parsed.target_modules, module) is not None)
         assert math.isfinite(parsed.scale_for(module)) and parsed.rank_for(module) > 0
 
@@ -323,8 +321,6 @@ def test_random_adapter_configs_are_valid_or_an_adapter_error(config: dict[str, 
 @settings(max_examples=300)
 @given(pattern=_PATTERNS, modules=st.lists(_MODULES, max_size=3))
 def test_random_target_modules_regexes_are_valid_or_an_adapter_error(pattern: str, modules: list[str]) -> None:
-    reason = target_regex.regex_refusal(pattern)
-    assert reason is None or isinstance(reason, str)
     _check_config({"r": 4, "lora_alpha": 8, "target_modules": pattern}, modules)
 
 

@@ -33,6 +33,13 @@ from shipslog.gpu import (
 )
 from shipslog.journal import RecordingFileSystem
 
+HEADER_LIMIT = 100 << 20
+"""The documented bound on a safetensors JSON header (checked on its length prefix, before it is read)."""
+JSON_LIMIT = 64 << 20
+"""The documented bound on a ``P.tree.json`` or shard index (checked on the file size, before it is read)."""
+STATE_DEPTH_LIMIT = 64
+"""The documented bound on the nesting of containers in a saved state (the root dict counts as 1)."""
+
 
 def _all_dtypes() -> dict[str, Any]:
     torch.manual_seed(0)
@@ -460,16 +467,17 @@ def test_header_that_is_not_utf8_json_is_a_tensor_file_error(tmp_path: Path, raw
 
 
 def test_header_length_over_the_limit_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shipslog.gpu._tensorfile as tensorfile
-
-    path = _write_raw(tmp_path / "x.safetensors", {"w": _entry([0])})
-    monkeypatch.setattr(tensorfile, "_MAX_HEADER_BYTES", 16)
+    path = tmp_path / "x.safetensors"
+    claimed = HEADER_LIMIT + 1
+    with open(path, "wb") as f:  # a length prefix one byte over the limit, and a (sparse) file long enough to hold it
+        f.write(struct.pack("<Q", claimed))
+        f.truncate(8 + claimed)
     reads: list[int] = []
-    real = tensorfile._read_into
-    monkeypatch.setattr(tensorfile, "_read_into", lambda fd, view, offset, p: reads.append(len(view)) or real(fd, view, offset, p))
-    with pytest.raises(TensorFileError, match=r"x\.safetensors: expected a header of at most 16 bytes"):
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset, *a: reads.append(offset) or real(fd, buffers, offset, *a))
+    with pytest.raises(TensorFileError, match=rf"x\.safetensors: expected a header of at most {HEADER_LIMIT} bytes"):
         load_tensor_file(path)
-    assert reads == []
+    assert [offset for offset in reads if offset >= 8] == []  # not a byte of the header was read
 
 
 def _nested_state(depth: int) -> dict[str, Any]:
@@ -498,13 +506,11 @@ def test_tree_json_nested_deeply_is_refused(tmp_path: Path) -> None:
 
 
 def test_state_nested_to_the_limit_round_trips_and_deeper_is_refused_on_save(tmp_path: Path) -> None:
-    from shipslog.gpu._tensorfile import _MAX_STATE_DEPTH
-
-    state = _nested_state(_MAX_STATE_DEPTH)
+    state = _nested_state(STATE_DEPTH_LIMIT)
     entries = save_state_dict(state, tmp_path / "ok")
     _assert_same(load_state_dict(tmp_path / "ok", entries=entries), state)
-    with pytest.raises(StateDictError, match=f"nested at most {_MAX_STATE_DEPTH} containers deep"):
-        save_state_dict(_nested_state(_MAX_STATE_DEPTH + 1), tmp_path / "deep")
+    with pytest.raises(StateDictError, match=f"nested at most {STATE_DEPTH_LIMIT} containers deep"):
+        save_state_dict(_nested_state(STATE_DEPTH_LIMIT + 1), tmp_path / "deep")
     assert not (tmp_path / "deep").exists()
 
 
@@ -520,15 +526,17 @@ def test_tensor_of_more_than_64_dimensions_is_refused_on_save(tmp_path: Path) ->
         save_state_dict({"w": torch.ones([1] * 65)}, tmp_path)
 
 
-def test_tree_json_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shipslog.gpu._tensorfile as tensorfile
-
+def test_tree_json_over_the_size_limit_is_refused(tmp_path: Path) -> None:
     save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path)
-    monkeypatch.setattr(tensorfile, "_MAX_JSON_BYTES", 16)
-    with pytest.raises(TensorFileError, match=r"model\.tree\.json: expected a JSON state tree of at most 16 bytes"):
+    tree = tmp_path / "model.tree.json"
+    with open(tree, "r+b") as f:  # one byte over the limit (sparse): refused on its size, before it is read
+        f.truncate(JSON_LIMIT + 1)
+    with pytest.raises(TensorFileError, match=rf"model\.tree\.json: expected a JSON state tree of at most {JSON_LIMIT} bytes"):
         load_state_dict(tmp_path)
-    with pytest.raises(StateDictError, match="at most 16 bytes"):
-        save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path / "again")
+    big = {"w": torch.ones(1), "note": "x" * JSON_LIMIT}  # its tree.json holds the note: over the limit
+    with pytest.raises(StateDictError, match=f"at most {JSON_LIMIT} bytes"):
+        save_state_dict(big, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize(
