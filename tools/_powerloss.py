@@ -221,14 +221,14 @@ def run_power_loss(
     """Record the workload's crash images, check them all, crash recovery too; return the result (see the module).
 
     ``quick`` keeps one partial image per durability point and crashes the
-    recovery of a few images per checker; the full run keeps three and
+    recovery of a few images per checker; the full run keeps twenty and
     crashes the recovery of up to 40 images per checker.
     """
     started = time.monotonic()
     chosen = tuple(ops) if ops else WORKLOAD_OPS
     parse_ops(",".join(chosen))
     say = log or (lambda _msg: None)
-    partial = 1 if quick else 3
+    partial = 1 if quick else 20
     sample = 2 if quick else 40
     base = tempfile.mkdtemp(prefix="shipslog-power-loss-", dir=workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
