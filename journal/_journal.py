@@ -363,9 +363,10 @@ class Journal:
         """Append events as consecutive records in one frame; return them once durable.
 
         They become durable together or not at all.  With ``sync=False`` the
-        frame is written but not fdatasynced: it becomes durable with the next
-        synced append (or at close), and until then :attr:`last_seq` does not
-        count it.  A process crash keeps it (the page cache survives); a power
+        frame is written but not fdatasynced: it becomes durable before the
+        next frame is written (or at close), and until then :attr:`last_seq`
+        does not count it; so at most one frame is ever unsynced, and a power
+        cut can tear only the last frame of the journal.  A process crash keeps it (the page cache survives); a power
         cut may drop it, together with everything written after it.  Raises
         :class:`JournalWriteError` / :class:`InsufficientSpaceError` when the
         write failed (nothing of it is kept, the journal stays usable) and
@@ -481,6 +482,11 @@ class Journal:
                 )
             if self._offset > HEADER_SIZE and self._offset + len(payload) + 8 > self._segment_bytes:
                 self._roll()
+            elif self._durable_seq < self._next_seq - 1:
+                # At most one frame is ever unsynced: a frame written with sync=False becomes durable before the
+                # next one is written, so a power cut tears only the last frame and a reader can tell it from damage.
+                self._sync_segment(self._fd)
+                self._durable_seq = self._next_seq - 1
             frame, crc = encode_frame(payload, self._crc)
             start = self._offset
             crash_point(CP_BEFORE_WRITE)

@@ -169,7 +169,7 @@ def test_the_lock_holder_note_is_best_effort_on_a_full_disk(tmp_path: Any, caplo
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_power_loss_quick_finds_no_violation_and_loses_nothing_acknowledged(tmp_path: Any) -> None:
+def test_power_loss_quick_finds_no_violation_loses_nothing_acknowledged_and_refuses_no_root(tmp_path: Any) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "shipslog", "torture", "--power-loss", "--quick", "--json", "--dir", str(tmp_path)],
         capture_output=True, text=True, timeout=110, check=False,
@@ -180,3 +180,4 @@ def test_power_loss_quick_finds_no_violation_and_loses_nothing_acknowledged(tmp_
     assert result["recovery_crash_states"] > 0
     assert result["violations"] == []
     assert result["acknowledged_lost"] == []
+    assert result["refused"] == []
