@@ -137,9 +137,10 @@ def encode_header(first_seq: int, created_ns: int, prev_crc: int) -> bytes:
 def decode_header(path: str, data: bytes | mmap.mmap) -> SegmentHeader:
     """Parse and check a segment header, or raise a clear error.
 
-    An unknown version raises :class:`UnsupportedFormatError` naming both
-    versions; anything else that is not a valid header raises
-    :class:`CorruptJournalError` at offset 0.
+    A header whose checksum fails is :class:`CorruptJournalError` at offset 0
+    (checked before the version, so a flipped bit there is damage); a valid
+    header of an unknown version raises :class:`UnsupportedFormatError`
+    naming both versions.
     """
     if len(data) == 0:
         raise CorruptJournalError(
@@ -155,12 +156,12 @@ def decode_header(path: str, data: bytes | mmap.mmap) -> SegmentHeader:
             path, 0, f"expected the segment magic {MAGIC!r}, found {bytes(magic)!r}",
             hint="this file is not a shipslog journal segment; move it out of the journal folder",
         )
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(path, "journal segment", version, FORMAT_VERSION)
     (stored,) = _CRC.unpack_from(data, _HEADER.size)
     actual = zlib.crc32(data[: _HEADER.size])
-    if stored != actual:
+    if stored != actual:  # checked first: a damaged version field is damage, not a newer format
         raise CorruptJournalError(path, 0, f"segment header crc mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(path, "journal segment", version, FORMAT_VERSION)
     return SegmentHeader(first_seq, created_ns, prev_crc, stored)
 
 

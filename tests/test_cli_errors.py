@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,13 @@ from _engine_helpers import crash, open_engine
 from _helpers import frames, segments
 
 from shipslog.engine import EVENT_SCHEMA_VERSION, Registry, SessionOpened
-from shipslog.journal import FORMAT_VERSION, SNAPSHOT_VERSION, Journal, UnsupportedFormatError
+from shipslog.journal import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    SNAPSHOT_VERSION,
+    Journal,
+    UnsupportedFormatError,
+)
 from shipslog.tools import EXIT_CODES, NotARootError, RootView, UnreadableRootError, main
 
 READ_ONLY = [
@@ -236,9 +243,12 @@ def test_an_os_error_while_re_checksumming_is_one_line_exit_2(
 
 def _newer_segment(root: str) -> str:
     path = segments(root)[0]
-    with open(path, "r+b") as f:
-        f.seek(8)
-        f.write(struct.pack("<H", FORMAT_VERSION + 1))
+    with open(path, "r+b") as f:  # as a newer shipslog writes it: its version, and a header crc that verifies
+        header = bytearray(f.read(HEADER_SIZE))
+        struct.pack_into("<H", header, 8, FORMAT_VERSION + 1)
+        struct.pack_into("<I", header, HEADER_SIZE - 4, zlib.crc32(bytes(header[: HEADER_SIZE - 4])))
+        f.seek(0)
+        f.write(header)
     return path
 
 
