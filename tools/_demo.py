@@ -81,9 +81,11 @@ def _host(folder: str, crash_at: str | None, log_name: str) -> subprocess.Comple
     env.pop(CRASH_AT_ENV, None)
     if crash_at:
         env[CRASH_AT_ENV] = crash_at
+    folder = os.path.abspath(folder)
     with open(os.path.join(folder, log_name), "ab") as log:
         return subprocess.run(
             [sys.executable, "-m", "shipslog.tools._demo_host", folder],
+            cwd=folder,  # never the caller's folder: a folder named shipslog there would shadow the installed package
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -230,11 +230,12 @@ def run_power_loss(
     say = log or (lambda _msg: None)
     partial = 1 if quick else 20
     sample = 2 if quick else 40
-    base = tempfile.mkdtemp(prefix="shipslog-power-loss-", dir=workdir)
+    base = os.path.abspath(tempfile.mkdtemp(prefix="shipslog-power-loss-", dir=workdir))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
     try:
         cmd = [sys.executable, "-m", _MODULE, "record", base, "--ops", ",".join(chosen), "--seed", str(seed), "--partial", str(partial)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
+        # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
+        proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"the workload failed on the crash-image file system (exit {proc.returncode}): {proc.stderr[-2000:]}")
         recorded = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,7 +244,7 @@ def run_power_loss(
         def shard(i: int) -> list[dict[str, Any]]:
             args = [sys.executable, "-m", _MODULE, "check", base, "--shard", str(i), "--of", str(jobs)]
             args += ["--recovery-sample", str(sample), "--partial", str(partial), "--seed", str(seed)]
-            done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
+            done = subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
             results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0:
                 results.append({"image": f"checker {i}", "violations": [{"invariant": "checker", "message": done.stderr[-1500:]}], "refused": [], "recovered": []})

@@ -421,8 +421,9 @@ class _Harness:
 
     def _run(self, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         self.children += 1
+        # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
         return subprocess.run(
-            [sys.executable, *args], env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False
+            [sys.executable, *args], cwd=self.workdir, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False
         )
 
     def workload(self, slot: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -589,7 +590,7 @@ def run_torture(
     else:
         chosen = tuple(ops) if ops else WORKLOAD_OPS
         parse_ops(",".join(chosen))
-    base = tempfile.mkdtemp(prefix="shipslog-torture-", dir=workdir)
+    base = os.path.abspath(tempfile.mkdtemp(prefix="shipslog-torture-", dir=workdir))
     harness = _Harness(base, chosen, seed, not quick, say, operations)
     try:
         registered, counts = harness.coverage()
