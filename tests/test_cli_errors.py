@@ -358,15 +358,18 @@ def test_an_os_error_while_reading_keeps_its_cause_under_debug(root: str, monkey
     assert isinstance(info.value, OSError) and info.value.errno == errno.EACCES
 
 
-def test_a_bug_is_not_swallowed(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_not_swallowed(root: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug is named, gets its own exit code (3), never the findings code; --debug raises it with its traceback."""
     healthy_host(root)
 
     def broken(self: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(RootView, "status", broken)
+    assert main(["status", root]) == 3
+    assert "internal error (RuntimeError: a bug)" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["status", root])
+        main(["--debug", "status", root])
 
 
 def test_unreadable_and_newer_format_errors_are_shipslog_errors() -> None:

@@ -38,6 +38,8 @@ PROG = "shipslog"
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1
 EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
     EXIT_OK: "healthy / done: nothing was found, or the command did what it was asked",
@@ -45,7 +47,11 @@ EXIT_CODES = {
     "(status, verify, recover, torture; the findings are printed)",
     EXIT_ERROR: "usage error, or a root that cannot be used: missing, not a shipslog root, unreadable, "
     "written by a newer shipslog, a damaged journal (except for verify, which reports it as a finding), "
-    "or held by another process (recover, gc)",
+    "or held by another process (recover, gc); a file the command may not read or write (the path is named)",
+    EXIT_INTERNAL: "internal error: a bug in shipslog, not a problem with the root; run the command again with "
+    "--debug and report the traceback",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): what was in progress is left as a crash leaves it; the next open "
+    "of the root recovers it",
 }
 """The exit codes of every ``shipslog`` command and what each means."""
 
@@ -671,9 +677,27 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_OK
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted; what was in progress is left as a crash leaves it, and the next open recovers it", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ShipslogError as exc:
         if args.debug:
             raise
-        message = printable(" ".join(str(exc).split())) or type(exc).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return _error_line(str(exc) or type(exc).__name__, EXIT_ERROR)
+    except OSError as exc:  # a file the command may not read or write (a read-only root, permissions)
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        return _error_line(f"{exc.strerror or exc}{where}", EXIT_ERROR)
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _error_line(f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback", EXIT_INTERNAL)
+
+
+def _error_line(text: str, code: int) -> int:
+    """Print ``text`` as the one error line on stderr; return ``code``."""
+    print(f"{PROG}: error: {printable(' '.join(text.split()))}", file=sys.stderr)
+    return code
