@@ -194,3 +194,27 @@ def test_status_lists_running_workers_with_their_pid_and_liveness(host: str, cap
         code, out, _ = run(capsys, "status", host)
         assert code == 0
         assert f"worker      loader pid {pid} attempt 0 started (alive)" in out
+
+
+def test_gc_dry_run_changes_no_byte_of_a_root_that_needs_recovery(root: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No lock taken, no session journaled, no recovery carried out: a dry run reads the root like status does."""
+    e = open_engine(root)
+    for step in (100, 200, 300):
+        commit_checkpoint(e, f"step-{step}", step=step)
+    e.checkpoint("step-400", step=400).write_bytes("model.bin", b"half")
+    crash(e)
+    before = _digest(root)
+    code, out, err = run(capsys, "gc", root, "--keep", "1", "--dry-run")
+    assert code == 0, err
+    assert "would delete: checkpoints/step-100" in out and "would delete: checkpoints/step-200" in out
+    assert _digest(root) == before
+
+
+@pytest.mark.parametrize("keep", ["0", "-1"])
+def test_gc_keep_below_one_is_a_usage_error_before_anything_is_journaled(host: str, capsys: pytest.CaptureFixture[str], keep: str) -> None:
+    before = _digest(host)
+    with pytest.raises(SystemExit) as info:
+        main(["gc", host, "--keep", keep])
+    assert info.value.code == 2
+    assert "expected a number of 1 or more" in capsys.readouterr().err
+    assert _digest(host) == before

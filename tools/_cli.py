@@ -28,6 +28,7 @@ from typing import Any
 
 from shipslog.journal import ShipslogError
 
+from ._cli_types import positive_int
 from ._inspect import reading, replay_root, require_root
 from ._operations_module import OPERATIONS_HELP, load_operations
 from ._render import Printer, printable
@@ -67,17 +68,6 @@ _EPILOG = (
 )
 
 _Command = Callable[[argparse.Namespace], int]
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of 1 or more (underscores allowed, as in 1_000_000)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of 1 or more, got {value}")
-    return value
 
 
 def _common_flags(*, top_level: bool) -> argparse.ArgumentParser:
@@ -142,21 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal.add_argument(
         "--records",
-        type=_positive_int,
+        type=positive_int,
         default=2000,
         metavar="N",
         help="records per append measurement (default: 2000)",
     )
     journal.add_argument(
         "--replay-events",
-        type=_positive_int,
+        type=positive_int,
         default=1_000_000,
         metavar="M",
         help="records written, then replayed (default: 1000000)",
     )
     journal.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="T",
         help="appender threads for group commit (default: 8)",
@@ -174,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     engine.add_argument(
         "--records",
-        type=_positive_int,
+        type=positive_int,
         default=1_000_000,
         metavar="N",
         help="records of history for replay and open_ms_1m (default: 1000000)",
@@ -192,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     checkpoint.add_argument(
         "--mib",
-        type=_positive_int,
+        type=positive_int,
         default=512,
         metavar="N",
         help="MiB of float32 tensors to save, load and merge (default: 512)",
@@ -209,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         tmpfs_note=False,
     )
     workers.add_argument(
-        "--rounds", type=_positive_int, default=20, metavar="N", help="worker kills to measure (default: 20)"
+        "--rounds", type=positive_int, default=20, metavar="N", help="worker kills to measure (default: 20)"
     )
 
     torture = commands.add_parser(
@@ -252,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first hit of each point only, and recovery crashed after a few crashes only (what 'make test' runs)",
     )
-    torture.add_argument("--jobs", type=_positive_int, default=2, metavar="N", help="child processes at a time (default: 2)")
+    torture.add_argument("--jobs", type=positive_int, default=2, metavar="N", help="child processes at a time (default: 2)")
     torture.add_argument(
         "--dir", default=None, metavar="DIR", help="folder for the temporary roots (default: the system's temporary folder)"
     )

@@ -22,9 +22,16 @@ from typing import Any
 
 import msgspec
 
-from shipslog.engine import Registry, probe_worker, worker_incarnations
+from shipslog.engine import (
+    Registry,
+    UnknownOperationError,
+    plan_retention,
+    probe_worker,
+    worker_incarnations,
+)
 from shipslog.journal import CorruptJournalError, ShipslogError
 
+from ._cli_types import positive_int
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
 from ._inspect import (
     RootView,
@@ -334,8 +341,13 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
     operations = load_operations(args.operations)
     view = open_view(args.root, registry=Registry(operations))  # refuses a folder that is not a root before anything is created
-    with Engine.open(view.root, operations=operations) as engine:
-        result = engine.retain(args.keep, dry_run=args.dry_run)
+    if args.dry_run:  # from the read-only view: no lock, no session, no recovery, not a byte changed
+        if view.unregistered:  # the real run would refuse the root: so does its dry run
+            raise UnknownOperationError(list(view.unregistered))
+        result = msgspec.structs.replace(plan_retention(view.state, args.keep), dry_run=True)
+    else:
+        with Engine.open(view.root, operations=operations) as engine:
+            result = engine.retain(args.keep)
     if args.json:
         _json(result)
         return EXIT_OK
@@ -378,7 +390,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     """Add the inspection commands, gc and demo to the ``shipslog`` subparsers."""
-    from ._cli import _positive_int as positive_int
 
     def command(name: str, help_text: str, func: Any, *, root: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = commands.add_parser(name, parents=[sub_flags], help=help_text, description=help_text)
@@ -410,8 +421,10 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     export = command("export", "every record as one JSON line", _cmd_export, json_flag=False)
     export.add_argument("--format", choices=["jsonl"], default="jsonl", help="output format (jsonl)")
     gc = command("gc", "delete old checkpoints (never a pointer's target or the newest); takes the writer's lock", _cmd_gc)
-    gc.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest checkpoints by step")
-    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    gc.add_argument("--keep", type=positive_int, required=True, metavar="N", help="keep the N newest checkpoints by step (1 or more)")
+    gc.add_argument(
+        "--dry-run", action="store_true", help="print what would be deleted; reads the root like status, changes no byte and takes no lock"
+    )
     demo = command("demo", "run a real training host, kill it at a crash point, watch it recover", _cmd_demo, root=False)
     demo.add_argument("dir", nargs="?", metavar="DIR", help="a new folder for the demo (default: a new one here)")
     demo.add_argument(
