@@ -106,10 +106,7 @@ class InvalidNameError(EngineError, ValueError):
         self.what = what
         self.name = name
         self.reason = reason
-        super().__init__(
-            f"invalid {what} name {name!r}: {reason}; use a plain name of letters, digits, "
-            "'.', '-' and '_' (no separators, no '..', no control characters)"
-        )
+        super().__init__(f"invalid {what} name {name!r}: {reason}; choose another name")
 
 
 class InvalidFieldError(EngineError, ValueError):

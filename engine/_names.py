@@ -119,6 +119,8 @@ def check_relpath(what: str, relpath: object) -> list[str]:
     """
     if not isinstance(relpath, str) or not relpath:
         raise InvalidNameError(what, relpath, "a file inside a folder needs a non-empty relative path")
+    if relpath.startswith("/"):
+        raise InvalidNameError(what, relpath, "it is an absolute path; give a path relative to the folder, such as 'model.bin' or 'optim/state.bin'")
     parts = relpath.split("/")
     if len(parts) > MAX_RELPATH_PARTS:
         raise InvalidNameError(what, relpath, f"it has {len(parts)} components, the limit is {MAX_RELPATH_PARTS}")

@@ -176,7 +176,8 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
     """Check a JSONL data file whole; raise :class:`DataFileError` naming the first bad line.
 
     Every line must be a JSON object holding every field of
-    ``required_fields``; a final newline is optional, blank lines are errors.
+    ``required_fields``; a final newline is optional, and blank lines may end
+    the file (trailing ones are not records) but nowhere else.
 
     Guarantees: the file's bytes are untrusted; for any content this returns
     a summary or raises :class:`DataFileError` (with the line number where a
@@ -220,6 +221,7 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
         size = 0
         lines = 0
         number = 0
+        blank = 0
         while True:
             try:
                 line = f.readline(limit + 1)
@@ -232,6 +234,11 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
                 raise DataFileError(full, number, f"the line is longer than {limit} bytes, the limit (MAX_LINE_BYTES)")
             crc = zlib.crc32(line, crc)
             size += len(line)
+            if not line.strip():  # blank: fine at the very end of the file, an error before another line
+                blank = blank or number
+                continue
+            if blank:
+                raise DataFileError(full, blank, "the line is blank; every line must be one JSON object (blank lines may only end the file)")
             _check_line(full, number, line, fields)
             lines = number
     if lines == 0:

@@ -218,3 +218,30 @@ def test_gc_keep_below_one_is_a_usage_error_before_anything_is_journaled(host: s
     assert info.value.code == 2
     assert "expected a number of 1 or more" in capsys.readouterr().err
     assert _digest(host) == before
+
+
+def test_tail_json_prints_one_object_per_record(host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tail", host, "-n", "3", "--json")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3 and all({"seq", "kind", "op"} <= set(line) for line in lines)
+    assert [line["seq"] for line in lines] == sorted(line["seq"] for line in lines)
+
+
+@pytest.mark.parametrize("argv", [["tail", "-n", "-3"], ["replay", "--until", "0"], ["log", "--op", "no-such-op"]], ids=" ".join)
+def test_out_of_range_or_unknown_arguments_are_usage_errors(host: str, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([argv[0], host, *argv[1:]])
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_replay_lists_checkpoints_by_step_in_plain_words(root: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with open_engine(root) as e:
+        for step in (10, 5, 100):
+            commit_checkpoint(e, f"step-{step}", step=step)
+        last = e.state.seq
+    code, out, _ = run(capsys, "replay", root, "--until", str(last))
+    assert code == 0
+    assert "checkpoints (by step): step-5 (step 5), step-10 (step 10), step-100 (step 100)" in out
+    assert "[" not in out and "'" not in out  # no Python reprs

@@ -130,7 +130,8 @@ def _summary_or_error(path: str, data: bytes, fields: list[str]) -> DataFileSumm
         assert exc.path == path and len(str(exc)) < 10_000
         return exc
     assert summary.size == len(data) and summary.crc32 == zlib.crc32(data)
-    assert summary.lines == data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    pieces = data.split(b"\n")
+    assert summary.lines == max(i for i, piece in enumerate(pieces, start=1) if piece.strip())  # trailing blank lines are no records
     return summary
 
 
@@ -177,8 +178,11 @@ def test_validate_data_file_over_near_valid_lines(tmp_path: Any, lines: list[tup
     encoded = [line if how is None else _broken(line, how, at) for line, how, at in lines]
     data = b"\n".join(encoded) + (b"\n" if final_newline else b"")
     outcome = _summary_or_error(os.path.join(tmp_path, "near.jsonl"), data, ["text"])
-    bad = [i for i, (_line, how, _at) in enumerate(lines, start=1) if how is not None]
+    last = max((i for i, (_line, how, _at) in enumerate(lines, start=1) if how != "blank"), default=0)
+    bad = [i for i, (_line, how, _at) in enumerate(lines, start=1) if how is not None and not (how == "blank" and i > last)]
     if bad:
         assert isinstance(outcome, DataFileError) and outcome.line == bad[0] and f"line {bad[0]}" in str(outcome)
+    elif last == 0:
+        assert isinstance(outcome, DataFileError) and "empty" in str(outcome)  # blank lines only: no record
     else:
-        assert isinstance(outcome, DataFileSummary) and outcome.lines == len(lines)
+        assert isinstance(outcome, DataFileSummary) and outcome.lines == last  # blank lines may end the file

@@ -47,8 +47,8 @@ BAD_LINES = [
     pytest.param('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n42\n', 4, "JSON object", id="number-line-4"),
     pytest.param('{"text": "a"}\nnull\n', 2, "JSON object", id="null-line-2"),
     pytest.param('{"text": "a"}\n\n{"text": "c"}\n', 2, "blank", id="blank-line-2"),
-    pytest.param('{"text": "a"}\n   \n', 2, "blank", id="spaces-line-2"),
-    pytest.param('{"text": "a"}\n{"text": "b"}\n\n', 3, "blank", id="trailing-blank-line-3"),
+    pytest.param('{"text": "a"}\n   \n{"text": "c"}\n', 2, "blank", id="spaces-line-2"),
+    pytest.param('{"text": "a"}\n\n\n{"text": "b"}\n\n', 2, "blank lines may only end the file", id="blanks-then-a-record-line-2"),
     pytest.param('\n{"text": "a"}\n', 1, "blank", id="blank-line-1"),
     pytest.param('{"text": "a"}\n{"other": "b"}\n', 2, "missing required field", id="missing-field-line-2"),
     pytest.param('{"text": "a"}\r\n{"txt": "b"}\r\n', 2, "missing required field", id="crlf-missing-field-line-2"),
@@ -56,6 +56,12 @@ BAD_LINES = [
         b'{"text": "a"}\n{"text": "\xff\xfe"}\n', 2, "not JSON", id="bad-utf8-line-2",
     ),
 ]
+
+
+@pytest.mark.parametrize("text", ['{"text": "a"}\n{"text": "b"}\n\n', '{"text": "a"}\n{"text": "b"}\n   \n\n'])
+def test_blank_lines_that_end_the_file_are_not_records(tmp_path: Any, text: str) -> None:
+    summary = validate_data_file(data_file(tmp_path, text), ["text"])
+    assert summary.lines == 2 and summary.size == len(text)
 
 
 @pytest.mark.parametrize(("text", "line", "reason"), BAD_LINES)

@@ -31,7 +31,7 @@ from shipslog.engine import (
 )
 from shipslog.journal import CorruptJournalError, ShipslogError
 
-from ._cli_types import positive_int
+from ._cli_types import non_negative_int, positive_int
 from ._demo import DEFAULT_CRASH_AT, DEFAULT_FILES
 from ._inspect import (
     RootView,
@@ -166,14 +166,18 @@ def _cmd_log(args: argparse.Namespace) -> int:
         args.parser.error(f"--until {args.until} is before --since {args.since}; give --until at or after --since")
     rows: list[Any] = []
     seen_kinds: set[str] = set()
+    seen_ops: set[str] = set()
     for rec in view.records(args.since, args.until):
         kind = event_kind(rec.event)
         seen_kinds.add(kind)
+        seen_ops.add(rec.event.op)
         if args.op is not None and rec.event.op != args.op:
             continue
         if args.kind is not None and kind != args.kind:
             continue
         rows.append(rec)
+    if args.op is not None and not rows and args.op not in seen_ops:
+        args.parser.error(f"no record of operation {args.op!r} in seq {args.since}..{args.until or last}; see 'shipslog log ROOT' for the op ids")
     if args.kind is not None and args.kind not in view.registry.event_classes and args.kind not in seen_kinds:
         known = sorted({*view.registry.event_classes, *seen_kinds})
         args.parser.error(f"unknown --kind {args.kind!r}; known kinds: {', '.join(known)}")
@@ -210,13 +214,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         _json({**msgspec.to_builtins(view.state), "unregistered": view.unregistered})
         return EXIT_OK
     st = view.status()
+    state = view.state
+    by_step = sorted(state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq))
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items) if items else "none"
+
     unregistered = f"  {_unregistered_message(view.unregistered)}\n" if view.unregistered else ""
     _out(
-        f"state of {view.root} as of seq {view.state.seq}\n"
-        f"  global step {st.global_step}; latest checkpoint {st.latest.path if st.latest else None}\n"
-        f"  checkpoints {sorted(view.state.checkpoints)}\n  models {sorted(view.state.models)}\n"
-        f"  pointers {{{', '.join(f'{n}: {p.target}' for n, p in sorted(view.state.pointers.items()))}}}\n"
-        f"  in progress {[f'{o.type} {o.id} {o.state}' for o in view.state.ops.values()]}\n"
+        f"state of {view.root} as of seq {state.seq}\n"
+        f"  global step {st.global_step}; latest checkpoint {st.latest.path if st.latest else 'none'}\n"
+        f"  checkpoints (by step): {listed([f'{a.name} (step {a.step})' for a in by_step])}\n"
+        f"  models: {listed(sorted(state.models))}\n"
+        f"  pointers: {listed([f'{n} -> {p.target}' for n, p in sorted(state.pointers.items())])}\n"
+        f"  in progress: {listed([f'{o.type} {o.id} ({o.state})' for o in state.ops.values()])}\n"
         f"{unregistered}"
     )
     return EXIT_OK
@@ -231,8 +242,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         cells = _record_cells(rec)
         printer.fields(cells, [*_RECORD_STYLES[:4], event_style(cells[4]) or "bold", _RECORD_STYLES[5]])
 
+    if args.json:  # one JSON object per line, flushed as it comes: what a script follows
+        def row(rec: Any) -> None:
+            _out(json.dumps(_record_dict(rec), sort_keys=True) + "\n")
+            sys.stdout.flush()
+
     _note_refused(view)
-    printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS))
+    if not args.json:
+        printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS))
     last = since - 1
     for rec in view.records(since):
         row(rec)
@@ -408,14 +425,14 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     log.add_argument("--since", type=positive_int, default=1, metavar="SEQ", help="from this seq (default 1)")
     log.add_argument("--until", type=positive_int, default=None, metavar="SEQ", help="up to this seq (at most the last one)")
     log.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the last N matching records")
-    tail = command("tail", "the last records of the journal; -f follows it as it grows", _cmd_tail, json_flag=False)
-    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many records to show first (default 10)")
+    tail = command("tail", "the last records of the journal; -f follows it as it grows", _cmd_tail)
+    tail.add_argument("-n", "--lines", type=non_negative_int, default=10, metavar="N", help="how many records to show first (default 10)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until interrupted")
     tail.add_argument("--interval", type=float, default=0.2, metavar="S", help=argparse.SUPPRESS)
     verify = command("verify", "verify the journal, snapshots and every invariant; exit 1 on findings", _cmd_verify)
     verify.add_argument("--deep", action="store_true", help="also re-checksum every committed file (a progress bar on a terminal)")
     replay = command("replay", "the engine state as of a record", _cmd_replay)
-    replay.add_argument("--until", type=int, required=True, metavar="SEQ", help="the last record to replay")
+    replay.add_argument("--until", type=positive_int, required=True, metavar="SEQ", help="the last record to replay (1 or more)")
     command("checkpoints", "committed checkpoints and models, by step", _cmd_checkpoints)
     command("pointers", "pointers and what they name", _cmd_pointers)
     export = command("export", "every record as one JSON line", _cmd_export, json_flag=False)
