@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterable
 from typing import Union
 
-from ._errors import PathEscapeError
+from ._errors import InsufficientSpaceError, PathEscapeError
 
 __all__ = ["OS_FS", "DelegatingFileSystem", "FileSystem", "PathLike", "RootedFileSystem", "is_temp_name", "open_regular", "read_limited"]
 
@@ -194,18 +194,24 @@ class FileSystem:
         path = os.fspath(path)
         folder, name = os.path.split(path)
         tmp = os.path.join(folder, f".{name}{_TEMP_MARK}{secrets.token_hex(4)}")
-        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                self.write_all(fd, data)
-                if preallocate > len(data):
-                    self.preallocate(fd, preallocate)
-                self.fsync(fd)
-            finally:
-                self.close(fd)
-            self.replace(tmp, path)
-        except BaseException:
-            self._discard(tmp)
+                try:
+                    self.write_all(fd, data)
+                    if preallocate > len(data):
+                        self.preallocate(fd, preallocate)
+                    self.fsync(fd)
+                finally:
+                    self.close(fd)
+                self.replace(tmp, path)
+            except BaseException:
+                self._discard(tmp)
+                raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and not isinstance(exc, InsufficientSpaceError):
+                free = self._free_or_none(folder or ".")
+                raise InsufficientSpaceError(path, max(len(data), preallocate), free, "writing it failed; it is unchanged") from exc
             raise
         self.fsync_dir(folder or ".")
 
@@ -271,6 +277,12 @@ class FileSystem:
                 if not os.path.isdir(folder):
                     raise
             self.fsync_dir(os.path.dirname(folder))
+
+    def _free_or_none(self, path: PathLike) -> int | None:
+        try:
+            return self.free_bytes(path)
+        except OSError:
+            return None
 
     def free_bytes(self, path: PathLike) -> int:
         """Bytes available to this user on the file system holding ``path``."""
@@ -350,6 +362,12 @@ class DelegatingFileSystem(FileSystem):
 
     def rmdir(self, path: PathLike) -> None:
         self.inner.rmdir(path)
+
+    def _free_or_none(self, path: PathLike) -> int | None:
+        try:
+            return self.free_bytes(path)
+        except OSError:
+            return None
 
     def free_bytes(self, path: PathLike) -> int:
         return self.inner.free_bytes(path)

@@ -305,14 +305,14 @@ class Journal:
     def _create_segment(self, first_seq: int, prev_crc: int) -> None:
         path = os.path.join(self.journal_dir, segment_name(first_seq))
         header = encode_header(first_seq, time.time_ns(), prev_crc)
-        self._fs.write_file_atomic(path, header, preallocate=self._segment_bytes if self._preallocate else 0)
+        self._fs.write_file_atomic(path, header)  # its reservation is made (best-effort) and synced as it is opened
         self._open_segment(first_seq, path, HEADER_SIZE, decode_header(path, header).header_crc)
 
     def _open_segment(self, seg_seq: int, path: str, offset: int, crc: int) -> None:
         fd = self._fs.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            if self._preallocate and size < self._segment_bytes and self._fs.preallocate(fd, self._segment_bytes):
+            if self._preallocate and size < self._segment_bytes and self._reserve(fd, path):
                 self._fs.fsync(fd)
                 size = os.fstat(fd).st_size
         except BaseException:
@@ -324,6 +324,17 @@ class Journal:
         self._offset = offset
         self._file_size = size
         self._crc = crc
+
+    def _reserve(self, fd: int, path: str) -> bool:
+        """Reserve the segment's size for an open segment, best-effort: on a full disk the segment is used without
+        a reservation (a warning says so), so a full disk never stops a root from opening (and ``gc`` from freeing it)."""
+        try:
+            return self._fs.preallocate(fd, self._segment_bytes)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _log.warning("no space to reserve %d bytes for %s; appending without a reservation", self._segment_bytes, path)
+            return False
 
     # -- appending ------------------------------------------------------------------
 
