@@ -38,6 +38,7 @@ from ._inspect import (
     event_fields,
     event_kind,
     format_time,
+    live_holder,
     open_records,
     open_view,
     reading,
@@ -308,8 +309,9 @@ _ADVICE = {
 }
 
 
-def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, list[Any]]:
-    """The seq verified (None when the journal is damaged) and the violations of ``root``.
+def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, list[Any], bool]:
+    """The seq verified (None when the journal is damaged), the violations of ``root``, and whether a live writer
+    holds it.
 
     Every record is replayed, from the first one (no snapshot): verify holds the whole history to the rules.
     """
@@ -319,7 +321,7 @@ def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, l
     try:
         view = open_view(root, registry=registry, snapshots=False)
     except CorruptJournalError as exc:
-        return None, [Violation("journal-verifies", f"corrupt journal at {exc.where}: {exc.reason}", exc.path)]
+        return None, [Violation("journal-verifies", f"corrupt journal at {exc.where}: {exc.reason}", exc.path)], live_holder(root) is not None
     live = view.state.session.id.removeprefix("session-") if view.holder and view.state.session else None
     unregistered = [Violation("events-registered", _unregistered_message(view.unregistered))] if view.unregistered else []
 
@@ -329,14 +331,36 @@ def _verify_findings(root: str, args: argparse.Namespace) -> tuple[int | None, l
         return unregistered + found
 
     if not args.deep:
-        return view.state.seq, check()
+        return view.state.seq, check(), bool(view.holder)
     arts = [*view.state.checkpoints.values(), *view.state.models.values(), *view.state.adapters.values()]
     with ByteProgress("re-checksumming committed files", sum(a.bytes for a in arts)) as progress:
-        return view.state.seq, check(progress.advance)
+        return view.state.seq, check(progress.advance), bool(view.holder)
+
+
+_LIVE_RECHECKS = 5
+"""On a live root, how many times verify looks again before it reports a finding (one that was not there again
+was a moment of the writer's work: a folder renamed between the listing and the replay)."""
+
+
+def _consistent_findings(root: str, args: argparse.Namespace) -> tuple[int | None, list[Any]]:
+    """:func:`_verify_findings`, and on a root a live writer holds, only the findings that persist when looked at again."""
+    seq, found, live = _verify_findings(root, args)
+    for _ in range(_LIVE_RECHECKS):
+        if not found or not live:
+            break
+        time.sleep(0.05)
+        seq, again, live = _verify_findings(root, args)
+        before = {_finding_key(v) for v in found}
+        found = [v for v in again if _finding_key(v) in before]
+    return seq, found
+
+
+def _finding_key(v: Any) -> tuple[str, str]:
+    return v.invariant, v.path or v.message
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    seq, found = _verify_findings(args.root, args)
+    seq, found = _consistent_findings(args.root, args)
     root = os.path.abspath(args.root)
     if args.json:
         _json({"root": root, "deep": args.deep, "seq": seq, "violations": found})

@@ -21,6 +21,7 @@ import errno
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from shipslog.engine import (
 )
 from shipslog.journal import (
     JOURNAL_DIR,
+    CorruptJournalError,
     CorruptRecordError,
     JournalReader,
     ShipslogError,
@@ -140,6 +142,11 @@ def live_holder(root: str) -> str | None:
     return holder
 
 
+_LIVE_RETRIES = 5
+"""How many times a read-only view reads a live root's journal again before it reports damage."""
+_LIVE_RETRY_S = 0.05
+
+
 def replay_root(
     root: str,
     registry: Registry,
@@ -161,7 +168,16 @@ def replay_root(
     warning, as ``Engine.open`` does).  ``snapshots=False`` replays from the
     first record.  ``until`` past the end raises ``ValueError``.
     """
-    loaded = load_state(root, registry, until=until, skip_unknown=skip_unknown, stop_at_refused=stop_at_refused, snapshots=snapshots)
+    for attempt in range(_LIVE_RETRIES + 1):
+        try:
+            loaded = load_state(root, registry, until=until, skip_unknown=skip_unknown, stop_at_refused=stop_at_refused, snapshots=snapshots)
+            break
+        except CorruptJournalError:
+            # Damage seen while a live writer holds the root may be a frame it is writing at that moment (the
+            # reader takes no lock): read again before judging; damage that stays is reported.
+            if attempt == _LIVE_RETRIES or live_holder(root) is None:
+                raise
+            time.sleep(_LIVE_RETRY_S)
     if until is not None and loaded.refused is None and loaded.state.seq < until:
         raise ValueError(f"--until {until} is past the end of the journal of {root} (last seq {loaded.state.seq})")
     return loaded
@@ -205,11 +221,26 @@ class RootView:
             self.last_seq = self.state.seq if self.refused is None else last_record_seq(self.journal_dir)
 
     def records(self, since: int = 1, until: int | None = None) -> Iterator[Any]:
-        """Every record from ``since`` to ``until`` with its event decoded (unknown kinds raw)."""
-        reader = JournalReader(self.journal_dir)
-        with reading(self.root):
-            for batch in reader.batches(since, until, decode=self.registry.decode_frame, decode_chunk=self.registry.decode_frames):
-                yield from batch
+        """Every record from ``since`` to ``until`` with its event decoded (unknown kinds raw).
+
+        On a root a live writer holds, damage met after the records the view
+        replayed may be a frame being written: the records are read again
+        (from the first one not yet served) before the damage is reported.
+        """
+        served = since - 1
+        for attempt in range(_LIVE_RETRIES + 1):
+            reader = JournalReader(self.journal_dir)
+            try:
+                with reading(self.root):
+                    for batch in reader.batches(served + 1, until, decode=self.registry.decode_frame, decode_chunk=self.registry.decode_frames):
+                        for rec in batch:
+                            served = rec.seq
+                            yield rec
+                return
+            except CorruptJournalError:
+                if attempt == _LIVE_RETRIES or live_holder(self.root) is None or (until is not None and served >= until):
+                    raise
+                time.sleep(_LIVE_RETRY_S)
 
     def status(self) -> Status:
         """The :class:`Status` of the replayed state."""
