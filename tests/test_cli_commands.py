@@ -245,3 +245,17 @@ def test_replay_lists_checkpoints_by_step_in_plain_words(root: str, capsys: pyte
     assert code == 0
     assert "checkpoints (by step): step-5 (step 5), step-10 (step 10), step-100 (step 100)" in out
     assert "[" not in out and "'" not in out  # no Python reprs
+
+
+def test_the_demo_names_a_shipslog_command_that_runs_without_an_activated_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``make demo`` the venv is not activated: the look-around commands give the script's path."""
+    import shutil
+    import subprocess
+
+    from shipslog.tools import shipslog_command
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    prog = shipslog_command()
+    assert shutil.which(prog.split()[0]) is not None or os.path.exists(prog.split()[0])
+    done = subprocess.run([*prog.split(), "--help"], capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and "exit codes:" in done.stdout

@@ -30,7 +30,15 @@ from ._operations_module import (
     load_operations_module,
     operation_types,
 )
-from ._render import ByteProgress, Printer, event_style, plain_table, printable, use_rich
+from ._render import (
+    ByteProgress,
+    Printer,
+    event_style,
+    plain_table,
+    printable,
+    shipslog_command,
+    use_rich,
+)
 
 if TYPE_CHECKING:
     from ._demo import DemoError, make_inbox, run_demo
@@ -90,6 +98,7 @@ __all__ = [
     "prepare_inbox",
     "printable",
     "run_demo",
+    "shipslog_command",
     "use_rich",
     "workload_processes",
 ]

@@ -44,7 +44,7 @@ from ._inspect import (
     reading,
 )
 from ._operations_module import OPERATIONS_HELP, load_operations
-from ._render import ByteProgress, Printer, event_style, printable
+from ._render import ByteProgress, Printer, event_style, printable, shipslog_command
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "add_commands"]
 
@@ -416,15 +416,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         _json(summary)
         return EXIT_OK
     root = summary["root"]
-    _out(f"\n4. shipslog status {root}\n")
+    prog = shipslog_command()
+    _out(f"\n4. {prog} status {root}\n")
     from shipslog.tools._cli import main as cli_main
 
     code = cli_main(["status", root])
     _out(
         "\nlook around:\n"
-        f"  shipslog log {root} --kind recovery.step\n"
-        f"  shipslog checkpoints {root}\n"
-        f"  shipslog verify {root} --deep\n"
+        f"  {prog} log {root} --kind recovery.step\n"
+        f"  {prog} checkpoints {root}\n"
+        f"  {prog} verify {root} --deep\n"
     )
     return code
 

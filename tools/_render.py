@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-__all__ = ["ByteProgress", "Printer", "event_style", "plain_table", "printable", "use_rich"]
+__all__ = [
+    "ByteProgress",
+    "Printer",
+    "event_style",
+    "plain_table",
+    "printable",
+    "shipslog_command",
+    "use_rich",
+]
 
 _log = logging.getLogger("shipslog.tools")
 
@@ -267,3 +276,13 @@ class ByteProgress:
         if exc_type is None:
             seconds = time.monotonic() - self._started
             _log.info("%s: %d file(s), %s bytes in %.2f s", self.description, self.files, f"{self.bytes:,}", seconds)
+
+
+def shipslog_command() -> str:
+    """How to type this installation's ``shipslog`` in a shell: the bare name when it is the one on PATH, else
+    the script's path (after ``make demo`` the virtual environment is not activated), else ``python -m shipslog``."""
+    script = os.path.join(os.path.dirname(sys.executable), "shipslog")
+    if not os.path.exists(script):
+        return f"{sys.executable} -m shipslog"
+    found = shutil.which("shipslog")
+    return "shipslog" if found is not None and os.path.realpath(found) == os.path.realpath(script) else script
