@@ -119,3 +119,22 @@ def read_pid(path: str) -> int:
     wait_for(lambda: os.path.exists(path), what=f"{path} to be written")
     with open(path) as f:
         return int(f.read())
+
+
+def escape_with_setsid_and_run(pid_file: str) -> None:
+    """Double-fork a child that leaves the process group with ``setsid`` (it keeps the environment, so the
+    incarnation's mark), write its pid to ``pid_file``, run until signalled."""
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            tmp = pid_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, pid_file)
+            while True:
+                time.sleep(60)
+        os._exit(0)
+    os.waitpid(first, 0)
+    while True:
+        time.sleep(60)

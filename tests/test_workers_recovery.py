@@ -286,3 +286,28 @@ def test_engine_open_recovers_the_workers_of_a_supervisor_killed_with_sigkill(ro
     finally:
         kill_quietly(worker)
         kill_quietly(grandchild)
+
+
+def test_recovery_stops_a_child_that_left_the_workers_group_with_setsid(engine: Engine, procs: list[Any], tmp_path: Any) -> None:
+    """A double-forked child that called setsid carries the incarnation's mark: recovery ends it with its worker."""
+    pid_file = str(tmp_path / "escaped.pid")
+    script = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "        time.sleep(1000)\n"
+        "    os._exit(0)\n"
+        "time.sleep(1000)\n"
+    )
+    worker = spawn(procs, [sys.executable, "-c", script, pid_file], env={WORKER_OP_ENV: "worker-dead-2"})
+    escaped = read_pid(pid_file)
+    try:
+        assert os.getpgid(escaped) != os.getpgid(worker.pid)
+        op = fake_started(engine, worker.pid, "w")
+        assert settle_cut_off_worker(engine, op.id).startswith("worker w (pid ")
+        assert not running(worker.pid)
+        wait_for(lambda: not running(escaped), what="the escaped child to be stopped")
+    finally:
+        kill_quietly(escaped)

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from _engine_helpers import journal_records, kind_of, open_engine
 from _workers_helpers import (
+    escape_with_setsid_and_run,
     exit_with,
     fork_child_and_die,
     fork_child_and_run,
     ignore_sigterm,
+    kill_quietly,
     no_stray_children,  # noqa: F401 - a fixture
     read_pid,
     running,
@@ -198,6 +200,18 @@ def test_stop_takes_the_workers_children_too_even_when_they_ignore_sigterm(engin
     assert running(child) and os.getpgid(child) == sv.workers()["parent"].pid
     sv.stop()
     assert not running(child)
+
+
+def test_stop_takes_a_child_that_left_the_group_with_setsid(engine: Engine, tmp_path: Any) -> None:
+    pid_file = str(tmp_path / "escaped.pid")
+    sv = Supervisor(engine, [WorkerSpec.python("escaper", escape_with_setsid_and_run, args=[pid_file], stop_timeout=5)]).start()
+    escaped = read_pid(pid_file)
+    try:
+        assert running(escaped) and os.getpgid(escaped) != sv.workers()["escaper"].pid  # out of the worker's group
+        sv.stop()
+        wait_for(lambda: not running(escaped), what="the escaped child to be killed")
+    finally:
+        kill_quietly(escaped)
 
 
 def test_a_python_target_runs_with_its_args(engine: Engine, root: str) -> None:

@@ -58,7 +58,7 @@ from ._events import (
     WorkerStopped,
     event_kind,
 )
-from ._identity import process_identity
+from ._identity import find_worker_processes, process_identity
 from ._operation import WORKER
 from ._policy import backoff_delay, restarts_within_window, wants_restart
 from ._process import (
@@ -295,6 +295,10 @@ class WorkerLifecycle:
             leftovers = group_members(inc.pgid, inc.create_time, inc.op)
             if leftovers:
                 kill_members(leftovers)
+        escaped = find_worker_processes(inc.op)  # children that left the group (setsid) but carry the incarnation's mark
+        if escaped:
+            _log.warning("killing %d process(es) of worker op %s outside its process group: %s", len(escaped), inc.op, [p.pid for p in escaped])
+            kill_members(escaped)
         if inc.pidfd is not None:
             self._sel.unregister(inc.pidfd)
             os.close(inc.pidfd)

@@ -30,7 +30,14 @@ import psutil
 
 from ._errors import SupervisorError
 from ._events import WORKER_OP_ENV
-from ._identity import CREATE_TIME_TOLERANCE, environ_op, environ_op_of, is_alive, probe_worker
+from ._identity import (
+    CREATE_TIME_TOLERANCE,
+    environ_op,
+    environ_op_of,
+    find_worker_processes,
+    is_alive,
+    probe_worker,
+)
 from ._spec import WorkerSpec
 
 __all__ = [
@@ -175,8 +182,9 @@ def stop_worker(
     in its environment (:data:`WORKER_OP_ENV`) to be stopped: a process that
     matches the identity but not the mark is left alone and reported gone.  The live members of its group that are provably
     ours are killed too: with ``op_id``, those carrying it in their
-    environment (whether or not the leader was alive); without it, only
-    after the leader was verified to be the worker.  Raises
+    environment (whether or not the leader was alive), and any other live
+    process carrying it (a child that left the group with ``setsid``);
+    without it, only after the leader was verified to be the worker.  Raises
     :class:`SupervisorError` when the process survives SIGKILL for
     :data:`KILL_GRACE` seconds (stuck in the kernel): then nothing may be journaled.
     """
@@ -195,6 +203,9 @@ def stop_worker(
     elif op_id is None:
         return outcome  # the group id may belong to whoever reuses the pid now: only a member carrying op_id is ours
     leftovers = group_members(pid, create_time, op_id)
+    if op_id is not None:  # a child that left the group (setsid after a double fork) still carries the mark
+        grouped = {p.pid for p in leftovers}
+        leftovers += [p for p in find_worker_processes(op_id) if p.pid not in grouped]
     if leftovers:
         _log.warning("killing %d leftover process(es) of worker %d's group: %s", len(leftovers), pid, [p.pid for p in leftovers])
         stuck = kill_members(leftovers)
