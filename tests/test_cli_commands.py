@@ -259,3 +259,11 @@ def test_the_demo_names_a_shipslog_command_that_runs_without_an_activated_venv(m
     assert shutil.which(prog.split()[0]) is not None or os.path.exists(prog.split()[0])
     done = subprocess.run([*prog.split(), "--help"], capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and "exit codes:" in done.stdout
+
+
+def test_tail_columns_line_up(host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tail", host, "-n", "6")
+    assert code == 0
+    lines = out.splitlines()
+    starts = {line.index(kind) for line in lines[1:] for kind in [line.split()[4]]}
+    assert len(lines) == 7 and starts == {lines[0].index("event")}

@@ -238,10 +238,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     view = open_records(args.root, registry=_registry(args))
     since = max(1, view.last_seq - args.lines + 1)
     printer = Printer()
+    first = list(view.records(since)) if args.lines else []
+    widths = [max([len(h), *(len(printable(c)) for c in cells)]) for h, *cells in zip(_RECORD_HEADERS, *map(_record_cells, first))]
+    widths = widths or [len(h) for h in _RECORD_HEADERS]
 
-    def row(rec: Any) -> None:
+    def row(rec: Any) -> None:  # the columns line up; a longer cell later widens its column from there on
         cells = _record_cells(rec)
-        printer.fields(cells, [*_RECORD_STYLES[:4], event_style(cells[4]) or "bold", _RECORD_STYLES[5]])
+        widths[:] = [max(w, len(printable(c))) for w, c in zip(widths, cells)]
+        printer.fields(cells, [*_RECORD_STYLES[:4], event_style(cells[4]) or "bold", _RECORD_STYLES[5]], widths)
 
     if args.json:  # one JSON object per line, flushed as it comes: what a script follows
         def row(rec: Any) -> None:
@@ -250,9 +254,9 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     _note_refused(view)
     if not args.json:
-        printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS))
+        printer.fields(_RECORD_HEADERS, ["bold"] * len(_RECORD_HEADERS), widths)
     last = since - 1
-    for rec in view.records(since):
+    for rec in first:
         row(rec)
         last = rec.seq
     while args.follow:

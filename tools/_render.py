@@ -196,11 +196,13 @@ class Printer:
             grid.add_row(Text(k, style=style), Text(v, style=style))
         self._console.print(grid)
 
-    def fields(self, cells: Sequence[str], styles: Sequence[str] = ()) -> None:
-        """One row of a stream of rows (plain: the cells joined by two spaces); ``styles`` colours cells by position."""
+    def fields(self, cells: Sequence[str], styles: Sequence[str] = (), widths: Sequence[int] = ()) -> None:
+        """One row of a stream of rows (plain: the cells joined by two spaces); ``styles`` colours cells by position,
+        ``widths`` pads the cells before the last to line up with the rows around it."""
         cells = [printable(c) for c in cells]
+        cells = [c.ljust(widths[i]) if i < len(widths) and i < len(cells) - 1 else c for i, c in enumerate(cells)]
         if self._console is None:
-            self._write("  ".join(cells) + "\n")
+            self._write("  ".join(cells).rstrip() + "\n")
             return
         from rich.text import Text
 
