@@ -268,6 +268,8 @@ def require_root(root: str) -> str:
     if not os.path.isdir(root):
         raise NotARootError(root, f"it is not a folder; {unchanged}")
     journal_dir = os.path.join(root, JOURNAL_DIR)
+    if not os.access(root, os.R_OK | os.X_OK):  # else a root this user may not enter would look like one without a journal
+        raise UnreadableRootError(root, root, "this user may not list or enter it (it needs read and search permission)")
     if not os.path.isdir(journal_dir):
         raise NotARootError(root, f"it has no {JOURNAL_DIR}/ folder; {unchanged}")
     if not os.access(journal_dir, os.R_OK | os.X_OK):
