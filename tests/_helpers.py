@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 
 import msgspec
 
@@ -35,6 +36,17 @@ def frames(path: str) -> list[tuple[int, int]]:
         out.append((off, length))
         off += 8 + length
     return out
+
+
+def rewrite_segment_version(path: str, version: int) -> None:
+    """Rewrite a segment's header as a shipslog writing format ``version`` would: that version, and a header crc
+    that verifies."""
+    with open(path, "r+b") as f:
+        header = bytearray(f.read(HEADER_SIZE))
+        struct.pack_into("<H", header, 8, version)
+        struct.pack_into("<I", header, HEADER_SIZE - 4, zlib.crc32(bytes(header[: HEADER_SIZE - 4])))
+        f.seek(0)
+        f.write(header)
 
 
 def segments(root: str | os.PathLike[str]) -> list[str]:

@@ -12,19 +12,17 @@ import errno
 import json
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from _cli_helpers import cli, healthy_host, keep_logging, unchanged  # noqa: F401  (keep_logging: autouse fixture)
 from _engine_helpers import crash, open_engine
-from _helpers import frames, segments
+from _helpers import frames, rewrite_segment_version, segments
 
 from shipslog.engine import EVENT_SCHEMA_VERSION, Registry, SessionOpened
 from shipslog.journal import (
     FORMAT_VERSION,
-    HEADER_SIZE,
     SNAPSHOT_VERSION,
     Journal,
     UnsupportedFormatError,
@@ -243,12 +241,7 @@ def test_an_os_error_while_re_checksumming_is_one_line_exit_2(
 
 def _newer_segment(root: str) -> str:
     path = segments(root)[0]
-    with open(path, "r+b") as f:  # as a newer shipslog writes it: its version, and a header crc that verifies
-        header = bytearray(f.read(HEADER_SIZE))
-        struct.pack_into("<H", header, 8, FORMAT_VERSION + 1)
-        struct.pack_into("<I", header, HEADER_SIZE - 4, zlib.crc32(bytes(header[: HEADER_SIZE - 4])))
-        f.seek(0)
-        f.write(header)
+    rewrite_segment_version(path, FORMAT_VERSION + 1)  # as a newer shipslog writes it, its header crc verifying
     return path
 
 

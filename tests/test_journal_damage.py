@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import zlib
 
 import pytest
-from _helpers import event, event_index, frames, segments, write_records
+from _helpers import event, event_index, frames, rewrite_segment_version, segments, write_records
 
 from shipslog.journal import (
     HEADER_SIZE,
@@ -204,21 +203,11 @@ def test_missing_first_segment(root: str) -> None:
 def test_segment_with_an_unknown_format_version(root: str) -> None:
     write_records(root, N)
     path = segments(root)[0]
-    _set_version(path, 99)
+    rewrite_segment_version(path, 99)
     with pytest.raises(UnsupportedFormatError) as info:
         Journal.open(root)
     assert (info.value.found, info.value.supported) == (99, 1)
     assert "99" in str(info.value) and "version 1" in str(info.value)
-
-
-def _set_version(path: str, version: int) -> None:
-    """Rewrite a segment header as a shipslog writing ``version`` would: the version and a valid header crc."""
-    with open(path, "r+b") as f:
-        header = bytearray(f.read(HEADER_SIZE))
-        struct.pack_into("<H", header, 8, version)
-        struct.pack_into("<I", header, HEADER_SIZE - 4, zlib.crc32(bytes(header[: HEADER_SIZE - 4])))
-        f.seek(0)
-        f.write(header)
 
 
 def test_a_flipped_bit_in_the_version_field_is_damage_not_a_newer_format(root: str) -> None:
