@@ -15,7 +15,9 @@ Guarantees, the same for both:
   and the journal is replayed from its first record;
 * the records after the snapshot are read from the snapshot's frame position
   on, each verified and applied by the reducer, so the cost is that of the
-  records after the snapshot, not of the whole history;
+  records after the snapshot, not of the whole history; the bytes before it
+  are verified too, by the segments' seals (one crc pass, no decoding), so
+  damage anywhere in the journal is found;
 * a record the reducer refuses, or damage in the frames read, raises (or, for
   read-only views that ask for it, ends the replay there and is reported).
 """
@@ -31,6 +33,7 @@ from shipslog.journal import (
     SNAPSHOT_DIR,
     CorruptJournalError,
     CorruptRecordError,
+    HistoryCheck,
     Journal,
     JournalReader,
     Snapshot,
@@ -126,7 +129,20 @@ def load_state(
         read_only = True
     start = _usable_start(snap, registry, skip_unknown=skip_unknown)
     used = snap if start is not None else None
-    reducer = Reducer(registry, start, skip_unknown=skip_unknown)
+    # The bytes before the snapshot are verified as opening verifies them, on a thread beside the replay.
+    history = HistoryCheck(journal_dir, used.position) if read_only and used is not None else None
+    try:
+        reducer = Reducer(registry, start, skip_unknown=skip_unknown)
+        return _replay_after(journal_dir, reducer, used, end, read_only=read_only, stop_at_refused=stop_at_refused)
+    finally:
+        if history is not None:
+            history.wait()
+
+
+def _replay_after(
+    journal_dir: str, reducer: Reducer, used: Snapshot | None, end: int | None, *, read_only: bool, stop_at_refused: bool
+) -> LoadedState:
+    """Replay the records after ``used`` (all of them when None) into ``reducer``; see :func:`load_state`."""
     first = reducer.seq
     torn: TornTail | None = None
     refused: CorruptRecordError | None = None

@@ -38,6 +38,8 @@ from ._format import (
     MAX_FRAME_BYTES,
     MAX_RECORDS_PER_FRAME,
     Record,
+    SegmentHeader,
+    read_segment_header,
     segment_name,
 )
 from ._fs import (
@@ -50,6 +52,7 @@ from ._fs import (
     open_regular,
     read_limited,
 )
+from ._history import HistoryCheck, verify_history
 from ._journal import (
     DEFAULT_SEGMENT_BYTES,
     JOURNAL_DIR,
@@ -95,6 +98,7 @@ __all__ = [
     "DelegatingFileSystem",
     "FileSystem",
     "FsOp",
+    "HistoryCheck",
     "InsufficientSpaceError",
     "Journal",
     "JournalBrokenError",
@@ -111,6 +115,7 @@ __all__ = [
     "RecordingFileSystem",
     "RootLock",
     "RootedFileSystem",
+    "SegmentHeader",
     "ShipslogError",
     "Snapshot",
     "TailRepair",
@@ -126,10 +131,12 @@ __all__ = [
     "open_regular",
     "read_limited",
     "read_lock_holder",
+    "read_segment_header",
     "read_snapshot",
     "register_crash_point",
     "registered_crash_points",
     "segment_name",
     "set_crash_hook",
     "short_repr",
+    "verify_history",
 ]

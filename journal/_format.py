@@ -2,13 +2,26 @@
 
 A segment file is a fixed header followed by frames::
 
-    header: magic "SHIPSLOG" | u16 version | u16 flags | u64 first_seq
-            | i64 created_ns | u32 prev_crc | u32 header_crc      (36 bytes, little-endian)
+    header: magic "SHIPSLOG" | u16 version | u16 header_size | u64 first_seq
+            | i64 created_ns | u32 prev_crc | u64 segment_bytes
+            | u64 prev_end | u32 prev_body_crc | u32 header_crc  (56 bytes, little-endian)
     frame:  u32 length | u32 crc | payload (length bytes)
 
-``header_crc`` is the CRC-32 of the header bytes before it.  ``prev_crc`` is the
+``header_crc`` is the CRC-32 of the header bytes before it; it is checked
+before anything else in the header, so a flipped bit anywhere (the version
+included) is damage, never mistaken for a newer format.  ``prev_crc`` is the
 crc of the last frame of the previous segment (0 for the first segment), so a
 segment cannot be swapped in from another journal unnoticed.
+
+``prev_end`` and ``prev_body_crc`` seal the previous segment: its frames end
+at ``prev_end`` and ``prev_body_crc`` is the CRC-32 of its bytes before that
+(header included).  A segment is sealed when the next one is created, and is
+never written again, so an opener verifies every byte of the history before
+its snapshot with one crc call per segment instead of a walk over its frames.
+``segment_bytes`` is the size the root's segments roll at, so a root keeps the
+size it was created with.  (Version 1 headers, 36 bytes, have a zero where
+``header_size`` is and end after ``prev_crc``; they are still read, and a
+version-1 segment with no seal is verified by walking its frames.)
 
 A frame's crc is ``crc32(payload, crc32(length_le32, prev))``, where ``prev``
 is the crc of the frame before it, or ``header_crc`` for the first frame of a
@@ -43,6 +56,8 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_FRAME_BYTES",
     "MAX_RECORDS_PER_FRAME",
+    "MAX_SEGMENT_BYTES",
+    "V1_HEADER_SIZE",
     "Damage",
     "FrameEnd",
     "Record",
@@ -53,6 +68,7 @@ __all__ = [
     "is_zero",
     "mapped_segment",
     "parse_segment_name",
+    "read_segment_header",
     "record_count",
     "scan_frames",
     "scan_payloads",
@@ -60,9 +76,18 @@ __all__ = [
 ]
 
 MAGIC = b"SHIPSLOG"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sHHQqI")
+FORMAT_VERSION = 2
+_PREFIX = struct.Struct("<8sHH")
+"""The part every version shares: the magic, the version, and (from version 2) the header's size."""
+_HEADER_V1 = struct.Struct("<8sHHQqI")
+_HEADER = struct.Struct("<8sHHQqIQQI")
 HEADER_SIZE = _HEADER.size + 4
+"""The size of the header this shipslog writes (frames start right after it)."""
+V1_HEADER_SIZE = _HEADER_V1.size + 4
+_MAX_HEADER_SIZE = 4096
+"""The largest header size field believed: a larger one is damage, whatever the version says."""
+MAX_SEGMENT_BYTES = 1 << 40
+"""The largest segment size a header may record (the writer accepts no more)."""
 _CRC = struct.Struct("<I")
 _FRAME = struct.Struct("<II")
 FRAME_HEADER_SIZE = _FRAME.size
@@ -105,12 +130,27 @@ class Record(msgspec.Struct, array_like=True, gc=False, frozen=True):
 
 @dataclass(frozen=True)
 class SegmentHeader:
-    """The parsed header of one segment file."""
+    """The parsed header of one segment file.
+
+    ``size`` is where its first frame starts.  ``segment_bytes``, ``prev_end``
+    and ``prev_body_crc`` are 0 in a version-1 header (which does not record
+    them); ``prev_end`` is 0 in the first segment too.
+    """
 
     first_seq: int
     created_ns: int
     prev_crc: int
     header_crc: int
+    version: int = FORMAT_VERSION
+    size: int = HEADER_SIZE
+    segment_bytes: int = 0
+    prev_end: int = 0
+    prev_body_crc: int = 0
+
+    @property
+    def seals_previous(self) -> bool:
+        """Whether this header records the end and the checksum of the segment before it."""
+        return self.prev_end > 0
 
 
 def segment_name(first_seq: int) -> str:
@@ -128,9 +168,11 @@ def parse_segment_name(name: str) -> int | None:
     return int(stem)
 
 
-def encode_header(first_seq: int, created_ns: int, prev_crc: int) -> bytes:
-    """The header bytes of a new segment."""
-    body = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, first_seq, created_ns, prev_crc)
+def encode_header(
+    first_seq: int, created_ns: int, prev_crc: int, *, segment_bytes: int, prev_end: int = 0, prev_body_crc: int = 0
+) -> bytes:
+    """The header bytes of a new segment (``prev_end``/``prev_body_crc`` seal the segment before it)."""
+    body = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, first_seq, created_ns, prev_crc, segment_bytes, prev_end, prev_body_crc)
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -140,29 +182,51 @@ def decode_header(path: str, data: bytes | mmap.mmap) -> SegmentHeader:
     A header whose checksum fails is :class:`CorruptJournalError` at offset 0
     (checked before the version, so a flipped bit there is damage); a valid
     header of an unknown version raises :class:`UnsupportedFormatError`
-    naming both versions.
+    naming both versions.  Version 1 and 2 headers are read.
     """
     if len(data) == 0:
         raise CorruptJournalError(
-            path, 0, "the segment file is empty (expected a 36-byte header)",
+            path, 0, f"the segment file is empty (expected a {HEADER_SIZE}-byte header)",
             hint="segments are created whole, so an empty one was not written by shipslog; "
             "move it out of the journal folder if it holds nothing you need",
         )
-    if len(data) < HEADER_SIZE:
-        raise CorruptJournalError(path, 0, f"the segment file is {len(data)} bytes, shorter than its {HEADER_SIZE}-byte header")
-    magic, version, _flags, first_seq, created_ns, prev_crc = _HEADER.unpack_from(data, 0)
+    if len(data) < _PREFIX.size:
+        raise CorruptJournalError(path, 0, f"the segment file is {len(data)} bytes, shorter than a segment header")
+    magic, version, size_field = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise CorruptJournalError(
             path, 0, f"expected the segment magic {MAGIC!r}, found {bytes(magic)!r}",
             hint="this file is not a shipslog journal segment; move it out of the journal folder",
         )
-    (stored,) = _CRC.unpack_from(data, _HEADER.size)
-    actual = zlib.crc32(data[: _HEADER.size])
+    size = V1_HEADER_SIZE if version == 1 and size_field == 0 else size_field
+    if not _PREFIX.size + 4 <= size <= _MAX_HEADER_SIZE:
+        raise CorruptJournalError(path, 0, f"the segment header claims a size of {size} bytes (version field {version}): the header is damaged")
+    if len(data) < size:
+        raise CorruptJournalError(path, 0, f"the segment file is {len(data)} bytes, shorter than its {size}-byte header")
+    (stored,) = _CRC.unpack_from(data, size - 4)
+    actual = zlib.crc32(data[: size - 4])
     if stored != actual:  # checked first: a damaged version field is damage, not a newer format
         raise CorruptJournalError(path, 0, f"segment header crc mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    if version == 1 and size == V1_HEADER_SIZE:
+        _m, _v, _f, first_seq, created_ns, prev_crc = _HEADER_V1.unpack_from(data, 0)
+        return SegmentHeader(first_seq, created_ns, prev_crc, stored, 1, size)
     if version != FORMAT_VERSION:
         raise UnsupportedFormatError(path, "journal segment", version, FORMAT_VERSION)
-    return SegmentHeader(first_seq, created_ns, prev_crc, stored)
+    if size != HEADER_SIZE:
+        raise CorruptJournalError(path, 0, f"a version {version} segment header is {HEADER_SIZE} bytes, this one claims {size}")
+    _m, _v, _s, first_seq, created_ns, prev_crc, segment_bytes, prev_end, prev_body_crc = _HEADER.unpack_from(data, 0)
+    if not HEADER_SIZE + 64 <= segment_bytes <= MAX_SEGMENT_BYTES:
+        raise CorruptJournalError(path, 0, f"the header records a segment size of {segment_bytes} bytes, "
+                                  f"outside {HEADER_SIZE + 64}..{MAX_SEGMENT_BYTES}")
+    if prev_end and not V1_HEADER_SIZE <= prev_end <= MAX_SEGMENT_BYTES:
+        raise CorruptJournalError(path, 0, f"the header says the previous segment ends at byte {prev_end}, which no segment can")
+    return SegmentHeader(first_seq, created_ns, prev_crc, stored, version, size, segment_bytes, prev_end, prev_body_crc)
+
+
+def read_segment_header(path: str) -> SegmentHeader:
+    """The verified header of the segment file at ``path`` (read-only)."""
+    with mapped_segment(path) as data:
+        return decode_header(path, data)
 
 
 def frame_crc(payload: bytes, prev: int) -> int:

@@ -28,6 +28,7 @@ import os
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -46,19 +47,24 @@ from ._format import (
     HEADER_SIZE,
     MAX_FRAME_BYTES,
     MAX_RECORDS_PER_FRAME,
+    MAX_SEGMENT_BYTES,
     Record,
+    SegmentHeader,
     decode_header,
     encode_frame,
     encode_header,
+    mapped_segment,
     segment_name,
 )
 from ._fs import OS_FS, FileSystem
+from ._history import HistoryCheck, crc_of
 from ._lock import RootLock
 from ._reader import (
     JournalReader,
     Position,
     SegmentStart,
     TornTail,
+    WalkEnd,
     decode_payload,
     list_segments,
     segment_start_position,
@@ -138,6 +144,7 @@ class Journal:
         self._fs: FileSystem = OS_FS
         self._lock: RootLock | None = None
         self._segment_bytes = DEFAULT_SEGMENT_BYTES
+        self._segment_bytes_given = False
         self._preallocate = True
         self._keep_snapshots = 2
         self._fd = -1
@@ -146,6 +153,7 @@ class Journal:
         self._offset = 0
         self._file_size = 0
         self._crc = 0
+        self._body_crc = 0
         self._next_seq = 1
         self._durable_seq = 0
         self._mutex = threading.Lock()
@@ -160,6 +168,8 @@ class Journal:
         self._closed = False
         self._broken: BaseException | None = None
         self._positions: collections.deque[tuple[int, int, Position]] = collections.deque(maxlen=_POSITIONS_KEPT)
+        self._history: HistoryCheck | None = None
+        self._history_error: BaseException | None = None
         self._encode = msgspec.msgpack.Encoder().encode
 
     # -- opening --------------------------------------------------------------------
@@ -171,28 +181,40 @@ class Journal:
         *,
         fs: FileSystem | None = None,
         fsync: bool = True,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        segment_bytes: int | None = None,
         preallocate: bool = True,
         keep_snapshots: int = 2,
         session: str | None = None,
+        defer_history: bool = False,
     ) -> Journal:
-        """Lock ``root``, verify its journal from the newest valid snapshot on, repair a torn tail, and open it for appends.
+        """Lock ``root``, verify its journal (every byte: the history before the newest valid snapshot by its
+        segments' seals, the frames after it one by one), repair a torn tail, and open it for appends.
 
         Creates the root and an empty journal when there is none.  ``fsync=False``
         (for tests and benchmarks only) skips every fsync.  ``segment_bytes`` is
-        where segments roll; with ``preallocate`` each segment reserves that
-        much space when created, so appends rarely change the file size.
+        where segments roll (default: the size the root was created with,
+        recorded in its segment headers, or 64 MiB for a new root); with
+        ``preallocate`` each segment reserves that much space when created
+        (best-effort), so appends rarely change the file size.
         Raises :class:`JournalLockedError` when another opener holds the root
         and :class:`CorruptJournalError` for damage that is not a torn tail.
+
+        The history before the snapshot is verified on a thread beside the
+        walk.  With ``defer_history`` opening returns without waiting for it,
+        so the caller can replay meanwhile; the first write (an append, a
+        snapshot, a tail repair) and :meth:`wait_verified` wait for it and
+        raise what it found, so nothing is ever written to, or acknowledged
+        by, a journal with damage anywhere.
         """
-        if segment_bytes < HEADER_SIZE + 64:
-            raise ValueError(f"segment_bytes must be at least {HEADER_SIZE + 64}, got {segment_bytes}")
+        if segment_bytes is not None and not HEADER_SIZE + 64 <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes must be {HEADER_SIZE + 64}..{MAX_SEGMENT_BYTES}, got {segment_bytes}")
         if keep_snapshots < 1:
             raise ValueError(f"keep_snapshots must be 1 or more, got {keep_snapshots}")
         self = cls(_token=_OPEN_TOKEN)
         self.root = os.path.abspath(os.fspath(root))
         self._fs = fs if fs is not None else (OS_FS if fsync else FileSystem(sync=False))
-        self._segment_bytes = segment_bytes
+        self._segment_bytes = segment_bytes or DEFAULT_SEGMENT_BYTES
+        self._segment_bytes_given = segment_bytes is not None
         self._preallocate = preallocate
         self._keep_snapshots = keep_snapshots
         self.session = session or secrets.token_hex(6)
@@ -203,7 +225,10 @@ class Journal:
             self._fs.ensure_dir(self.journal_dir)
             self._fs.ensure_dir(self.snapshot_dir)
             self._recover_tail()
+            if not defer_history:
+                self.wait_verified()
         except BaseException:
+            self._join_history()
             if self._fd >= 0:
                 self._fs.close(self._fd)
                 self._fd = -1
@@ -235,8 +260,23 @@ class Journal:
             self._next_seq = 1
             return
         start = self._choose_snapshot()
+        if start is not None:
+            self._history = HistoryCheck(self.journal_dir, start.position, segments)
+        end, last_seq, last_header = self._walk_from(start)
+        if last_header is not None and last_header.segment_bytes and not self._segment_bytes_given:
+            self._segment_bytes = last_header.segment_bytes  # the root keeps the size it was created with
+        body_crc = self._segment_prefix_crc(end.path, end.offset, start.position if start else None)
+        if end.torn is not None:
+            self.report.tail_repair = self._repair_tail(end.torn, last_seq + 1)
+        self._durable_seq = last_seq
+        self._next_seq = last_seq + 1
+        self._open_segment(end.segment, end.path, end.offset, end.crc, body_crc)
+
+    def _walk_from(self, start: Snapshot | None) -> tuple[WalkEnd, int, SegmentHeader | None]:
+        """Walk the frames from ``start`` (or the first) to the end: where they end, the last seq, the last header."""
         walker = walk(self.journal_dir, start.position if start else None)
         last_payload: tuple[str, int, bytes] | None = None
+        last_header: SegmentHeader | None = None
         seg_first = 0
         seg_path = ""
         while True:
@@ -256,6 +296,7 @@ class Journal:
                         )
                 seg_first = item.header.first_seq
                 seg_path = item.path
+                last_header = item.header
                 last_payload = None
                 continue
             offset, _crc, payload = item[-1]
@@ -266,11 +307,15 @@ class Journal:
                 end.path, end.offset,
                 f"snapshot {start.path} is at seq {start.seq} but the journal ends at seq {last_seq}: acknowledged records are missing",
             )
-        if end.torn is not None:
-            self.report.tail_repair = self._repair_tail(end.torn, last_seq + 1)
-        self._durable_seq = last_seq
-        self._next_seq = last_seq + 1
-        self._open_segment(end.segment, end.path, end.offset, end.crc)
+        return end, last_seq, last_header
+
+    def _segment_prefix_crc(self, path: str, offset: int, start: Position | None) -> int:
+        """The CRC-32 of the open segment's bytes before ``offset`` (continued from ``start`` when the verified walk
+        began in this segment at a position that records it), so the writer can seal the segment when it rolls."""
+        with mapped_segment(path) as data:
+            if start is not None and start.segment_crc is not None and os.path.basename(path) == segment_name(start.segment):
+                return crc_of(data, start.offset, offset, start.segment_crc)
+            return crc_of(data, 0, offset)
 
     def _choose_snapshot(self) -> Snapshot | None:
         snap, skipped = newest_snapshot(self.journal_dir, self.snapshot_dir)
@@ -280,7 +325,29 @@ class Journal:
         self.report.snapshot = snap
         return snap
 
+    def wait_verified(self) -> None:
+        """Wait for the verification of the history before the snapshot (started at open); raise
+        :class:`CorruptJournalError` if it found damage (again at every later call and write)."""
+        if self._history_error is not None:
+            raise self._history_error
+        history, self._history = self._history, None
+        if history is None:
+            return
+        try:
+            history.wait()
+        except BaseException as exc:
+            self._history_error = exc
+            raise
+
+    def _join_history(self) -> None:
+        """Wait for the history check to stop, keeping what it found (for a journal that is being closed)."""
+        try:
+            self.wait_verified()
+        except Exception as exc:  # noqa: BLE001  (kept in _history_error and raised by every later write)
+            _log.debug("history check ended with %s while the journal closed", exc)
+
     def _repair_tail(self, torn: TornTail, next_seq: int) -> TailRepair:
+        self.wait_verified()  # the first write: never to a journal with damage before the snapshot
         with open(torn.path, "rb") as f:
             f.seek(torn.offset)
             damaged = f.read(torn.stop - torn.offset)
@@ -304,11 +371,11 @@ class Journal:
 
     def _create_segment(self, first_seq: int, prev_crc: int) -> None:
         path = os.path.join(self.journal_dir, segment_name(first_seq))
-        header = encode_header(first_seq, time.time_ns(), prev_crc)
+        header = encode_header(first_seq, time.time_ns(), prev_crc, segment_bytes=self._segment_bytes)
         self._fs.write_file_atomic(path, header)  # its reservation is made (best-effort) and synced as it is opened
-        self._open_segment(first_seq, path, HEADER_SIZE, decode_header(path, header).header_crc)
+        self._open_segment(first_seq, path, HEADER_SIZE, decode_header(path, header).header_crc, zlib.crc32(header))
 
-    def _open_segment(self, seg_seq: int, path: str, offset: int, crc: int) -> None:
+    def _open_segment(self, seg_seq: int, path: str, offset: int, crc: int, body_crc: int) -> None:
         fd = self._fs.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
@@ -324,6 +391,7 @@ class Journal:
         self._offset = offset
         self._file_size = size
         self._crc = crc
+        self._body_crc = body_crc
 
     def _reserve(self, fd: int, path: str) -> bool:
         """Reserve the segment's size for an open segment, best-effort: on a full disk the segment is used without
@@ -477,6 +545,7 @@ class Journal:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             self._check_not_broken()
+            self.wait_verified()
             seq = self._next_seq
             now = time.time()
             session = self.session
@@ -513,10 +582,13 @@ class Journal:
                 self._sync_segment(self._fd)
                 crash_point(CP_AFTER_FSYNC)
                 self._sync_seconds = 0.8 * self._sync_seconds + 0.2 * (time.monotonic() - synced)
-            self._positions.append((records[0].seq, records[-1].seq, Position(self._seg_seq, start, self._crc, records[0].seq)))
+            self._positions.append(
+                (records[0].seq, records[-1].seq, Position(self._seg_seq, start, self._crc, records[0].seq, self._body_crc))
+            )
             self._offset = start + len(frame)
             self._file_size = max(self._file_size, self._offset)
             self._crc = crc
+            self._body_crc = zlib.crc32(frame, self._body_crc)
             self._next_seq = seq
             if need_sync:
                 self._durable_seq = seq - 1
@@ -599,7 +671,11 @@ class Journal:
             self._sync_segment(old_fd)  # frames written with sync=False become durable before the roll
             self._durable_seq = self._next_seq - 1
         path = os.path.join(self.journal_dir, segment_name(self._next_seq))
-        header = encode_header(self._next_seq, time.time_ns(), self._crc)
+        # The new header seals the old segment: where its frames end, and the checksum of every byte before that.
+        header = encode_header(
+            self._next_seq, time.time_ns(), self._crc,
+            segment_bytes=self._segment_bytes, prev_end=self._offset, prev_body_crc=self._body_crc,
+        )
         try:
             self._fs.write_file_atomic(path, header, preallocate=self._segment_bytes if self._preallocate else 0)
         except OSError as exc:
@@ -619,7 +695,7 @@ class Journal:
                 "nothing was appended and the journal stays usable",
             ) from exc
         try:
-            self._open_segment(self._next_seq, path, HEADER_SIZE, decode_header(path, header).header_crc)
+            self._open_segment(self._next_seq, path, HEADER_SIZE, decode_header(path, header).header_crc, zlib.crc32(header))
         except OSError as exc:
             self._broken = exc
             raise JournalBrokenError(exc.errno or errno.EIO, f"opening the new segment {path} failed ({exc}); the journal is broken") from exc
@@ -660,6 +736,7 @@ class Journal:
         ``seq`` must be a durable record of this journal.
         """
         self._check_usable()
+        self.wait_verified()
         if not 1 <= seq <= self._durable_seq:
             raise ValueError(f"a snapshot must be at a durable seq (1..{self._durable_seq}), got {seq}")
         position = self._position_for(seq) or self._segment_position(seq)
@@ -699,6 +776,7 @@ class Journal:
             self._closed = True
             while self._leading or self._queue:
                 self._idle.wait()
+        self._join_history()
         try:
             if self._fd >= 0 and self._broken is None and self._durable_seq < self._next_seq - 1:
                 self._sync_segment(self._fd)

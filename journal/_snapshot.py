@@ -3,8 +3,13 @@
 A snapshot lets an opener skip the history before it.  The file is::
 
     magic "SHIPSNAP" | u16 version | u16 flags | u64 seq
-    | position: u64 segment | u64 offset | u32 prev_crc | u64 first_seq
+    | position: u64 segment | u64 offset | u32 prev_crc | u64 first_seq | u32 segment_crc
     | u64 payload_len | payload | u32 crc (over everything before it)
+
+``segment_crc`` (present when bit 0 of ``flags`` is set) is the CRC-32 of the
+position's segment before ``offset``: with it an opener verifies those bytes
+in one crc call (:func:`~shipslog.journal.verify_history`).  Version-1 files
+(no ``segment_crc``) are still read.
 
 The position is where a frame at or before the one holding record ``seq``
 starts (usually that very frame), so an opener reads only the frames from
@@ -39,8 +44,10 @@ __all__ = [
 ]
 
 _MAGIC = b"SHIPSNAP"
-SNAPSHOT_VERSION = 1
-_HEAD = struct.Struct("<8sHHQQQIQQ")
+SNAPSHOT_VERSION = 2
+_HEAD_V1 = struct.Struct("<8sHHQQQIQQ")
+_HEAD = struct.Struct("<8sHHQQQIQIQ")
+_HAS_SEGMENT_CRC = 1
 _CRC = struct.Struct("<I")
 _SUFFIX = ".snap"
 MAX_SNAPSHOT_BYTES = 1 << 30
@@ -82,9 +89,10 @@ def list_snapshots(folder: str) -> list[tuple[int, str]]:
 
 def encode_snapshot(seq: int, position: Position, payload: bytes) -> bytes:
     """The bytes of a snapshot file."""
+    flags = 0 if position.segment_crc is None else _HAS_SEGMENT_CRC
     head = _HEAD.pack(
-        _MAGIC, SNAPSHOT_VERSION, 0, seq,
-        position.segment, position.offset, position.prev_crc, position.first_seq, len(payload),
+        _MAGIC, SNAPSHOT_VERSION, flags, seq,
+        position.segment, position.offset, position.prev_crc, position.first_seq, position.segment_crc or 0, len(payload),
     )
     body = head + payload
     return body + _CRC.pack(zlib.crc32(body))
@@ -99,15 +107,26 @@ def read_snapshot(path: str) -> Snapshot:
     data = read_limited(path, MAX_SNAPSHOT_BYTES)
     if data is None:
         raise CorruptSnapshotError(path, f"it is larger than the {MAX_SNAPSHOT_BYTES}-byte limit on snapshots")
-    if len(data) < _HEAD.size + _CRC.size:
+    if len(data) < _HEAD_V1.size + _CRC.size:
         raise CorruptSnapshotError(path, f"{len(data)} bytes is shorter than a snapshot header")
-    magic, version, _flags, seq, segment, offset, prev_crc, first_seq, length = _HEAD.unpack_from(data, 0)
+    magic, version, flags = struct.unpack_from("<8sHH", data, 0)
     if magic != _MAGIC:
         raise CorruptSnapshotError(path, f"expected magic {_MAGIC!r}, found {bytes(magic)!r}")
-    if version != SNAPSHOT_VERSION:
+    segment_crc: int | None = None
+    if version == 1:
+        head = _HEAD_V1
+        _m, _v, _f, seq, segment, offset, prev_crc, first_seq, length = head.unpack_from(data, 0)
+    elif version == SNAPSHOT_VERSION and len(data) >= _HEAD.size + _CRC.size:
+        head = _HEAD
+        _m, _v, _f, seq, segment, offset, prev_crc, first_seq, crc_field, length = head.unpack_from(data, 0)
+        if flags & _HAS_SEGMENT_CRC:
+            segment_crc = crc_field
+    elif version == SNAPSHOT_VERSION:
+        raise CorruptSnapshotError(path, f"{len(data)} bytes is shorter than a version {version} snapshot header")
+    else:
         raise UnsupportedFormatError(path, "snapshot", version, SNAPSHOT_VERSION)
-    if len(data) != _HEAD.size + length + _CRC.size:
-        raise CorruptSnapshotError(path, f"header says {length} payload bytes, the file holds {len(data) - _HEAD.size - _CRC.size}")
+    if len(data) != head.size + length + _CRC.size:
+        raise CorruptSnapshotError(path, f"header says {length} payload bytes, the file holds {len(data) - head.size - _CRC.size}")
     (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     actual = zlib.crc32(memoryview(data)[: len(data) - _CRC.size])
     if stored != actual:
@@ -115,8 +134,8 @@ def read_snapshot(path: str) -> Snapshot:
     expected_name = snapshot_name(seq)
     if os.path.basename(path) != expected_name:
         raise CorruptSnapshotError(path, f"it holds seq {seq}, so it should be named {expected_name}")
-    payload = data[_HEAD.size: _HEAD.size + length]
-    return Snapshot(seq, payload, Position(segment, offset, prev_crc, first_seq), path)
+    payload = data[head.size: head.size + length]
+    return Snapshot(seq, payload, Position(segment, offset, prev_crc, first_seq, segment_crc), path)
 
 
 def check_snapshot_position(journal_dir: str, snap: Snapshot, segments: Collection[int]) -> None:

@@ -56,17 +56,22 @@ class ActionResult(msgspec.Struct, frozen=True):
 
 
 class RecoveryReport(msgspec.Struct, frozen=True):
-    """What recovery found, what it did and why; ``quarantined`` lists root-relative paths under quarantine/."""
+    """What recovery found, what it did and why; ``quarantined`` lists root-relative paths under quarantine/.
+
+    ``journal_repair`` is one line for the torn journal tail that opening cut
+    back (its bytes copied to quarantine/), None when the journal ended clean.
+    """
 
     op: str | None
     found: list[str]
     results: list[ActionResult]
     quarantined: list[str]
+    journal_repair: str | None = None
 
     @property
     def empty(self) -> bool:
-        """True when there was nothing to recover."""
-        return not self.found
+        """True when there was nothing to recover (no cut-off operation, no stray entry, no torn journal tail)."""
+        return not self.found and self.journal_repair is None
 
 
 def execute(core: EngineCore, actions: list[Action]) -> RecoveryReport:

@@ -59,13 +59,16 @@ def check_invariants(
     live_session: str | None = None,
     deep: bool = False,
     check_journal: bool = True,
+    deep_pointers: bool = True,
     on_file: Callable[[str, int], None] | None = None,
 ) -> list[Violation]:
     """Every invariant violation of ``root`` whose replayed state is ``state`` (empty: all hold).
 
     ``live_session`` is the session id of an engine that has the root open:
     its own operations may be in progress.  ``deep`` re-checksums every
-    committed file (otherwise sizes are checked, and pointer targets in full).
+    committed file (otherwise sizes are checked, and pointer targets in full
+    unless ``deep_pointers`` is False: what ``Engine.open`` checks, so opening
+    costs a few stat calls per artifact, never a read of every byte).
     ``on_file`` is a progress hook for ``deep``: it is called once for each
     committed file whose checksum was re-computed and matches, with its path
     and size in bytes (their sizes add up to the committed artifacts'
@@ -90,7 +93,7 @@ def check_invariants(
             found.append(Violation("pointers-verify", f"pointer {pointer.name!r} names {pointer.target}, which is not committed", target))
         else:
             try:
-                verify_folder(target, deep=True)
+                verify_folder(target, deep=deep or deep_pointers)
             except IntegrityError as exc:
                 found.append(Violation("pointers-verify", f"pointer {pointer.name!r} names a folder that does not verify: {exc}", target))
         pointer_file = os.path.join(root, "pointers", pointer.name)

@@ -36,7 +36,6 @@ from shipslog.engine import (
     load_state,
 )
 from shipslog.journal import (
-    DEFAULT_SEGMENT_BYTES,
     OS_FS,
     QUARANTINE_DIR,
     FileSystem,
@@ -99,7 +98,7 @@ class Engine(EngineCore):
         operations: Iterable[OperationType] = (),
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         fsync: bool = True,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        segment_bytes: int | None = None,
         preallocate: bool = True,
         recover: bool = True,
         fs: FileSystem | None = None,
@@ -108,8 +107,9 @@ class Engine(EngineCore):
 
         ``operations`` registers the caller's own operation types beside the
         built-ins.  ``snapshot_every`` (records) bounds how much opening
-        replays; 0 turns snapshots off.  ``fsync=False`` is for tests and
-        benchmarks only.  Operations a crash cut off are finished or rolled back
+        replays; 0 turns snapshots off.  ``segment_bytes`` is where journal
+        segments roll (default: the size the root was created with, 64 MiB for
+        a new root).  ``fsync=False`` is for tests and benchmarks only.  Operations a crash cut off are finished or rolled back
         (``recover=False`` refuses such a root instead), entries no journal
         record accounts for are moved to ``quarantine/``, and the invariants
         are checked; :attr:`recovery` and :attr:`violations` say what was found
@@ -135,7 +135,8 @@ class Engine(EngineCore):
         base = fs if fs is not None else (OS_FS if fsync else FileSystem(sync=False))
         watched = WatchedFileSystem(RootedFileSystem(base, root, trusted=ROOT_FOLDERS), on_failure=on_fsync_failure)
         try:
-            journal = Journal.open(root, fs=watched, segment_bytes=segment_bytes, preallocate=preallocate)
+            # The history before the snapshot is verified on a thread while the state is replayed and recovery planned.
+            journal = Journal.open(root, fs=watched, segment_bytes=segment_bytes, preallocate=preallocate, defer_history=True)
         except JournalLockedError as exc:
             raise EngineLockedError(exc.root, exc.holder) from exc
         try:
@@ -143,6 +144,7 @@ class Engine(EngineCore):
                 _log.warning("snapshot %s was not used (%s); replaying more of the journal instead", path, why)
             state, replayed = _load_state(journal, registry)
             actions = plan(state, list_root(journal.root), registry)
+            journal.wait_verified()  # damage anywhere in the journal raises here, before anything is changed
             refused = [a for a in actions if a.kind == "manual" or (not recover and a.kind != "close")]
             if refused:
                 ops = [(a.target, a.op_type or "", a.state or "") for a in refused if a.op_type is not None]
@@ -163,16 +165,17 @@ class Engine(EngineCore):
                 [a.describe() for a in actions],
                 [ActionResult(a, f"journaled {a.event}") for a in closes] + report.results,
                 report.quarantined,
+                _describe_repair(journal),
             )
             for action in closes:
                 _log.warning("%s: recovered after an unclean shutdown: %s -> journaled %s", journal.root, action.describe(), action.event)
-            engine.violations = []
-            if actions:
-                engine.violations = check_invariants(
-                    journal.root, engine.state, registry=registry, live_session=journal.session, check_journal=False
-                )
-                for violation in engine.violations:
-                    _log.error("%s: after recovery, invariant %s", journal.root, violation)
+            # Always checked (the journal itself was verified as it was opened; pointer targets by size, not re-read).
+            engine.violations = check_invariants(
+                journal.root, engine.state, registry=registry, live_session=journal.session,
+                check_journal=False, deep_pointers=False,
+            )
+            for violation in engine.violations:
+                _log.error("%s: at open, invariant %s", journal.root, violation)
             if snapshot_every and replayed >= snapshot_every:
                 engine.save_snapshot()
         except BaseException:
@@ -226,6 +229,17 @@ class Engine(EngineCore):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "broken" if self.broken else "open"
         return f"<shipslog.Engine {self.root} {state} seq={self.state.seq}>"
+
+
+def _describe_repair(journal: Journal) -> str | None:
+    """One line for the torn journal tail opening cut back, if it did."""
+    repair = journal.report.tail_repair
+    if repair is None:
+        return None
+    return (
+        f"torn journal tail: {repair.length} bytes at {os.path.relpath(repair.path, journal.root)} offset {repair.offset} "
+        f"({repair.reason}) cut back, copied to {os.path.relpath(repair.quarantined_to, journal.root)}"
+    )
 
 
 def _version() -> str:

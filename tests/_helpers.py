@@ -23,12 +23,13 @@ def event_index(raw: bytes | msgspec.Raw) -> int:
     return int(msgspec.msgpack.decode(bytes(raw))["i"])
 
 
-def frames(path: str) -> list[tuple[int, int]]:
-    """``(offset, payload_length)`` of each frame in a segment, parsed independently of shipslog."""
+def frames(path: str, header_size: int = HEADER_SIZE) -> list[tuple[int, int]]:
+    """``(offset, payload_length)`` of each frame in a segment, parsed independently of shipslog (frames start
+    after a header of ``header_size`` bytes: 36 in a version-1 segment)."""
     with open(path, "rb") as f:
         data = f.read()
     out = []
-    off = HEADER_SIZE
+    off = header_size
     while off + 8 <= len(data):
         length, _crc = _FRAME.unpack_from(data, off)
         if length == 0:
@@ -81,3 +82,39 @@ def crafted_damage(size: int) -> bytes:
     while len(crafted) < size:
         crafted += _FRAME.pack(max(1, size - len(crafted) - 16), 0x12345678) + b"\x91\x94" + b"\x01" * 6
     return _FRAME.pack(size + 64, 0xDEADBEEF) + bytes(crafted[:size])
+
+
+_V1_HEADER = struct.Struct("<8sHHQqI")
+
+
+def downgrade_to_version_1(root: str | os.PathLike[str]) -> None:
+    """Rewrite the journal under ``root`` as a version-1 shipslog wrote it (36-byte headers with no seal, frames
+    re-chained from them), parsed and encoded independently of shipslog; snapshots are removed (their positions
+    name version-2 offsets)."""
+    prev = 0
+    for path in segments(root):
+        with open(path, "rb") as f:
+            data = f.read()
+        first_seq = struct.unpack_from("<Q", data, 12)[0]
+        created_ns = struct.unpack_from("<q", data, 20)[0]
+        body = _V1_HEADER.pack(b"SHIPSLOG", 1, 0, first_seq, created_ns, prev)
+        out = bytearray(body + struct.pack("<I", zlib.crc32(body)))
+        crc = zlib.crc32(body)
+        for off, length in frames(path):
+            payload = data[off + 8: off + 8 + length]
+            crc = zlib.crc32(payload, zlib.crc32(struct.pack("<I", length), crc))
+            out += _FRAME.pack(length, crc) + payload
+        prev = crc
+        with open(path, "wb") as f:
+            f.write(bytes(out) + bytes(max(0, len(data) - len(out))))
+    snapshots = os.path.join(root, "snapshots")
+    for name in os.listdir(snapshots) if os.path.isdir(snapshots) else []:
+        os.unlink(os.path.join(snapshots, name))
+
+
+def write_version_1_snapshot(path: str, seq: int, position: tuple[int, int, int, int], payload: bytes) -> None:
+    """Write a version-1 snapshot file (no ``segment_crc``) at ``path``, encoded independently of shipslog."""
+    head = struct.pack("<8sHHQQQIQQ", b"SHIPSNAP", 1, 0, seq, *position, len(payload))
+    body = head + payload
+    with open(path, "wb") as f:
+        f.write(body + struct.pack("<I", zlib.crc32(body)))

@@ -361,7 +361,7 @@ def test_status_replays_only_the_records_after_the_newest_snapshot(root: str, ca
         assert e.replayed == last - snap_seq
 
 
-def test_status_does_not_read_the_journal_before_the_snapshot_but_verify_does(
+def test_status_and_open_find_damage_in_the_journal_before_the_snapshot(
     root: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     snap_seq, _last = _snapshot_root(root, before=12)
@@ -373,11 +373,14 @@ def test_status_does_not_read_the_journal_before_the_snapshot_but_verify_does(
         byte = f.read(1)
         f.seek(200)
         f.write(bytes([byte[0] ^ 0xFF]))
-    code, out, err = cli(capsys, "status", root, "--json")
-    assert code == 0, err
-    assert json.loads(out)["replayed"]["snapshot_seq"] == snap_seq
+    code, _out, err = cli(capsys, "status", root, "--json")
+    assert code == 2 and f"{first} offset " in err and "frame crc mismatch" in err
+    with pytest.raises(CorruptJournalError) as caught:
+        open_engine(root)
+    assert caught.value.path == first and caught.value.offset is not None and caught.value.offset <= 200
     code, out, _err = cli(capsys, "verify", root, "--json")
     assert code == 1 and json.loads(out)["violations"][0]["invariant"] == "journal-verifies"
+    assert snap_seq > 0
 
 
 def test_a_snapshot_at_the_end_of_the_journal_replays_nothing(root: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from _helpers import event, event_index, frames, segments, write_records
 
 from shipslog.journal import (
     HEADER_SIZE,
+    CorruptJournalError,
     Journal,
     JournalReader,
     RecordingFileSystem,
@@ -197,19 +198,48 @@ def test_snapshot_is_used_on_open_and_replay_starts_after_it(root: str) -> None:
         assert [r.seq for r in j.records()] == list(range(1, 111))
 
 
-def test_snapshot_open_does_not_read_earlier_segments(root: str) -> None:
+def test_damage_in_a_sealed_segment_before_the_snapshot_is_found_at_open(root: str) -> None:
     with Journal.open(root, segment_bytes=512) as j:
         for i in range(1, 80):
             j.append(event(i))
         j.save_snapshot(79, b"s")
         j.append(event(80))
     first = segments(root)[0]
+    assert len(segments(root)) > 2
     with open(first, "r+b") as f:  # damage history before the snapshot
         f.seek(HEADER_SIZE + 20)
         f.write(b"\xff\xff")
-    with Journal.open(root, segment_bytes=512) as j:
-        assert j.last_seq == 80
-        assert [r.seq for r in j.records(80)] == [80]
+    with pytest.raises(CorruptJournalError) as caught:
+        Journal.open(root, segment_bytes=512)
+    assert caught.value.path == first
+    assert caught.value.offset == HEADER_SIZE  # the bad frame is named, not only the seal
+
+
+def test_damage_before_the_snapshot_in_its_own_segment_is_found_at_open(root: str) -> None:
+    with Journal.open(root) as j:
+        for i in range(1, 40):
+            j.append(event(i))
+        j.save_snapshot(39, b"s")
+        j.append(event(40))
+    [only] = segments(root)
+    with open(only, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([f.read(1)[0] ^ 2]))
+    with pytest.raises(CorruptJournalError) as caught:
+        Journal.open(root)
+    assert caught.value.path == only
+    assert caught.value.offset is not None and caught.value.offset <= 100
+
+
+def test_a_root_keeps_the_segment_size_it_was_created_with(root: str) -> None:
+    with Journal.open(root, segment_bytes=4096) as j:
+        j.append(event(1))
+    with Journal.open(root) as j:  # no size given: the root's own
+        for i in range(2, 200):
+            j.append(event(i))
+    sizes = [os.path.getsize(path) for path in segments(root)]
+    assert len(sizes) > 2
+    assert max(sizes) == 4096
 
 
 def test_old_snapshots_are_pruned(root: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from _helpers import event, event_index, frames, rewrite_segment_version, segments, write_records
 
 from shipslog.journal import (
+    FORMAT_VERSION,
     HEADER_SIZE,
     CorruptJournalError,
     Journal,
@@ -206,8 +207,8 @@ def test_segment_with_an_unknown_format_version(root: str) -> None:
     rewrite_segment_version(path, 99)
     with pytest.raises(UnsupportedFormatError) as info:
         Journal.open(root)
-    assert (info.value.found, info.value.supported) == (99, 1)
-    assert "99" in str(info.value) and "version 1" in str(info.value)
+    assert (info.value.found, info.value.supported) == (99, FORMAT_VERSION)
+    assert "99" in str(info.value) and f"version {FORMAT_VERSION}" in str(info.value)
 
 
 def test_a_flipped_bit_in_the_version_field_is_damage_not_a_newer_format(root: str) -> None:
@@ -297,7 +298,7 @@ def test_torn_tail_repair_is_logged(root: str, caplog: pytest.LogCaptureFixture)
 def test_truncated_segment_header_raises(root: str) -> None:
     write_records(root, N)
     _cut(segments(root)[0], HEADER_SIZE - 1)
-    with pytest.raises(CorruptJournalError, match="shorter than its 36-byte header"):
+    with pytest.raises(CorruptJournalError, match=f"shorter than its {HEADER_SIZE}-byte header"):
         Journal.open(root)
 
 

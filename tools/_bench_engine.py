@@ -29,12 +29,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+
 from shipslog import Engine
 from shipslog.engine import (
     ArtifactBegun,
     ArtifactCommitted,
     ArtifactDurable,
     Event,
+    PointerFile,
     PointerIntended,
     PointerSet,
     Registry,
@@ -46,13 +49,15 @@ from shipslog.engine import (
     RunValidated,
     SessionClosed,
     SessionOpened,
+    new_manifest,
     replay,
+    write_manifest,
 )
-from shipslog.journal import Journal
+from shipslog.journal import FileSystem, Journal
 
 from ._inspect import open_view
 
-__all__ = ["lifecycle_history", "run_engine_bench", "write_history"]
+__all__ = ["lifecycle_history", "materialize_history", "run_engine_bench", "write_history"]
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -103,6 +108,21 @@ def write_history(root: str, records: int) -> int:
         for ev in lifecycle_history(records):
             append(encode(ev))
         return journal.last_seq
+
+
+def materialize_history(root: str) -> None:
+    """Create the folders and pointer files the end of a written history names (empty, each with its MANIFEST),
+    so that opening checks real ones, as on a host, rather than reporting them missing."""
+    state = replay(root)
+    fs = FileSystem(sync=False)
+    for art in [*state.checkpoints.values(), *state.models.values()]:
+        folder = os.path.join(root, *art.path.split("/"))
+        fs.ensure_dir(folder)
+        write_manifest(fs, folder, new_manifest(art.artifact, art.name, [], step=art.step))
+    fs.ensure_dir(os.path.join(root, "pointers"))
+    for ptr in state.pointers.values():
+        data = msgspec.json.encode(PointerFile(version=1, pointer=ptr.name, target=ptr.target, op=ptr.op)) + b"\n"
+        fs.write_file_atomic(os.path.join(root, "pointers", ptr.name), data)
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -169,6 +189,8 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         state = replay(big)
         replay_s = time.perf_counter() - t0
         assert state.seq == big_seq
+        for root in (big, small):
+            materialize_history(root)
         for root in (big, small):  # the first open replays everything and leaves a snapshot
             Engine.open(root).close()
         _log.info("timing opens")
