@@ -10,12 +10,14 @@ from ._builtins import (
     RECOVERY,
     RETENTION,
     RUN,
+    SALVAGE,
     SESSION,
     CheckpointState,
     PointerState,
     RecoveryState,
     RetentionState,
     RunState,
+    SalvageState,
     SessionState,
 )
 from ._checkpoint import (
@@ -56,6 +58,7 @@ from ._errors import (
     MissingDependencyError,
     NotFoundError,
     RootLayoutError,
+    SalvageInterruptedError,
     UnknownOperationError,
 )
 from ._events import EVENT_SCHEMA_VERSION, Event, RawEvent
@@ -80,6 +83,7 @@ from ._layout import (
     RETAINABLE_FOLDERS,
     RETIRED_DIR,
     ROOT_FOLDERS,
+    SALVAGE_MARKER,
     STAGING_DIR,
     TARGET_FOLDERS,
     artifact_relpath,
@@ -132,6 +136,14 @@ from ._run import (
     RunStarted,
     RunValidated,
     validate_data_file,
+)
+from ._salvage import (
+    SalvageAdopted,
+    SalvageBegun,
+    SalvageDone,
+    SalvageLost,
+    SalvagePointerLost,
+    SalvagePointerSet,
 )
 from ._session import SessionClosed, SessionCrashed, SessionOpened
 from ._state import (
@@ -211,6 +223,8 @@ __all__ = [
     "RETIRED_DIR",
     "ROOT_FOLDERS",
     "RUN",
+    "SALVAGE",
+    "SALVAGE_MARKER",
     "SESSION",
     "SPACE_RESERVE_BYTES",
     "STAGING_DIR",
@@ -295,6 +309,14 @@ __all__ = [
     "RunStarted",
     "RunState",
     "RunValidated",
+    "SalvageAdopted",
+    "SalvageBegun",
+    "SalvageDone",
+    "SalvageInterruptedError",
+    "SalvageLost",
+    "SalvagePointerLost",
+    "SalvagePointerSet",
+    "SalvageState",
     "SequenceGapError",
     "SessionClosed",
     "SessionCrashed",

@@ -11,6 +11,7 @@ from ._pointer import POINTER, PointerState
 from ._recovery_op import RECOVERY, RecoveryState
 from ._retention import RETENTION, RetentionState
 from ._run import RUN, RunState
+from ._salvage import SALVAGE, SalvageState
 from ._session import SESSION, SessionState
 from ._workers import WORKER
 
@@ -21,17 +22,21 @@ __all__ = [
     "RECOVERY",
     "RETENTION",
     "RUN",
+    "SALVAGE",
     "SESSION",
     "CheckpointState",
     "PointerState",
     "RecoveryState",
     "RetentionState",
     "RunState",
+    "SalvageState",
     "SessionState",
     "describe_all",
 ]
 
-BUILTIN_OPERATIONS: tuple[OperationType, ...] = (SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY, WORKER, CONSOLIDATION)
+BUILTIN_OPERATIONS: tuple[OperationType, ...] = (
+    SESSION, CHECKPOINT, POINTER, RETENTION, RUN, RECOVERY, WORKER, CONSOLIDATION, SALVAGE
+)
 """Every built-in operation type, always registered."""
 
 

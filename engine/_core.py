@@ -440,15 +440,22 @@ class EngineCore:
         """
         return retain(self, keep_last, keep_models=keep_models, dry_run=dry_run)
 
-    def run(self, data_file: str | os.PathLike[str], *, required_fields: Sequence[str] = ()) -> Run:
+    def run(
+        self,
+        data_file: str | os.PathLike[str],
+        *,
+        required_fields: Sequence[str] = (),
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Run:
         """Validate ``data_file`` whole, then start a run at the global step of the newest committed checkpoint.
 
         A bad file raises :class:`DataFileError` naming the line, and nothing is
-        journaled.  Use the returned :class:`Run` as a context manager: it
+        journaled.  ``on_progress`` is called with the bytes validated since its
+        last call (see :func:`validate_data_file`), for a progress bar.  Use the returned :class:`Run` as a context manager: it
         journals ``run.finished`` on a clean exit and ``run.failed`` when the
         block raises.  One run at a time (:class:`ConflictError`).
         """
-        return start_run(self, data_file, required_fields)
+        return start_run(self, data_file, required_fields, on_progress)
 
     def status(self) -> Status:
         """The host at a glance, derived from the journal (never stale, never from a side file)."""

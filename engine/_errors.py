@@ -33,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "RootLayoutError",
+    "SalvageInterruptedError",
     "UnknownOperationError",
 ]
 
@@ -173,6 +174,20 @@ class CutOffOperationsError(EngineError, RuntimeError):
             f"{root} has {len(parts)} thing(s) left by a crash that need recovery: {'; '.join(parts)}; "
             f"run 'shipslog recover {root}' to see the plan and carry it out (operations of your own types "
             "need their recovery declared with close_with or an executor, or settling by hand)"
+        )
+
+
+class SalvageInterruptedError(EngineError, RuntimeError):
+    """A salvage of the root (``shipslog recover --salvage``) was interrupted: its journal may be cut back and not
+    yet reconciled with the folders on disk, so the root is not opened (normal recovery could quarantine folders
+    the salvage keeps).  Nothing was changed."""
+
+    def __init__(self, root: str, marker: str) -> None:
+        self.root = root
+        self.marker = marker
+        super().__init__(
+            f"a salvage of {root} was interrupted ({marker} is present): run 'shipslog recover --salvage {root}' "
+            "again to finish it before opening the root"
         )
 
 

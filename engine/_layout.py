@@ -33,6 +33,7 @@ __all__ = [
     "RETAINABLE_FOLDERS",
     "RETIRED_DIR",
     "ROOT_FOLDERS",
+    "SALVAGE_MARKER",
     "STAGING_DIR",
     "TARGET_FOLDERS",
     "artifact_relpath",
@@ -56,6 +57,10 @@ ENGINE_FOLDERS = (STAGING_DIR, CHECKPOINTS_DIR, MODELS_DIR, ADAPTERS_DIR, RETIRE
 
 ROOT_FOLDERS = (JOURNAL_DIR, SNAPSHOT_DIR, QUARANTINE_DIR, *ENGINE_FOLDERS)
 """Every folder the engine keeps directly under a root."""
+
+SALVAGE_MARKER = "SALVAGING"
+"""The file ``shipslog recover --salvage`` keeps directly under a root while it cuts and reconciles: no engine
+opens the root while it is there."""
 
 TARGET_FOLDERS = (CHECKPOINTS_DIR, MODELS_DIR)
 """Where a pointer's target may live."""

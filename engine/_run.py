@@ -18,7 +18,7 @@ import enum
 import os
 import stat
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -172,7 +172,13 @@ MAX_LINE_DEPTH = 64
 _SHOWN_KEYS = 20
 
 
-def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> DataFileSummary:
+_PROGRESS_EVERY = 8 << 20
+"""How many bytes :func:`validate_data_file` reads between two calls of its progress hook."""
+
+
+def validate_data_file(
+    path: str | os.PathLike[str], required_fields: Sequence[str] = (), *, on_progress: Callable[[int], None] | None = None
+) -> DataFileSummary:
     """Check a JSONL data file whole; raise :class:`DataFileError` naming the first bad line.
 
     Every line must be a JSON object holding every field of
@@ -190,7 +196,10 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
     line.  A FIFO or device is refused without blocking on it: the file is
     opened with ``O_NONBLOCK`` and checked to be a regular file before a byte
     is read.  Unreadable files are :class:`DataFileError` too, never a bare
-    ``OSError``.
+    ``OSError``.  The file is streamed one line at a time; ``on_progress``,
+    when given, is called with the bytes read since its last call, about
+    every 8 MiB and once at the end (their sum is the file's size when it is
+    valid), so a caller can show a progress bar.
     """
     full = os.path.abspath(os.fspath(path))
     fields = list(required_fields)
@@ -222,6 +231,7 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
         lines = 0
         number = 0
         blank = 0
+        reported = 0
         while True:
             try:
                 line = f.readline(limit + 1)
@@ -234,6 +244,9 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
                 raise DataFileError(full, number, f"the line is longer than {limit} bytes, the limit (MAX_LINE_BYTES)")
             crc = zlib.crc32(line, crc)
             size += len(line)
+            if on_progress is not None and size - reported >= _PROGRESS_EVERY:
+                on_progress(size - reported)
+                reported = size
             if not line.strip():  # blank: fine at the very end of the file, an error before another line
                 blank = blank or number
                 continue
@@ -243,6 +256,8 @@ def validate_data_file(path: str | os.PathLike[str], required_fields: Sequence[s
             lines = number
     if lines == 0:
         raise DataFileError(full, None, "it is empty")
+    if on_progress is not None and size > reported:
+        on_progress(size - reported)
     return DataFileSummary(path=full, lines=lines, size=size, crc32=crc)
 
 
@@ -271,12 +286,17 @@ def _cap(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def start_run(ctx: OperationContext, data_file: str | os.PathLike[str], required_fields: Sequence[str] = ()) -> Run:
+def start_run(
+    ctx: OperationContext,
+    data_file: str | os.PathLike[str],
+    required_fields: Sequence[str] = (),
+    on_progress: Callable[[int], None] | None = None,
+) -> Run:
     """Validate ``data_file``, then journal validated + started in one frame; see :meth:`Engine.run`."""
     ctx.check_usable()
     if isinstance(required_fields, str):
         required_fields = [required_fields]
-    summary = validate_data_file(data_file, required_fields)
+    summary = validate_data_file(data_file, required_fields, on_progress=on_progress)
     op = ctx.new_op_id("run")
 
     def one_at_a_time(state: EngineState) -> None:

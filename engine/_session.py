@@ -14,11 +14,19 @@ from typing import Any
 
 import msgspec
 
-from shipslog.journal import UnsupportedFormatError
+from shipslog.journal import UnsupportedFormatError, short_repr
 
 from ._events import EVENT_SCHEMA_VERSION, Event
+from ._fields import reject
 from ._optypes import OperationType, Recovery, RecoveryAction
-from ._state import EngineState, OpRecord, SessionInfo, StateBuilder
+from ._state import (
+    JOURNAL_REPAIRS_KEPT,
+    MAX_REPAIR_LINE,
+    EngineState,
+    OpRecord,
+    SessionInfo,
+    StateBuilder,
+)
 
 __all__ = ["SESSION", "SessionClosed", "SessionCrashed", "SessionOpened", "SessionState"]
 
@@ -35,6 +43,12 @@ class SessionOpened(Event, tag="session.opened", frozen=True):
     host: str
     schema: int = EVENT_SCHEMA_VERSION
     version: str = ""
+    repaired: str = ""
+    """The torn journal tail this opening cut back, one line ("" when the journal ended clean)."""
+
+    def check_fields(self, info: Mapping[str, Any] | None) -> None:
+        if len(self.repaired) > MAX_REPAIR_LINE:
+            reject("repaired", short_repr(self.repaired), f"at most {MAX_REPAIR_LINE} characters")
 
 
 class SessionClosed(Event, tag="session.closed", frozen=True):
@@ -65,6 +79,8 @@ def _session_opened(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: fl
     if b.session is not None:
         b.previous_session = b.session
     b.session = SessionInfo(id=op.id, pid=ev.pid, host=ev.host, opened_seq=seq, state="opened")
+    if ev.repaired:
+        b.journal_repairs = [*b.journal_repairs, f"opening {op.id} (seq {seq}) cut back {ev.repaired}"][-JOURNAL_REPAIRS_KEPT:]
 
 
 def _session_ended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "JOURNAL_REPAIRS_KEPT",
+    "MAX_REPAIR_LINE",
     "STATE_VERSION",
     "ArtifactInfo",
     "EngineState",
@@ -101,6 +103,12 @@ class SessionInfo(msgspec.Struct, frozen=True, gc=False):
     ended_seq: int | None = None
 
 
+JOURNAL_REPAIRS_KEPT = 16
+"""The most torn-tail repairs the state lists (the newest); older ones are dropped from the list."""
+MAX_REPAIR_LINE = 2000
+"""The longest description of one torn-tail repair a record or snapshot may carry."""
+
+
 class EngineState(msgspec.Struct, frozen=True, gc=False):
     """Everything the journal says, as of record ``seq``.
 
@@ -112,7 +120,10 @@ class EngineState(msgspec.Struct, frozen=True, gc=False):
     committed checkpoint by step (ties: the later commit); ``global_step`` is its
     step.  ``retiring`` maps root-relative paths a retention intends to delete
     to that retention's op id.  ``session`` is the newest session;
-    ``unclean_sessions`` counts sessions found crashed.
+    ``unclean_sessions`` counts sessions found crashed.  ``journal_repairs``
+    lists the torn journal tails openings cut back since the last salvage
+    (the newest :data:`JOURNAL_REPAIRS_KEPT`), one line each: records after
+    them may have been acknowledged, so each is a finding until a salvage.
     """
 
     version: int = STATE_VERSION
@@ -131,6 +142,7 @@ class EngineState(msgspec.Struct, frozen=True, gc=False):
     previous_session: SessionInfo | None = None
     unclean_sessions: int = 0
     op_counts: dict[str, int] = {}
+    journal_repairs: list[str] = []
 
     def latest_checkpoint(self) -> ArtifactInfo | None:
         """The newest committed checkpoint by step, in O(1) (None when there is none)."""
@@ -152,6 +164,7 @@ class StateBuilder:
         "adapters",
         "checkpoints",
         "global_step",
+        "journal_repairs",
         "latest",
         "models",
         "op_counts",
@@ -183,6 +196,7 @@ class StateBuilder:
         self.previous_session = s.previous_session
         self.unclean_sessions = s.unclean_sessions
         self.op_counts = dict(s.op_counts)
+        self.journal_repairs = list(s.journal_repairs)
 
     def freeze(self) -> EngineState:
         """An immutable :class:`EngineState` of the builder as it is now (containers are copied)."""
@@ -202,6 +216,7 @@ class StateBuilder:
             previous_session=self.previous_session,
             unclean_sessions=self.unclean_sessions,
             op_counts=dict(self.op_counts),
+            journal_repairs=list(self.journal_repairs),
         )
 
     def recompute_latest(self) -> None:

@@ -27,7 +27,7 @@ from ._layout import (
     artifact_relpath,
 )
 from ._registry import Registry
-from ._state import ArtifactInfo, EngineState, OpRecord
+from ._state import JOURNAL_REPAIRS_KEPT, MAX_REPAIR_LINE, ArtifactInfo, EngineState, OpRecord
 
 __all__ = ["check_state"]
 
@@ -61,6 +61,8 @@ def check_state(state: EngineState, registry: Registry) -> None:
         expect_op_id(f"retiring[{path!r}]", op_id)
     for op_id, op in state.ops.items():
         _check_op(op_id, op, registry)
+    if len(state.journal_repairs) > JOURNAL_REPAIRS_KEPT or any(len(line) > MAX_REPAIR_LINE + 200 for line in state.journal_repairs):
+        reject("journal_repairs", len(state.journal_repairs), f"at most {JOURNAL_REPAIRS_KEPT} lines of at most {MAX_REPAIR_LINE + 200} characters")
 
 
 def _check_artifact(artifact: str, name: str, art: ArtifactInfo) -> None:

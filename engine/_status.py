@@ -35,6 +35,8 @@ class Status(msgspec.Struct, frozen=True):
     checkpoints: int
     models: int
     largest_checkpoint_bytes: int
+    journal_repairs: list[str] = []
+    """Torn journal tails openings cut back since the last salvage (records after them may have been acknowledged)."""
 
 
 def status_of(state: EngineState) -> Status:
@@ -64,4 +66,5 @@ def status_of(state: EngineState) -> Status:
         checkpoints=len(state.checkpoints),
         models=len(state.models),
         largest_checkpoint_bytes=max((c.bytes for c in state.checkpoints.values()), default=0),
+        journal_repairs=list(state.journal_repairs),
     )

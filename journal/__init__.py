@@ -65,6 +65,7 @@ from ._journal import (
 from ._lock import LOCK_NAME, RootLock, read_lock_holder
 from ._reader import JournalReader, Position, TornTail, last_record_seq, list_segments
 from ._recording import FsOp, RecordingFileSystem
+from ._salvage import JournalCut, JournalPrefix, cut_journal, find_valid_prefix
 from ._snapshot import (
     SNAPSHOT_VERSION,
     Snapshot,
@@ -103,8 +104,10 @@ __all__ = [
     "Journal",
     "JournalBrokenError",
     "JournalClosedError",
+    "JournalCut",
     "JournalError",
     "JournalLockedError",
+    "JournalPrefix",
     "JournalReader",
     "JournalWriteError",
     "OpenReport",
@@ -122,7 +125,9 @@ __all__ = [
     "TornTail",
     "UnsupportedFormatError",
     "crash_point",
+    "cut_journal",
     "encode_snapshot",
+    "find_valid_prefix",
     "is_temp_name",
     "last_record_seq",
     "list_segments",

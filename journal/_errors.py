@@ -61,8 +61,8 @@ class CorruptJournalError(JournalError, ValueError):
         self.reason = reason
         advice = hint or (
             "the journal is damaged before its end, so records after this point cannot be trusted; "
-            "keep a copy of the root, inspect it with 'shipslog verify', and restore the segment "
-            "from a backup"
+            "keep a copy of the root, inspect it with 'shipslog verify', then restore the segment "
+            "from a backup, or keep what verifies with 'shipslog recover --salvage ROOT'"
         )
         super().__init__(f"corrupt journal at {self.where}: {reason}; {advice}")
 

@@ -186,6 +186,7 @@ class Journal:
         keep_snapshots: int = 2,
         session: str | None = None,
         defer_history: bool = False,
+        lock: RootLock | None = None,
     ) -> Journal:
         """Lock ``root``, verify its journal (every byte: the history before the newest valid snapshot by its
         segments' seals, the frames after it one by one), repair a torn tail, and open it for appends.
@@ -204,7 +205,8 @@ class Journal:
         so the caller can replay meanwhile; the first write (an append, a
         snapshot, a tail repair) and :meth:`wait_verified` wait for it and
         raise what it found, so nothing is ever written to, or acknowledged
-        by, a journal with damage anywhere.
+        by, a journal with damage anywhere.  ``lock`` is the root's lock when
+        the caller holds it already (the journal releases it when it closes).
         """
         if segment_bytes is not None and not HEADER_SIZE + 64 <= segment_bytes <= MAX_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes must be {HEADER_SIZE + 64}..{MAX_SEGMENT_BYTES}, got {segment_bytes}")
@@ -219,8 +221,10 @@ class Journal:
         self._keep_snapshots = keep_snapshots
         self.session = session or secrets.token_hex(6)
         self._fs.ensure_dir(self.root)
-        self._lock = RootLock(self.root, fs=self._fs)
-        self._lock.acquire()
+        if lock is None:
+            lock = RootLock(self.root, fs=self._fs)
+            lock.acquire()
+        self._lock = lock
         try:
             self._fs.ensure_dir(self.journal_dir)
             self._fs.ensure_dir(self.snapshot_dir)

@@ -9,6 +9,7 @@ recovered.  ``check_invariants`` is used after every recovery and by
 from ._execute import ActionResult, RecoveryReport, close_event, execute
 from ._invariants import INVARIANTS, Violation, check_invariants
 from ._plan import ENGINE_FOLDERS, Action, RootListing, list_root, plan, quarantine_name
+from ._salvage import SalvageDecision, SalvageReport, salvage
 
 __all__ = [
     "ENGINE_FOLDERS",
@@ -17,6 +18,8 @@ __all__ = [
     "ActionResult",
     "RecoveryReport",
     "RootListing",
+    "SalvageDecision",
+    "SalvageReport",
     "Violation",
     "check_invariants",
     "close_event",
@@ -24,4 +27,5 @@ __all__ = [
     "list_root",
     "plan",
     "quarantine_name",
+    "salvage",
 ]

@@ -18,22 +18,27 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from shipslog.engine import (
+    ARTIFACT_FOLDERS,
     ENGINE_FOLDERS,
     ROOT_FOLDERS,
+    SALVAGE_MARKER,
     ArtifactInfo,
     CutOffOperationsError,
     EngineCore,
     EngineLockedError,
     EngineState,
+    IntegrityError,
     MergeFn,
     MissingDependencyError,
     OperationType,
     Registry,
+    SalvageInterruptedError,
     SessionClosed,
     SessionOpened,
     WatchedFileSystem,
     check_root_folders,
     load_state,
+    verify_folder,
 )
 from shipslog.journal import (
     OS_FS,
@@ -46,6 +51,7 @@ from shipslog.journal import (
     register_crash_point,
 )
 from shipslog.recovery import (
+    Action,
     ActionResult,
     RecoveryReport,
     Violation,
@@ -127,6 +133,9 @@ class Engine(EngineCore):
         holder: list[EngineCore] = []
         root = os.path.abspath(os.fspath(root))
         check_root_folders(root, new_root_is_empty=True)
+        marker = os.path.join(root, SALVAGE_MARKER)
+        if os.path.lexists(marker):
+            raise SalvageInterruptedError(root, marker)
 
         def on_fsync_failure(exc: BaseException) -> None:
             if holder:
@@ -145,6 +154,8 @@ class Engine(EngineCore):
             state, replayed = _load_state(journal, registry)
             actions = plan(state, list_root(journal.root), registry)
             journal.wait_verified()  # damage anywhere in the journal raises here, before anything is changed
+            if state.journal_repairs or journal.report.tail_repair is not None:
+                actions = _keep_verifying_folders(journal.root, actions)
             refused = [a for a in actions if a.kind == "manual" or (not recover and a.kind != "close")]
             if refused:
                 ops = [(a.target, a.op_type or "", a.state or "") for a in refused if a.op_type is not None]
@@ -156,7 +167,10 @@ class Engine(EngineCore):
             holder.append(engine)
             engine.replayed = replayed
             closes = [a for a in actions if a.kind == "close"]
-            opened = SessionOpened(op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version())
+            repaired = _describe_repair(journal)
+            opened = SessionOpened(
+                op=f"session-{journal.session}", pid=os.getpid(), host=socket.gethostname(), version=_version(), repaired=repaired or ""
+            )
             engine.settled = engine.journal_events(*(close_event(state, registry, a, journal.session, root=journal.root) for a in closes), opened)[:-1]
             crash_point(CP_OPENED)
             report = execute(engine, [a for a in actions if a.kind != "close"])
@@ -165,7 +179,7 @@ class Engine(EngineCore):
                 [a.describe() for a in actions],
                 [ActionResult(a, f"journaled {a.event}") for a in closes] + report.results,
                 report.quarantined,
-                _describe_repair(journal),
+                repaired,
             )
             for action in closes:
                 _log.warning("%s: recovered after an unclean shutdown: %s -> journaled %s", journal.root, action.describe(), action.event)
@@ -229,6 +243,27 @@ class Engine(EngineCore):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "broken" if self.broken else "open"
         return f"<shipslog.Engine {self.root} {state} seq={self.state.seq}>"
+
+
+def _keep_verifying_folders(root: str, actions: list[Action]) -> list[Action]:
+    """``actions`` without quarantining committed folders that verify in full: after a torn journal tail was cut
+    back (and until a salvage), their records may have been in it, so they stay where they are for
+    ``shipslog recover --salvage`` to adopt."""
+    kept: list[Action] = []
+    for action in actions:
+        if action.kind == "quarantine" and action.target.partition("/")[0] in ARTIFACT_FOLDERS.values():
+            try:
+                verify_folder(os.path.join(root, *action.target.split("/")), deep=True)
+            except (IntegrityError, OSError):
+                kept.append(action)
+                continue
+            _log.error(
+                "%s: %s is not in the journal but verifies; left in place since a torn journal tail was cut back: "
+                "run 'shipslog recover --salvage %s' to adopt it", root, action.target, root,
+            )
+            continue
+        kept.append(action)
+    return kept
 
 
 def _describe_repair(journal: Journal) -> str | None:

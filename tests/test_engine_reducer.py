@@ -49,6 +49,12 @@ from shipslog.engine import (
     RunProgress,
     RunStarted,
     RunValidated,
+    SalvageAdopted,
+    SalvageBegun,
+    SalvageDone,
+    SalvageLost,
+    SalvagePointerLost,
+    SalvagePointerSet,
     SequenceGapError,
     SessionClosed,
     SessionCrashed,
@@ -110,6 +116,13 @@ FACTORIES: dict[str, Callable[[str], Event]] = {
     "worker.exited": lambda op: WorkerExited(op=op, code=1),
     "worker.died": lambda op: WorkerDied(op=op, signal=9),
     "worker.stopped": lambda op: WorkerStopped(op=op, how="terminated", signal=15),
+    "salvage.begun": lambda op: SalvageBegun(op=op, kept_seq=10, damage="frame crc mismatch", dropped_bytes=100,
+                                             quarantined="quarantine/11-journal-salvage"),
+    "salvage.adopted": lambda op: SalvageAdopted(op=op, artifact="checkpoint", name=f"ck-{op}", path=f"checkpoints/ck-{op}", step=5),
+    "salvage.lost": lambda op: SalvageLost(op=op, path="checkpoints/gone", reason="missing on disk"),
+    "salvage.pointer-set": lambda op: SalvagePointerSet(op=op, name="best", target="checkpoints/a"),
+    "salvage.pointer-lost": lambda op: SalvagePointerLost(op=op, name="best", reason="gone"),
+    "salvage.done": lambda op: SalvageDone(op=op, adopted=1, lost=1),
 }
 
 TYPES = {t.name: t for t in BUILTIN_OPERATIONS}

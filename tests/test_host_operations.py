@@ -238,9 +238,12 @@ def test_run_progress_folds_through_the_declared_mechanism_only() -> None:
 
 
 def test_every_builtin_cut_off_state_names_an_executor_or_a_closing_event() -> None:
+    left_to_a_person = set()
     for t in BUILTIN_OPERATIONS:
         for state, rule in t.recovery.items():
-            assert rule.execute is not None or rule.close_with is not None, f"{t.name} {state.value}"
+            if rule.execute is None and rule.close_with is None:
+                left_to_a_person.add((t.name, state.value))
+    assert left_to_a_person == {("salvage", "reconciling")}  # only 'shipslog recover --salvage' may finish it
 
 
 # -- the crash harness on the host's module -----------------------------------------------------------

@@ -26,6 +26,8 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from shipslog.journal import ShipslogError
 
 from ._cli_types import positive_int
@@ -262,11 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
             "then, unless --dry-run, open the root, which carries the plan out, and print what was done and "
             "any invariant that still does not hold.  Exit 0 when there was nothing to do or it was done with "
             "no violations, 1 when violations remain, 2 for an unreadable root (corrupt journal, locked by "
-            "another process, not a shipslog root)."
+            "another process, not a shipslog root).  With --salvage, a damaged journal is first cut back to the "
+            "part that verifies and reconciled with the folders on disk (every decision printed); a folder whose "
+            "MANIFEST verifies is never quarantined."
         ),
     )
     recover.add_argument("root", metavar="ROOT", help="the folder an Engine was opened on")
     recover.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    recover.add_argument(
+        "--salvage",
+        action="store_true",
+        help="for a damaged journal: keep the part that verifies (the rest copied to quarantine/), adopt committed "
+        "folders that verify and that it does not know, journal what is missing as lost, then recover",
+    )
     recover.add_argument("--operations", metavar="MODULE", default=None, help=OPERATIONS_HELP)
     recover.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     recover.set_defaults(func=_cmd_recover, parser=recover)
@@ -577,6 +587,10 @@ def _print_recover(result: dict[str, Any], printer: Printer) -> None:
     """The recovery plan as a table, then (unless a dry run) what was done and what still does not hold."""
     rows = result["plan"]
     root = result["root"]
+    if "salvage" in result:
+        _print_salvage(result["salvage"], printer)
+        if result["dry_run"]:
+            return
     if not rows:
         printer.line(f"{root}: nothing to recover", "green")
     else:
@@ -601,16 +615,48 @@ def _print_recover(result: dict[str, Any], printer: Printer) -> None:
         printer.line("every invariant holds", "green")
 
 
+_SALVAGE_HEADERS = ["action", "target", "reason"]
+
+
+def _print_salvage(report: dict[str, Any], printer: Printer) -> None:
+    """What salvage kept, dropped and decided."""
+    note = " (dry run: nothing was changed)" if report["dry_run"] else ""
+    if report["dropped_from"] is None:
+        printer.line(f"journal: every record verifies (1..{report['kept_seq']}); nothing to cut{note}", "green")
+    else:
+        printer.line(f"journal: kept records 1..{report['kept_seq']}; dropped from {report['dropped_from']}: {report['damage']}{note}", "bold")
+        if report["quarantined"]:
+            printer.line(f"  the dropped bytes were copied to {report['quarantined']}", "yellow")
+    decisions = [d for d in report["decisions"] if d["action"] != "cut"]
+    if decisions:
+        printer.line()
+        printer.line(f"{len(decisions)} decision(s) against the folders on disk:", "bold")
+        printer.table(_SALVAGE_HEADERS, [[d[h] for h in _SALVAGE_HEADERS] for d in decisions], indent="  ")
+    else:
+        printer.line("the folders on disk agree with the kept journal")
+    printer.line()
+
+
 def _cmd_recover(args: argparse.Namespace) -> int:
     """``shipslog recover ROOT``: print the recovery plan, then (unless --dry-run) carry it out."""
     from shipslog import Engine
     from shipslog.engine import EngineLockedError, Registry
     from shipslog.journal import JournalLockedError, RootLock
-    from shipslog.recovery import check_invariants, list_root, plan
+    from shipslog.recovery import check_invariants, list_root, plan, salvage
 
     operations = load_operations(args.operations)
     registry = Registry(operations)
     root = require_root(args.root)
+    salvaged: dict[str, Any] | None = None
+    if args.salvage:
+        with reading(root):
+            report = salvage(root, operations, dry_run=args.dry_run)
+        salvaged = msgspec.to_builtins(report)
+        if args.dry_run:
+            return _print_recover_result(
+                {"root": root, "dry_run": True, "salvage": salvaged, "plan": [], "done": [], "quarantined": [], "violations": []},
+                as_json=args.json,
+            )
     lock = RootLock(root)
     try:
         lock.acquire()  # the plan of a root another engine has open would be wrong: refuse it
@@ -630,6 +676,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         "quarantined": [],
         "violations": [],
     }
+    if salvaged is not None:
+        result["salvage"] = salvaged
     if not args.dry_run:
         engine = Engine.open(root, operations=operations)
         try:
@@ -641,7 +689,12 @@ def _cmd_recover(args: argparse.Namespace) -> int:
             result["violations"] = [{"invariant": v.invariant, "message": v.message, "path": v.path} for v in found]
         finally:
             engine.close()
-    if args.json:
+    return _print_recover_result(result, as_json=args.json)
+
+
+def _print_recover_result(result: dict[str, Any], *, as_json: bool) -> int:
+    """Print what ``recover`` found and did (one JSON object with --json); return the exit code."""
+    if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         sys.stdout.flush()
     else:

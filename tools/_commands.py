@@ -23,10 +23,12 @@ from typing import Any
 import msgspec
 
 from shipslog.engine import (
+    DataFileError,
     Registry,
     UnknownOperationError,
     plan_retention,
     probe_worker,
+    validate_data_file,
     worker_incarnations,
 )
 from shipslog.journal import CorruptJournalError, ShipslogError
@@ -101,6 +103,11 @@ def _findings(view: RootView) -> list[str]:
         found.append(f"torn frame at {where} ({'a write in progress' if view.holder else 'repaired at the next open'})")
     if view.unregistered:
         found.append(_unregistered_message(view.unregistered))
+    for repair in view.state.journal_repairs:
+        found.append(
+            f"{repair}; records after it may have been acknowledged: run 'shipslog recover --salvage {view.root}' "
+            "to reconcile the folders on disk with the journal (this finding stays until then)"
+        )
     return found
 
 
@@ -378,6 +385,33 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if found else EXIT_OK
 
 
+# -- validate -------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    """``shipslog validate FILE``: the check ``Engine.run`` makes, with a progress bar on a terminal."""
+    path = os.path.abspath(args.file)
+    try:
+        total = os.path.getsize(path)
+    except OSError:
+        total = 0  # validate_data_file says what is wrong with it
+    try:
+        with ByteProgress(f"validating {os.path.basename(path)}", total) as progress:
+            summary = validate_data_file(path, args.field or (), on_progress=lambda n: progress.advance(path, n))
+    except DataFileError as exc:
+        if args.json:
+            _json({"file": path, "valid": False, "line": exc.line, "error": str(exc)})
+        else:
+            sys.stderr.write(f"shipslog: {printable(str(exc))}\n")
+        return EXIT_FINDINGS
+    if args.json:
+        _json({"file": path, "valid": True, "lines": summary.lines, "bytes": summary.size, "crc32": summary.crc32})
+    else:
+        Printer().line(f"{path}: {summary.lines} lines, {summary.size} bytes, every line a JSON object"
+                       + (f" with {', '.join(args.field)}" if args.field else ""), "green")
+    return EXIT_OK
+
+
 # -- gc -------------------------------------------------------------------------------------
 
 
@@ -466,6 +500,12 @@ def add_commands(commands: Any, sub_flags: argparse.ArgumentParser) -> None:
     command("pointers", "pointers and what they name", _cmd_pointers)
     export = command("export", "every record as one JSON line", _cmd_export, json_flag=False)
     export.add_argument("--format", choices=["jsonl"], default="jsonl", help="output format (jsonl)")
+    validate = command(
+        "validate", "check a JSONL data file as Engine.run does (a progress bar on a terminal); exit 1 naming the first bad line",
+        _cmd_validate, root=False,
+    )
+    validate.add_argument("file", metavar="FILE", help="the JSONL data file")
+    validate.add_argument("--field", action="append", metavar="NAME", help="a field every line must hold (repeatable)")
     gc = command("gc", "delete old checkpoints (never a pointer's target or the newest); takes the writer's lock", _cmd_gc)
     gc.add_argument("--keep", type=positive_int, required=True, metavar="N", help="keep the N newest checkpoints by step (1 or more)")
     gc.add_argument(
