@@ -14,7 +14,13 @@ from _engine_helpers import commit_checkpoint, journal_records, kind_of, open_en
 from _helpers import frames, segments
 
 from shipslog import Engine
-from shipslog.engine import SALVAGE_MARKER, CutOffOperationsError, Registry, SalvageBegun, SalvageInterruptedError
+from shipslog.engine import (
+    SALVAGE_MARKER,
+    CutOffOperationsError,
+    Registry,
+    SalvageBegun,
+    SalvageInterruptedError,
+)
 from shipslog.journal import CorruptJournalError, FileSystem, Journal, read_segment_header
 from shipslog.recovery import salvage
 

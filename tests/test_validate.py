@@ -14,8 +14,7 @@ from shipslog.engine import DataFileError, validate_data_file
 def _data_file(path: str, mib: int) -> int:
     line = json.dumps({"text": "x" * 1000}).encode() + b"\n"
     with open(path, "wb") as f:
-        for _ in range(mib * 1024 * 1024 // len(line) + 1):
-            f.write(line)
+        f.writelines(line for _ in range(mib * 1024 * 1024 // len(line) + 1))
     return os.path.getsize(path)
 
 
