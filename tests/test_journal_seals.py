@@ -8,6 +8,7 @@ import os
 import zlib
 
 import pytest
+from _engine_helpers import flip_bit
 from _helpers import (
     downgrade_to_version_1,
     event,
@@ -38,14 +39,6 @@ def _history(root: str, n: int, *, snapshot_at: int | None = None, **kw: object)
                 j.save_snapshot(i, b"state")
 
 
-def _flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x02]))
-
-
 def test_each_segment_is_sealed_by_the_header_of_the_next(root: str) -> None:
     _history(root, 60)
     paths = segments(root)
@@ -65,7 +58,7 @@ def test_each_segment_is_sealed_by_the_header_of_the_next(root: str) -> None:
 def test_a_flipped_bit_in_a_sealed_segment_names_its_frame(root: str) -> None:
     _history(root, 60, snapshot_at=55)
     first = segments(root)[0]
-    _flip(first, HEADER_SIZE + 30)
+    flip_bit(first, HEADER_SIZE + 30)
     with pytest.raises(CorruptJournalError, match="frame crc mismatch") as caught:
         Journal.open(root)
     assert (caught.value.path, caught.value.offset) == (first, HEADER_SIZE)
@@ -76,7 +69,7 @@ def test_a_flipped_bit_in_the_zeros_after_a_sealed_segment(root: str) -> None:
     first, second = segments(root)[:2]
     end = read_segment_header(second).prev_end
     assert os.path.getsize(first) > end
-    _flip(first, os.path.getsize(first) - 1)
+    flip_bit(first, os.path.getsize(first) - 1)
     with pytest.raises(CorruptJournalError, match="non-zero bytes after the last frame") as caught:
         Journal.open(root)
     assert (caught.value.path, caught.value.offset) == (first, end)
@@ -115,7 +108,7 @@ def test_a_flipped_bit_before_the_snapshot_in_its_own_segment(root: str) -> None
         j.append(event(30))
     assert snap.position.segment_crc is not None
     [only] = segments(root)
-    _flip(only, snap.position.offset - 5)  # inside the last frame before the snapshot's position
+    flip_bit(only, snap.position.offset - 5)  # inside the last frame before the snapshot's position
     with pytest.raises(CorruptJournalError, match="frame crc mismatch") as caught:
         Journal.open(root)
     assert caught.value.path == only and caught.value.offset is not None and caught.value.offset < snap.position.offset
@@ -145,7 +138,7 @@ def test_a_version_1_journal_is_read_and_sealed_by_the_next_version_2_segment(ro
         assert j.snapshot is not None and j.snapshot.seq == 60
         assert [event_index(r.event) for r in j.records(1)] == list(range(1, 61))
     second_frame = frames(old[0], V1_HEADER_SIZE)[1][0]
-    _flip(old[0], second_frame + 12)  # a version-1 segment sealed by none: found by walking its frames
+    flip_bit(old[0], second_frame + 12)  # a version-1 segment sealed by none: found by walking its frames
     with pytest.raises(CorruptJournalError, match="frame crc mismatch") as caught:
         Journal.open(root)
     assert (caught.value.path, caught.value.offset) == (old[0], second_frame)
@@ -166,7 +159,7 @@ def test_a_version_1_snapshot_is_used_and_the_bytes_before_it_walked(root: str) 
     with Journal.open(root) as j:
         assert j.snapshot is not None and j.snapshot.seq == 25
     [only] = segments(root)
-    _flip(only, HEADER_SIZE + 9)
+    flip_bit(only, HEADER_SIZE + 9)
     with pytest.raises(CorruptJournalError, match="frame crc mismatch") as caught:
         Journal.open(root)
     assert (caught.value.path, caught.value.offset) == (only, HEADER_SIZE)
