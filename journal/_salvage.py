@@ -76,6 +76,7 @@ def find_valid_prefix(journal_dir: str, accept: Callable[[bytes], bool] | None =
         raise CorruptJournalError(journal_dir, 0, "the journal folder holds no segment files")
     walker = walk(journal_dir)
     path: str | None = None
+    path_seq = 0
     offset = 0
     last_seq = 0
     damage: str | None = None
@@ -95,7 +96,7 @@ def find_valid_prefix(journal_dir: str, accept: Callable[[bytes], bool] | None =
                     damage = f"the segment starts at seq {item.header.first_seq}, expected {last_seq + 1}: records are missing"
                     damage_at = (item.path, 0)
                     break
-                path, offset = item.path, item.header.size
+                path, path_seq, offset = item.path, item.header.first_seq, item.header.size
                 continue
             assert path is not None
             stop_here = False
@@ -120,10 +121,7 @@ def find_valid_prefix(journal_dir: str, accept: Callable[[bytes], bool] | None =
         damage_at = (exc.path, exc.offset)
     finally:
         walker.close()
-    if path is None:
-        dropped = [p for _seq, p in segments]
-    else:
-        dropped = [p for _seq, p in segments if p > path]
+    dropped = [p for seq, p in segments if path is None or seq > path_seq]
     return JournalPrefix(last_seq, path, offset, damage, damage_at, dropped)
 
 
@@ -156,11 +154,10 @@ def cut_journal(fs: FileSystem, prefix: JournalPrefix, quarantine: str, snapshot
             fs.unlink(path)
             copied.append(target)
     fs.fsync_dir(snapshot_dir)
-    journal_dir = os.path.dirname(prefix.path) if prefix.path is not None else (os.path.dirname(prefix.dropped[0]) if prefix.dropped else "")
     for path in reversed(prefix.dropped):
         fs.unlink(path)
     if prefix.dropped:
-        fs.fsync_dir(journal_dir)
+        fs.fsync_dir(os.path.dirname(prefix.dropped[0]))
     if prefix.path is not None:
         size = os.path.getsize(prefix.path)
         if prefix.offset < size:

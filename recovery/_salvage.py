@@ -142,10 +142,11 @@ def salvage(root: str, operations: Iterable[OperationType] = (), *, dry_run: boo
             quarantined = os.path.relpath(folder, root)
             dropped_bytes = cut.dropped_bytes
         handed_over = True
+        cut_off = _open_salvage(state)
         with Journal.open(root, fs=fs, lock=lock) as journal:
-            op = _open_salvage(state) or f"salvage-{journal.session}-1"
+            op = cut_off or f"salvage-{journal.session}-1"
             head: list[Event] = []
-            if _open_salvage(state) is None:
+            if cut_off is None:
                 head.append(SalvageBegun(op=op, kept_seq=prefix.last_seq, damage=prefix.damage or "", dropped_bytes=dropped_bytes,
                                          quarantined=quarantined or ""))
             for name, target in rewrites:
