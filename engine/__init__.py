@@ -113,6 +113,7 @@ from ._pointer import (
     PointerIntended,
     PointerSet,
     read_pointer_file,
+    resolve_target,
     write_pointer_file,
 )
 from ._recovery_op import RecoveryBegun, RecoveryDone, RecoveryStep, RecoverySuperseded
@@ -370,6 +371,7 @@ __all__ = [
     "process_identity",
     "read_manifest",
     "read_pointer_file",
+    "resolve_target",
     "recover_worker",
     "reject",
     "relpath_name",

@@ -13,6 +13,11 @@ Public surface:
 * :class:`AsyncCheckpointer` -> :class:`SaveHandle`: one save in flight,
   snapshot on the caller's thread, persisted through the engine's checkpoint
   operation on one worker thread;
+* one call each way for a training loop: :func:`save_training` /
+  :func:`save_training_async` (model, optimizer, scheduler, RNG states and
+  extras as one committed checkpoint), :func:`restore_training` (the newest
+  that verifies, falling back to the one before) -> :class:`Restored`, and
+  :func:`load_checkpoint` (a committed checkpoint's state, verified as read);
 * :func:`merge_lora` -> :class:`MergeResult`, :func:`load_adapter`,
   :func:`parse_adapter_config`;
 * errors: :class:`PickleRefusedError`, :class:`TensorFileError`,
@@ -82,6 +87,18 @@ from ._tensorfile import (
     shard_file_name,
     tensor_file_metadata,
 )
+from ._training import (
+    TRAINING_PREFIX,
+    Restored,
+    RestoreError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    restore_training,
+    save_training,
+    save_training_async,
+    training_state,
+)
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -93,6 +110,7 @@ __all__ = [
     "INDEX_SUFFIX",
     "PEFT_PREFIX",
     "SAFETENSORS_SUFFIX",
+    "TRAINING_PREFIX",
     "TREE_SUFFIX",
     "AdapterError",
     "AsyncCheckpointer",
@@ -107,6 +125,8 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteError",
     "PickleRefusedError",
+    "RestoreError",
+    "Restored",
     "SaveHandle",
     "SaveTimeoutError",
     "StateDictError",
@@ -114,19 +134,26 @@ __all__ = [
     "TensorFileNotFoundError",
     "bench_checkpoint",
     "bench_merge",
+    "capture_rng",
     "load_adapter",
+    "load_checkpoint",
     "load_state_dict",
     "load_tensor_file",
     "make_bench_state",
     "merge_folders",
     "merge_lora",
     "parse_adapter_config",
+    "restore_rng",
+    "restore_training",
     "save_state_dict",
     "save_tensor_file",
+    "save_training",
+    "save_training_async",
     "shard_file_name",
     "tensor_file_metadata",
     "torch_save_fsync",
     "touch_every_byte",
+    "training_state",
     "trim_heap",
     "write_raw_fsync",
 ]

@@ -273,7 +273,7 @@ class AsyncCheckpointer:
 
     # -- the caller's side --------------------------------------------------------------
 
-    def save(self, name: str, state: Mapping[str, Any], step: int, *, meta: Mapping[str, Any] | None = None) -> SaveHandle | None:
+    def save(self, name: str, state: Mapping[str, Any], *, step: int, meta: Mapping[str, Any] | None = None) -> SaveHandle | None:
         """Snapshot ``state`` and persist it in the background as checkpoint ``name`` at global ``step``.
 
         Returns the :class:`SaveHandle`, or ``None`` when policy ``"skip"``

@@ -32,3 +32,27 @@ def test_readme_embedding_example_runs_and_leaves_what_it_says(tmp_path: str) ->
     with open(os.path.join(root, "pointers", "current"), encoding="utf-8") as f:
         assert '"checkpoints/step-300"' in f.read()
     assert os.listdir(os.path.join(root, "staging")) == []
+
+
+def _torch_example() -> str:
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## A torch training loop"):]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README lost its torch loop example"
+    return match.group(1)
+
+
+@pytest.mark.subprocess
+def test_readme_torch_loop_example_runs_and_resumes_where_it_left_off(tmp_path: str) -> None:
+    pytest.importorskip("torch")
+    root = os.path.join(tmp_path, "trainer")
+    code = _torch_example().replace('"/srv/trainer"', repr(root))
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split()[0] == "200"
+    assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-150", "step-200"]
+    again = subprocess.run([sys.executable, "-c", code.replace("step < 200", "step < 250")], capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[0] == "250"  # resumed at 200, not at 0
+    assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-200", "step-250"]

@@ -85,9 +85,9 @@ def _torch_load(path: str) -> int:
     return touch_every_byte(torch.load(path, weights_only=True))
 
 
-def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return time.perf_counter() - t0, result
 
 
@@ -152,7 +152,7 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
             first = 0.0
             for i in range(repeats + 1):
                 ck.wait()
-                seconds, handle = _timed(ck.save, f"async-{i}", state, repeats + i)
+                seconds, handle = _timed(ck.save, f"async-{i}", state, step=repeats + i)
                 assert handle is not None
                 handle.result()
                 if i == 0:

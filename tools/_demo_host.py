@@ -383,7 +383,7 @@ def train(folder: str) -> int:
                             if step % CHECKPOINT_EVERY == 0:
                                 run.progress(step)
                                 state = {"adapter": model.adapter_state(), "optimizer": optimizer.state_dict()}
-                                saver.save(f"step-{step}", state, step, meta={"base": base_name, "loss": round(loss.item(), 6)})
+                                saver.save(f"step-{step}", state, step=step, meta={"base": base_name, "loss": round(loss.item(), 6)})
                     saver.wait()
                     run.finish(step)
                 latest = engine.latest_checkpoint(deep=True)

@@ -212,7 +212,7 @@ def test_save_then_wait_commits_files_manifest_and_journal(root: str) -> None:
     expected = clone_state(state)
     with Engine.open(root, fsync=True) as engine:
         with AsyncCheckpointer(engine, shard_bytes=8 << 10) as ck:
-            handle = ck.save("step-10", state, 10, meta={"loss": 1.5})
+            handle = ck.save("step-10", state, step=10, meta={"loss": 1.5})
             assert handle is not None and handle.name == "step-10" and handle.step == 10
             info = ck.wait()
             assert handle.done() and handle.result() == info
@@ -232,7 +232,7 @@ def test_save_then_wait_commits_files_manifest_and_journal(root: str) -> None:
 def test_single_file_layout_and_a_custom_prefix(engine: Engine, root: str) -> None:
     state = model_state(1)
     with AsyncCheckpointer(engine, prefix="weights") as ck:
-        ck.save("a", state, 1)
+        ck.save("a", state, step=1)
         ck.wait()
     folder, entries = check_committed(root, "a")
     assert [e.path for e in entries] == ["weights.safetensors"]
@@ -248,7 +248,7 @@ def test_the_caller_may_change_its_tensors_as_soon_as_save_returns(engine: Engin
     expected = clone_state(state)
     g = gate(monkeypatch, engine)
     with AsyncCheckpointer(engine) as ck:
-        handle = ck.save("snap", state, 5)
+        handle = ck.save("snap", state, step=5)
         assert handle is not None
         assert g.started.wait(60)
         for t in state["model"].values():
@@ -266,12 +266,12 @@ def test_the_caller_may_change_its_tensors_as_soon_as_save_returns(engine: Engin
 def test_host_buffers_are_reused_from_one_save_to_the_next(engine: Engine) -> None:
     state = model_state(3)
     with AsyncCheckpointer(engine) as ck:
-        ck.save("one", state, 1)
+        ck.save("one", state, step=1)
         ck.wait()
         first = ck.snapshot.allocations
         for t in state.values():
             t.add_(1)
-        ck.save("two", state, 2)
+        ck.save("two", state, step=2)
         ck.wait()
         assert ck.snapshot.allocations == first == len(state)
 
@@ -282,17 +282,17 @@ def test_skip_policy_returns_none_while_a_save_is_in_flight(
     g = gate(monkeypatch, engine)
     state = model_state(4)
     with AsyncCheckpointer(engine, policy="skip") as ck:
-        first = ck.save("slow", state, 1)
+        first = ck.save("slow", state, step=1)
         assert first is not None and g.started.wait(60)
         with caplog.at_level(logging.INFO, logger="shipslog.gpu.async"):
-            assert ck.save("skipped", state, 2) is None
+            assert ck.save("skipped", state, step=2) is None
         assert ck.skipped == 1
         assert any("skipped checkpoint 'skipped'" in r.getMessage() and "'slow'" in r.getMessage() for r in caplog.records)
         with pytest.raises(SaveTimeoutError, match="'slow'"):
             first.result(timeout=0)
         g.release.set()
         assert first.result(timeout=60).name == "slow"
-        after = ck.save("after", state, 3)
+        after = ck.save("after", state, step=3)
         assert after is not None
         ck.wait()
     assert begun_names(root) == ["slow", "after"]
@@ -304,7 +304,7 @@ def test_wait_policy_serializes_saves_in_journal_order(engine: Engine, root: str
     g = gate(monkeypatch, engine, block=False)
     with AsyncCheckpointer(engine, policy="wait") as ck:
         for i in range(4):
-            assert ck.save(f"s{i}", model_state(i), i) is not None
+            assert ck.save(f"s{i}", model_state(i), step=i) is not None
     assert g.max_active == 1
     seen = [(kind, ev.name if kind == "checkpoint.begun" else ev.op) for _seq, kind, ev in records(root) if kind.startswith("checkpoint.")]
     kinds = [k for k, _ in seen]
@@ -319,9 +319,9 @@ def test_wait_policy_blocks_a_second_save_until_the_first_is_committed(
     state = model_state(5)
     outcome: list[Any] = []
     with AsyncCheckpointer(engine, policy="wait") as ck:
-        ck.save("first", state, 1)
+        ck.save("first", state, step=1)
         assert g.started.wait(60)
-        second = threading.Thread(target=lambda: outcome.append(ck.save("second", state, 2)))
+        second = threading.Thread(target=lambda: outcome.append(ck.save("second", state, step=2)))
         second.start()
         second.join(0.2)
         assert second.is_alive() and "second" not in begun_names(root)
@@ -342,7 +342,7 @@ def test_saves_from_several_threads_are_serialized(engine: Engine, root: str, mo
 
         def saver(i: int) -> None:
             try:
-                ck.save(f"t{i}", model_state(20 + i), i)
+                ck.save(f"t{i}", model_state(20 + i), step=i)
             except BaseException as exc:  # noqa: BLE001  (asserted empty below)
                 errors.append(exc)
 
@@ -373,21 +373,21 @@ def test_a_failed_persist_is_aborted_and_raised_at_the_next_save(
     g = gate(monkeypatch, engine, fail=failure, block=False)
     state = model_state(6)
     with AsyncCheckpointer(engine) as ck:
-        handle = ck.save("bad", state, 1)
+        handle = ck.save("bad", state, step=1)
         assert handle is not None
         with pytest.raises(AsyncSaveError):
             handle.result(timeout=60)
         assert staging_listing(root) == []
         assert kinds_of_op(root, handle.op) == ["checkpoint.begun", "checkpoint.aborted"]
         with pytest.raises(AsyncSaveError) as caught:
-            ck.save("next", state, 2)
+            ck.save("next", state, step=2)
         err = caught.value
         assert err.error is failure and err.__cause__ is failure and err.aborted
         assert err.name == "bad" and err.step == 1 and err.op == handle.op
         assert "'bad'" in str(err) and "save again" in str(err)
         assert "next" not in begun_names(root) and not ck.in_flight
         g.fail = None
-        assert ck.save("next", state, 2) is not None
+        assert ck.save("next", state, step=2) is not None
         info = ck.wait()
         assert info is not None and info.name == "next"
     assert not os.path.exists(os.path.join(root, "checkpoints", "bad"))
@@ -409,7 +409,7 @@ def test_a_failure_inside_commit_is_aborted_by_the_engine_and_raised(engine: Eng
 
     monkeypatch.setattr(engine, "fs", GrowsAfterTheSave(engine.fs))
     ck = AsyncCheckpointer(engine)
-    handle = ck.save("sized", model_state(7), 1)
+    handle = ck.save("sized", model_state(7), step=1)
     assert handle is not None
     with pytest.raises(AsyncSaveError) as caught:
         ck.wait()
@@ -423,7 +423,7 @@ def test_a_failure_inside_commit_is_aborted_by_the_engine_and_raised(engine: Eng
 def test_the_failure_of_the_last_save_is_raised_by_close(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     gate(monkeypatch, engine, fail=OSError(errno.EIO, "Input/output error"), block=False)
     ck = AsyncCheckpointer(engine)
-    handle = ck.save("last", model_state(8), 1)
+    handle = ck.save("last", model_state(8), step=1)
     assert handle is not None
     with pytest.raises(AsyncSaveError) as caught:
         ck.close()
@@ -431,19 +431,19 @@ def test_the_failure_of_the_last_save_is_raised_by_close(engine: Engine, root: s
     assert save_threads() == []
     ck.close()  # idempotent, raised once
     with pytest.raises(CheckpointerClosedError):
-        ck.save("later", model_state(8), 2)
+        ck.save("later", model_state(8), step=2)
     assert kinds_of_op(root, handle.op) == ["checkpoint.begun", "checkpoint.aborted"]
 
 
 def test_a_failure_is_raised_by_wait_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     g = gate(monkeypatch, engine, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
     with AsyncCheckpointer(engine) as ck:
-        ck.save("x", model_state(9), 1)
+        ck.save("x", model_state(9), step=1)
         with pytest.raises(AsyncSaveError):
             ck.wait()
         assert ck.wait() is None
         g.fail = None
-        ck.save("y", model_state(9), 2)
+        ck.save("y", model_state(9), step=2)
         info = ck.wait()
         assert info is not None and info.name == "y"
         assert ck.wait() == info
@@ -452,12 +452,12 @@ def test_a_failure_is_raised_by_wait_once(engine: Engine, monkeypatch: pytest.Mo
 def test_skip_policy_still_raises_a_failure_that_already_happened(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     gate(monkeypatch, engine, fail=OSError(errno.ENOSPC, "No space left on device"), block=False)
     with AsyncCheckpointer(engine, policy="skip") as ck:
-        handle = ck.save("x", model_state(10), 1)
+        handle = ck.save("x", model_state(10), step=1)
         assert handle is not None
         with pytest.raises(AsyncSaveError):
             handle.result(timeout=60)
         with pytest.raises(AsyncSaveError):
-            ck.save("y", model_state(10), 2)
+            ck.save("y", model_state(10), step=2)
         assert ck.skipped == 0
 
 
@@ -468,7 +468,7 @@ def test_skip_policy_still_raises_a_failure_that_already_happened(engine: Engine
 def test_an_invalid_name_is_refused_by_save_itself(engine: Engine, root: str, name: str) -> None:
     with AsyncCheckpointer(engine) as ck:
         with pytest.raises(InvalidNameError):
-            ck.save(name, model_state(11), 1)
+            ck.save(name, model_state(11), step=1)
         assert not ck.in_flight and save_threads() == []
     assert [kind for _s, kind, _e in records(root)] == ["session.opened"]
     assert staging_listing(root) == []
@@ -476,11 +476,11 @@ def test_an_invalid_name_is_refused_by_save_itself(engine: Engine, root: str, na
 
 def test_a_duplicate_name_is_refused_by_save_itself(engine: Engine, root: str) -> None:
     with AsyncCheckpointer(engine) as ck:
-        ck.save("dup", model_state(12), 1)
+        ck.save("dup", model_state(12), step=1)
         ck.wait()
         before = records(root)
         with pytest.raises(ConflictError, match="dup"):
-            ck.save("dup", model_state(12), 2)
+            ck.save("dup", model_state(12), step=2)
         assert not ck.in_flight and save_threads() == []
         assert records(root) == before
     assert staging_listing(root) == []
@@ -490,7 +490,7 @@ def test_preflight_refuses_a_save_without_space_before_anything(engine: Engine, 
     monkeypatch.setattr(engine.fs, "free_bytes", lambda path: 4096)
     with AsyncCheckpointer(engine) as ck:
         with pytest.raises(InsufficientSpaceError) as caught:
-            ck.save("big", model_state(13), 1)
+            ck.save("big", model_state(13), step=1)
         assert caught.value.free == 4096 and caught.value.needed is not None
         assert caught.value.needed >= sum(t.numel() * t.element_size() for t in model_state(13).values())
         assert not ck.in_flight and save_threads() == []
@@ -501,11 +501,11 @@ def test_preflight_refuses_a_save_without_space_before_anything(engine: Engine, 
 def test_a_state_that_cannot_be_saved_is_refused_before_the_engine_hears_of_it(engine: Engine, root: str) -> None:
     with AsyncCheckpointer(engine) as ck:
         with pytest.raises(StateDictError):
-            ck.save("odd", {"w": torch.ones(2), "obj": object()}, 1)
+            ck.save("odd", {"w": torch.ones(2), "obj": object()}, step=1)
         with pytest.raises(StateDictError):
-            ck.save("odd", {"a.b": torch.ones(1), "a": {"b": torch.ones(1)}}, 1)
+            ck.save("odd", {"a.b": torch.ones(1), "a": {"b": torch.ones(1)}}, step=1)
         with pytest.raises(ValueError, match="step"):
-            ck.save("odd", {"w": torch.ones(2)}, -1)
+            ck.save("odd", {"w": torch.ones(2)}, step=-1)
     assert [kind for _s, kind, _e in records(root)] == ["session.opened"]
 
 
@@ -517,7 +517,7 @@ def test_a_failing_snapshot_aborts_the_begun_checkpoint(engine: Engine, root: st
 
         monkeypatch.setattr(ck.snapshot, "take", broken_take)
         with pytest.raises(MemoryError):
-            ck.save("oom", model_state(14), 1)
+            ck.save("oom", model_state(14), step=1)
         assert not ck.in_flight
     (op,) = [ev.op for _s, kind, ev in records(root) if kind == "checkpoint.begun"]
     assert kinds_of_op(root, op) == ["checkpoint.begun", "checkpoint.aborted"]
@@ -535,7 +535,7 @@ def test_a_worker_that_cannot_start_aborts_the_begun_checkpoint(engine: Engine, 
     monkeypatch.setattr(threading.Thread, "start", start)
     with AsyncCheckpointer(engine) as ck:
         with pytest.raises(RuntimeError, match="can't start"):
-            ck.save("nothread", model_state(17), 1)
+            ck.save("nothread", model_state(17), step=1)
         assert not ck.in_flight
     (op,) = [ev.op for _s, kind, ev in records(root) if kind == "checkpoint.begun"]
     assert kinds_of_op(root, op) == ["checkpoint.begun", "checkpoint.aborted"]
@@ -557,7 +557,7 @@ def test_bad_arguments_are_refused() -> None:
 def test_close_waits_for_the_save_in_flight(engine: Engine, root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     g = gate(monkeypatch, engine)
     ck = AsyncCheckpointer(engine)
-    handle = ck.save("closing", model_state(15), 1)
+    handle = ck.save("closing", model_state(15), step=1)
     assert handle is not None and g.started.wait(60)
 
     def release_after_persist_started() -> None:
@@ -610,7 +610,7 @@ def test_model_optimizer_rng_and_scheduler_state_resume_training_bit_exactly(eng
         "step": 3,
     }
     with AsyncCheckpointer(engine) as ck:
-        ck.save("step-3", state, 3)
+        ck.save("step-3", state, step=3)
         ck.wait()
     # The original goes on with one more step.
     x, y = torch.randn(8, 5), torch.randn(8, 3)
@@ -651,7 +651,7 @@ def test_cuda_state_is_snapshotted_before_save_returns(engine: Engine, root: str
     state = {"w": torch.randn(512, 512, device="cuda", generator=gen), "opt": {"m": torch.randn(1000, device="cuda", generator=gen).half()}}
     expected = {"w": state["w"].cpu(), "opt": {"m": state["opt"]["m"].cpu()}}
     with AsyncCheckpointer(engine) as ck:
-        ck.save("gpu", state, 1)
+        ck.save("gpu", state, step=1)
         state["w"].mul_(0.0)
         state["opt"]["m"].fill_(7)
         ck.wait()
