@@ -123,6 +123,7 @@ from ._retention import (
     RetentionDeleted,
     RetentionIntended,
     RetentionPlan,
+    delete_committed,
     delete_paths,
     plan_retention,
 )
@@ -353,6 +354,7 @@ __all__ = [
     "crc32_file",
     "decode_json_within",
     "decode_state",
+    "delete_committed",
     "delete_paths",
     "encode_state",
     "expect_count",

@@ -43,7 +43,7 @@ from ._names import check_name
 from ._pointer import resolve_target, set_pointer
 from ._reducer import Reducer
 from ._registry import EventRecord, Registry
-from ._retention import RetentionPlan, retain
+from ._retention import RetentionPlan, delete_committed, retain
 from ._run import Run, start_run
 from ._state import STATE_VERSION, ArtifactInfo, EngineState, PointerInfo
 from ._status import Status, status_of
@@ -439,6 +439,18 @@ class EngineCore:
         first delete.  ``dry_run`` returns the plan and changes nothing.
         """
         return retain(self, keep_last, keep_models=keep_models, dry_run=dry_run)
+
+    def delete(self, targets: Sequence[str], *, reason: str = "") -> list[str]:
+        """Delete the committed checkpoints or models ``targets`` (names or ``checkpoints/<name>`` paths), as retention
+        does: the list is journaled before the first delete, and a crash is finished by recovery.
+
+        Refused up front, with nothing journaled (:class:`ConflictError`
+        naming why), when one of them is a pointer's target, the newest
+        committed checkpoint, or in use by an operation in progress;
+        :class:`NotFoundError` for one that is not committed.  Returns the
+        root-relative paths deleted.
+        """
+        return delete_committed(self, targets, reason=reason)
 
     def run(
         self,

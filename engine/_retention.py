@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -24,6 +24,7 @@ from ._events import Event
 from ._fields import expect_relpath
 from ._layout import RETAINABLE_FOLDERS
 from ._optypes import OperationType, Recovery, RecoveryAction
+from ._pointer import resolve_target
 from ._state import ArtifactInfo, EngineState, OpRecord, StateBuilder
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "RetentionIntended",
     "RetentionPlan",
     "RetentionState",
+    "delete_committed",
     "delete_paths",
     "plan_retention",
     "protected_paths",
@@ -158,23 +160,46 @@ def retain(ctx: OperationContext, keep_last: int, *, keep_models: int | None = N
     plan = plan_retention(ctx.state, keep_last, keep_models)
     if dry_run or not plan.delete:
         return msgspec.structs.replace(plan, dry_run=dry_run)
-    op = ctx.new_op_id("retention")
-
-    def still_valid(state: EngineState) -> None:
-        protected = protected_paths(state)
-        for path in plan.delete:
-            if path in protected:
-                raise ConflictError(f"deleting {path}", protected[path])
-            if path in state.retiring:
-                raise ConflictError(f"deleting {path}", f"retention {state.retiring[path]}")
-
-    ctx.journal_events(
-        RetentionIntended(op=op, paths=list(plan.delete), reason=f"keep_last={keep_last} keep_models={keep_models}"), check=still_valid
-    )
-    crash_point(CP_INTENDED)
-    delete_paths(ctx, plan.delete)
-    ctx.journal_events(RetentionDeleted(op=op))
+    op = _delete_journaled(ctx, plan.delete, f"keep_last={keep_last} keep_models={keep_models}")
     return msgspec.structs.replace(plan, dry_run=False, op=op)
+
+
+def delete_committed(ctx: OperationContext, targets: Sequence[str], *, reason: str = "") -> list[str]:
+    """Delete the committed checkpoints or models ``targets`` (names or root-relative paths) as one retention
+    operation; see :meth:`Engine.delete`.  Returns the root-relative paths deleted."""
+    ctx.check_usable()
+    state = ctx.state
+    paths: list[str] = []
+    for target in targets:
+        art = resolve_target(state, target)
+        if art.path not in paths:
+            paths.append(art.path)
+    if not paths:
+        return []
+    _check_deletable(state, paths)
+    _delete_journaled(ctx, paths, reason or "deleted by request")
+    return paths
+
+
+def _check_deletable(state: EngineState, paths: Sequence[str]) -> None:
+    """Raise :class:`ConflictError` when a path is protected (a pointer's target, the newest checkpoint, in use)
+    or already being deleted."""
+    protected = protected_paths(state)
+    for path in paths:
+        if path in protected:
+            raise ConflictError(f"deleting {path}", protected[path])
+        if path in state.retiring:
+            raise ConflictError(f"deleting {path}", f"retention {state.retiring[path]}")
+
+
+def _delete_journaled(ctx: OperationContext, paths: list[str], reason: str) -> str:
+    """Journal the intent (checked again under the journal's lock), delete each path durably, journal deleted."""
+    op = ctx.new_op_id("retention")
+    ctx.journal_events(RetentionIntended(op=op, paths=list(paths), reason=reason), check=lambda state: _check_deletable(state, paths))
+    crash_point(CP_INTENDED)
+    delete_paths(ctx, paths)
+    ctx.journal_events(RetentionDeleted(op=op))
+    return op
 
 
 def delete_paths(ctx: OperationContext, paths: list[str]) -> None:

@@ -18,7 +18,13 @@ from _engine_helpers import (
 )
 
 from shipslog import Engine
-from shipslog.engine import RetentionDeleted, RetentionIntended, plan_retention
+from shipslog.engine import (
+    ConflictError,
+    NotFoundError,
+    RetentionDeleted,
+    RetentionIntended,
+    plan_retention,
+)
 
 
 @pytest.fixture
@@ -162,3 +168,30 @@ def test_the_intent_names_only_folders_under_the_engines_folders(engine: Engine,
         if isinstance(rec.event, RetentionIntended):
             assert all(p.startswith("checkpoints/") and p.count("/") == 1 for p in rec.event.paths)
     assert any(isinstance(r.event, RetentionDeleted) for r in journal_records(root))
+
+
+def test_delete_removes_named_checkpoints_as_one_journaled_retention(root: str) -> None:
+    with open_engine(root) as e:
+        for step in (10, 20, 30):
+            commit_checkpoint(e, f"step-{step}", step=step)
+        assert e.delete(["step-10", "checkpoints/step-20"], reason="rotated") == ["checkpoints/step-10", "checkpoints/step-20"]
+        assert sorted(e.state.checkpoints) == ["step-30"]
+    assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-30"]
+    kinds_seen = [(kind_of(r.event), getattr(r.event, "paths", None)) for r in journal_records(root)]
+    assert ("retention.intended", ["checkpoints/step-10", "checkpoints/step-20"]) in kinds_seen
+
+
+def test_delete_refuses_a_pointer_target_and_the_newest_before_anything_is_journaled(root: str) -> None:
+    with open_engine(root) as e:
+        for step in (10, 20, 30):
+            commit_checkpoint(e, f"step-{step}", step=step)
+        e.set_pointer("best", "step-10")
+        seq = e.state.seq
+        with pytest.raises(ConflictError, match="pointer 'best'"):
+            e.delete(["step-20", "step-10"])
+        with pytest.raises(ConflictError, match="newest"):
+            e.delete(["step-30"])
+        with pytest.raises(NotFoundError):
+            e.delete(["step-99"])
+        assert e.state.seq == seq
+    assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-10", "step-20", "step-30"]

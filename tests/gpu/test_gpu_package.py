@@ -65,6 +65,32 @@ def test_import_without_torch_names_the_gpu_extra() -> None:
     assert "pip install 'shipslog[gpu]'" in done.stdout
 
 
+def test_shipslog_and_its_torch_core_import_no_training_framework() -> None:
+    code = (
+        "import sys, shipslog, shipslog.gpu, shipslog.tools\n"
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', 'accelerate') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_lightning_integration_without_lightning_names_its_extra() -> None:
+    code = (
+        "import sys; sys.modules['lightning'] = None\n"
+        "from shipslog.engine import MissingDependencyError\n"
+        "try:\n"
+        "    import shipslog.gpu.lightning\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'shipslog[lightning]'" in done.stdout
+
+
 def test_bench_runs_small_and_reports_every_figure(tmp_path: Path) -> None:
     result = gpu.bench_checkpoint(tmp_path, mib=2, repeats=1, merge_dim=256)
     for key in (
