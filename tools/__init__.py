@@ -44,11 +44,13 @@ if TYPE_CHECKING:
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
     from ._torture import kill_orphans, workload_processes
+    from ._training_kill import KillingFileSystem, run_training_torture
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 _LAZY = {
     "DemoDataError": "._demo_host",
     "DemoError": "._demo",
+    "KillingFileSystem": "._training_kill",
     "WORKLOAD_OPS": "._workload",
     "WORKLOAD_ROOT_ENV": "._workload",
     "kill_orphans": "._torture",
@@ -57,6 +59,7 @@ _LAZY = {
     "points_for_ops": "._workload",
     "prepare_inbox": "._demo_host",
     "run_demo": "._demo",
+    "run_training_torture": "._training_kill",
     "workload_processes": "._torture",
 }
 """Exported names imported on first use (PEP 562), and the module each comes from."""
@@ -78,6 +81,7 @@ __all__ = [
     "ByteProgress",
     "DemoDataError",
     "DemoError",
+    "KillingFileSystem",
     "NotARootError",
     "OperationsModuleError",
     "Printer",
@@ -98,6 +102,7 @@ __all__ = [
     "prepare_inbox",
     "printable",
     "run_demo",
+    "run_training_torture",
     "shipslog_command",
     "use_rich",
     "workload_processes",

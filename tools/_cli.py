@@ -238,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of killing the process, cut the power: run the workload on a crash-image file system and "
         "recover every state a power cut can leave at and between its durability points",
     )
+    torture.add_argument(
+        "--training",
+        choices=["plain", "lightning"],
+        default=None,
+        help="instead: kill a training process (a plain torch loop, or Lightning) at every file create, rename and "
+        "remove of its run and with every write cut in half, resume it, and require the resume to start from the "
+        "newest committed checkpoint and end with the weights of an uninterrupted run, bit for bit",
+    )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
     torture.add_argument(
         "--quick",
@@ -495,6 +503,19 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
 # -- torture ------------------------------------------------------------------------
 
 
+def _format_training_torture(result: dict[str, Any]) -> str:
+    """The readable summary of a ``run_training_torture`` result."""
+    head = (
+        f"shipslog torture --training {result['framework']} ({'quick' if result['quick'] else 'full'}, seed {result['seed']}): "
+        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes, "
+        f"{result['events']['half']} writes cut in half in a clean run), {result['killed']} killed, "
+        f"{result['resumed_from_newest']} resumed from the newest checkpoint with the uninterrupted run's weights, "
+        f"{len(result['violations'])} violation(s) in {result['seconds']} s"
+    )
+    lines = [head] + [f"  {v['mode']} #{v['point']}: {v['problem']}" for v in result["violations"]]
+    return "\n".join(lines)
+
+
 def _format_torture(result: dict[str, Any]) -> str:
     """The readable summary of a ``run_torture`` result."""
     title = (
@@ -550,6 +571,14 @@ def _cmd_torture(args: argparse.Namespace) -> int:
     if args.dir is not None and not os.path.isdir(args.dir):
         args.parser.error(f"--dir {args.dir!r} is not a folder")
     log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
+    if args.training is not None:
+        if args.power_loss or args.operations is not None or args.ops is not None:
+            args.parser.error("--training runs its own training workload; it takes no --power-loss, --ops or --operations")
+        from ._training_kill import run_training_torture
+
+        result = run_training_torture(args.training, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep)
+        _write_result(args, result, _format_training_torture)
+        return EXIT_VIOLATIONS if result["violations"] else EXIT_OK
     if args.power_loss:
         from ._powerloss import run_power_loss
 
