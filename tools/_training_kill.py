@@ -189,7 +189,7 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
     from shipslog import Engine
     from shipslog.gpu.lightning import ShipslogCheckpointIO, ShipslogModelCheckpoint
 
-    class Regression(pl.LightningModule):  # type: ignore[misc]
+    class Regression(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(1)
@@ -210,14 +210,16 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
             x = torch.randn(_SAVE_EVERY * 8, 8, generator=g)
             return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
 
-    class Acks(pl.Callback):  # type: ignore[misc]
+    class Acks(pl.Callback):
+        pending: int | None = None
+
         def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: Any) -> None:
             self.pending = int(trainer.global_step)
 
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-            pending = getattr(self, "pending", None)
-            if pending is not None:
-                _ack(acks, pending)
+            # Lightning runs checkpoint callbacks last: a save begun in one batch's end has returned by the next one's
+            if self.pending is not None:
+                _ack(acks, self.pending)
                 self.pending = None
 
     model = Regression()
