@@ -29,6 +29,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -55,6 +56,7 @@ __all__ = [
     "RestoreError",
     "Restored",
     "capture_rng",
+    "free_checkpoint_name",
     "load_checkpoint",
     "restore_rng",
     "restore_training",
@@ -141,6 +143,18 @@ def training_state(
     return state
 
 
+def free_checkpoint_name(engine: EngineCore, base: str) -> str:
+    """``base`` when no checkpoint (committed or in progress) and no folder holds that name, else ``base-2``,
+    ``base-3``, ...: a run resumed from an older checkpoint saves its steps again beside the ones it passed over."""
+    state = engine.state
+    taken = set(state.checkpoints) | {str(op.info.get("name")) for op in state.ops_of("checkpoint")}
+    name, n = base, 1
+    while name in taken or os.path.lexists(engine.path("checkpoints", name)):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def _expected_bytes(state: Mapping[str, Any]) -> int:
     total = 0
     stack: list[Any] = [state]
@@ -173,7 +187,8 @@ def save_training(
     meta: Mapping[str, Any] | None = None,
 ) -> ArtifactInfo:
     """Save model, optimizer, scheduler, RNG states and ``extra`` as committed checkpoint ``name`` (default
-    ``step-<step>``) at global ``step``; returns once it is committed.
+    ``step-<step>``, or ``step-<step>-2``... when a run resumed from an older checkpoint saves a step again) at
+    global ``step``; returns once it is committed.
 
     Raises what the engine's checkpoint raises (a name in use, no space,
     a closed engine) before anything is written, :class:`StateDictError`
@@ -181,7 +196,8 @@ def save_training(
     checkpoint (staging removed, journaled) and is raised.
     """
     state = training_state(model=model, optimizer=optimizer, scheduler=scheduler, extra=extra, rng=rng)
-    with engine.checkpoint(name or f"step-{step}", step=step, meta=meta, expected_bytes=_expected_bytes(state)) as ck:
+    name = name or free_checkpoint_name(engine, f"step-{step}")
+    with engine.checkpoint(name, step=step, meta=meta, expected_bytes=_expected_bytes(state)) as ck:
         for entry in save_state_dict(state, ck.path, prefix=TRAINING_PREFIX, fs=engine.fs):
             ck.add_file(entry)
     assert ck.info is not None
@@ -213,7 +229,7 @@ def save_training_async(
             f"AsyncCheckpointer(engine, prefix={TRAINING_PREFIX!r})"
         )
     state = training_state(model=model, optimizer=optimizer, scheduler=scheduler, extra=extra, rng=rng)
-    return checkpointer.save(name or f"step-{step}", state, step=step, meta=meta)
+    return checkpointer.save(name or free_checkpoint_name(checkpointer.engine, f"step-{step}"), state, step=step, meta=meta)
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ __all__ = ["FRAMEWORKS", "KillingFileSystem", "run_training_torture"]
 
 _log = logging.getLogger("shipslog.tools.torture")
 
-FRAMEWORKS = ("plain", "lightning")
+FRAMEWORKS = ("plain", "lightning", "hf")
 _MODULE = "shipslog.tools._training_kill"
 _STEPS = 12
 _SAVE_EVERY = 4
@@ -118,10 +118,8 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--acks", required=True)
     args = parser.parse_args(argv)
     fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
-    if args.framework == "plain":
-        start, newest, digest = _train_plain(args.root, fs, args.acks)
-    else:
-        start, newest, digest = _train_lightning(args.root, fs, args.acks)
+    train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf}[args.framework]
+    start, newest, digest = train(args.root, fs, args.acks)
     with open(args.result, "w", encoding="utf-8") as f:
         json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": fs.events}, f)
     return 0
@@ -234,6 +232,39 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
         )
         trainer.fit(model, ckpt_path="last")
         return model.first_step or 0, newest, _digest(model.parameters())
+
+
+def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+    import warnings
+
+    import torch
+    import transformers
+
+    from shipslog import Engine
+    from shipslog.gpu.hf import ShipslogTrainer
+
+    class Acks(transformers.TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _ack(acks, int(state.global_step))  # called once the checkpoint is committed
+
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    rows = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(3))
+    data = [{"input_ids": r, "labels": r} for r in rows]
+    args = transformers.TrainingArguments(
+        output_dir=os.path.join(os.path.dirname(root), "hf-output"), max_steps=_STEPS, save_steps=_SAVE_EVERY,
+        save_total_limit=2, per_device_train_batch_size=4, report_to=[], use_cpu=True, seed=0, logging_steps=1000,
+        disable_tqdm=True, lr_scheduler_type="constant",
+    )
+    acked = Acks()
+    with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        newest = _newest(engine)
+        trainer = ShipslogTrainer(engine, model=model, args=args, train_dataset=data, callbacks=[acked])
+        trainer.train(resume_from_checkpoint=True)
+        start = trainer.resumed_from.step or 0 if trainer.resumed_from is not None else 0
+        return start, newest, _digest(model.parameters())
 
 
 # -- the sweep --------------------------------------------------------------------------------

@@ -75,12 +75,13 @@ def test_shipslog_and_its_torch_core_import_no_training_framework() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_the_lightning_integration_without_lightning_names_its_extra() -> None:
+@pytest.mark.parametrize(("module", "blocked", "extra"), [("lightning", "lightning", "lightning"), ("hf", "transformers", "hf")])
+def test_a_framework_integration_without_its_framework_names_its_extra(module: str, blocked: str, extra: str) -> None:
     code = (
-        "import sys; sys.modules['lightning'] = None\n"
+        f"import sys; sys.modules[{blocked!r}] = None\n"
         "from shipslog.engine import MissingDependencyError\n"
         "try:\n"
-        "    import shipslog.gpu.lightning\n"
+        f"    import shipslog.gpu.{module}\n"
         "except MissingDependencyError as exc:\n"
         "    print(exc)\n"
         "    sys.exit(0)\n"
@@ -88,7 +89,7 @@ def test_the_lightning_integration_without_lightning_names_its_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert "pip install 'shipslog[lightning]'" in done.stdout
+    assert f"pip install 'shipslog[{extra}]'" in done.stdout
 
 
 def test_bench_runs_small_and_reports_every_figure(tmp_path: Path) -> None:

@@ -59,3 +59,13 @@ def test_a_write_cut_in_half_leaves_half_of_it_and_kills(tmp_path: Any) -> None:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     with open(path, "rb") as f:
         assert f.read() == b"a" * 50
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+def test_the_hf_trainer_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
+    pytest.importorskip("transformers")
+    result = run_training_torture("hf", folder=str(tmp_path), quick=True, sample=1, seed=7)
+    assert result["violations"] == []
+    assert result["points"] == 2 and result["killed"] == 2

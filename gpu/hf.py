@@ -1,0 +1,163 @@
+"""Hugging Face Transformers' ``Trainer`` on shipslog: every checkpoint committed through the engine.
+
+Use::
+
+    engine = shipslog.Engine.open(root)
+    trainer = ShipslogTrainer(engine, model=model, args=TrainingArguments(save_steps=500, save_total_limit=3, ...),
+                              train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=True)   # the newest checkpoint that verifies; a fresh start on a new root
+
+Guarantees (on top of the Trainer's own):
+
+* a checkpoint exists only once committed: the Trainer writes its usual
+  files (``model.safetensors``, ``config.json``, ``optimizer.pt``,
+  ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``, ...) into the
+  operation's staging folder, they are checksummed and fsynced with the
+  MANIFEST, renamed into ``checkpoints/checkpoint-<step>`` and journaled; a
+  kill during a save leaves no ``checkpoint-N`` folder that makes a resume
+  fail, so ``from_pretrained`` and ``resume_from_checkpoint`` only ever see
+  complete folders;
+* ``resume_from_checkpoint=True`` resolves to the newest committed checkpoint
+  that verifies in full (checksums), falling back to older ones with a
+  logged error, and to a fresh start on a root with none;
+* ``save_total_limit`` is honoured by the engine's retention after the
+  commit (journaled first): never the newest checkpoint, never the best one
+  (the ``best`` pointer follows ``state.best_model_checkpoint``).
+
+Import this module only with Transformers installed (``pip install
+'shipslog[hf]'``); without it :class:`MissingDependencyError` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from shipslog.engine import (
+    ArtifactInfo,
+    ConflictError,
+    EngineCore,
+    IntegrityError,
+    MissingDependencyError,
+    verify_folder,
+)
+
+try:
+    from transformers import Trainer
+    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
+except ImportError as _exc:
+    raise MissingDependencyError("transformers", "hf") from _exc
+
+from ._training import free_checkpoint_name
+
+__all__ = ["BEST_POINTER", "ShipslogTrainer", "newest_verified_checkpoint"]
+
+_log = logging.getLogger("shipslog.gpu.hf")
+
+BEST_POINTER = "best"
+"""The engine pointer that follows the Trainer's ``state.best_model_checkpoint`` (retention never deletes it)."""
+_TRAINER_STATE = "trainer_state.json"
+
+
+def newest_verified_checkpoint(engine: EngineCore) -> ArtifactInfo | None:
+    """The newest committed checkpoint (by step) whose every file verifies against its MANIFEST; older ones are tried
+    when it does not (each failure logged as an error); None when there is none."""
+    engine.check_usable()
+    for art in sorted(engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True):
+        try:
+            verify_folder(engine.path(*art.path.split("/")), deep=True)
+        except (IntegrityError, OSError) as exc:
+            _log.error("checkpoint %s does not verify (%s); trying the one before it", art.path, exc)
+            continue
+        return art
+    return None
+
+
+class ShipslogTrainer(Trainer):
+    """A ``transformers.Trainer`` whose checkpoints are committed through ``engine`` (see the module).
+
+    Takes every ``Trainer`` argument after ``engine``.  The engine stays open
+    for the trainer's life; the caller closes it.
+    """
+
+    def __init__(self, engine: EngineCore, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine = engine
+        self.resumed_from: ArtifactInfo | None = None
+        """The committed checkpoint the last ``train(resume_from_checkpoint=True)`` resumed from (None: from scratch)."""
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` is the newest committed checkpoint that verifies."""
+        if resume_from_checkpoint is True:
+            art = self.resumed_from = newest_verified_checkpoint(self.engine)
+            if art is None:
+                _log.info("no committed checkpoint in %s: training starts from scratch", self.engine.root)
+                resume_from_checkpoint = None
+            else:
+                resume_from_checkpoint = self.engine.path(*art.path.split("/"))
+                _log.info("resuming from %s (step %s)", art.path, art.step)
+                if self.args.max_steps > 0 and (art.step or 0) >= self.args.max_steps:
+                    # The run was complete: the Trainer itself would train one step past max_steps here.
+                    _log.info("%s is at max_steps=%d: loading it, nothing left to train", art.path, self.args.max_steps)
+                    self._load_from_checkpoint(resume_from_checkpoint)
+                    return TrainOutput(int(art.step or 0), 0.0, {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, written into the operation's staging folder and committed (then retention)."""
+        step = int(self.state.global_step)
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        name = free_checkpoint_name(self.engine, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        with self.engine.checkpoint(name, step=step, meta={"framework": "transformers"}) as ck:
+            out = ck.path
+            self.save_model(out, _internal_call=True)
+            if self.state.best_global_step:
+                best = self.engine.path("checkpoints", f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+                if os.path.isdir(best) or self.state.best_global_step == step:
+                    self.state.best_model_checkpoint = self.engine.path("checkpoints", f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(out)
+                save_scaler = getattr(self, "_save_scaler", None)
+                if save_scaler is not None:
+                    save_scaler(out)
+                self._save_rng_state(out)
+            if self.args.should_save:
+                stateful: Any = self.state.stateful_callbacks  # a dict by the time a checkpoint is saved
+                for cb in [c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)]:
+                    key = cb.__class__.__name__
+                    if isinstance(stateful.get(key), list):
+                        stateful[key].append(cb.state())
+                    else:
+                        stateful[key] = cb.state()
+                self.state.save_to_json(os.path.join(out, _TRAINER_STATE))
+        self._point_best()
+        self._rotate()
+
+    def _point_best(self) -> None:
+        """Move the ``best`` pointer to the Trainer's best checkpoint, when it is a committed one."""
+        best = self.state.best_model_checkpoint
+        name = os.path.basename(best) if best else None
+        if name is None or name not in self.engine.state.checkpoints:
+            return
+        target = f"checkpoints/{name}"
+        current = self.engine.state.pointers.get(BEST_POINTER)
+        if current is None or current.target != target:
+            self.engine.set_pointer(BEST_POINTER, target)
+
+    def _rotate(self) -> None:
+        """``save_total_limit`` through the engine's retention: the newest N by step stay, and the best."""
+        limit = self.args.save_total_limit
+        if not limit or limit < 1:
+            return
+        by_step = sorted(self.engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
+        protected = {p.target for p in self.engine.state.pointers.values()}
+        doomed = [a.path for a in by_step[limit:] if a.path not in protected]
+        if not doomed:
+            return
+        try:
+            self.engine.delete(doomed, reason=f"save_total_limit={limit}")
+        except ConflictError as exc:  # an operation in progress uses one: the next save tries again
+            _log.warning("checkpoints not rotated this time: %s", exc)
