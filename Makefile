@@ -34,7 +34,7 @@ ensure = $(PY) -c 'import sys, importlib.metadata as m; sys.exit(any(m.version(n
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[gpu,lightning,hf,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[gpu,lightning,hf,accelerate,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

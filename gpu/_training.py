@@ -40,6 +40,7 @@ import torch
 
 from shipslog.engine import (
     ArtifactInfo,
+    ConflictError,
     EngineCore,
     IntegrityError,
     read_manifest,
@@ -56,10 +57,13 @@ __all__ = [
     "RestoreError",
     "Restored",
     "capture_rng",
+    "checkpoints_newest_first",
     "free_checkpoint_name",
     "load_checkpoint",
+    "newest_verified_checkpoint",
     "restore_rng",
     "restore_training",
+    "rotate_checkpoints",
     "save_training",
     "save_training_async",
     "training_state",
@@ -153,6 +157,40 @@ def free_checkpoint_name(engine: EngineCore, base: str) -> str:
         n += 1
         name = f"{base}-{n}"
     return name
+
+
+def checkpoints_newest_first(engine: EngineCore) -> list[ArtifactInfo]:
+    """The committed checkpoints, newest first by (step, commit seq)."""
+    return sorted(engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
+
+
+def newest_verified_checkpoint(engine: EngineCore) -> ArtifactInfo | None:
+    """The newest committed checkpoint whose every file verifies against its MANIFEST; older ones are tried when
+    it does not (each failure logged as an error); None when there is none."""
+    engine.check_usable()
+    for art in checkpoints_newest_first(engine):
+        try:
+            verify_folder(engine.path(*art.path.split("/")), deep=True)
+        except (IntegrityError, OSError) as exc:
+            _log.error("checkpoint %s does not verify (%s); trying the one before it", art.path, exc)
+            continue
+        return art
+    return None
+
+
+def rotate_checkpoints(engine: EngineCore, keep: int, *, reason: str) -> list[str]:
+    """Delete the committed checkpoints beyond the ``keep`` newest (never a pointer's target) as one retention
+    operation; a folder in use by an operation in progress is left for the next call (logged).  Returns the
+    root-relative paths deleted."""
+    protected = {p.target for p in engine.state.pointers.values()}
+    doomed = [a.path for a in checkpoints_newest_first(engine)[keep:] if a.path not in protected]
+    if not doomed:
+        return []
+    try:
+        return engine.delete(doomed, reason=reason)
+    except ConflictError as exc:
+        _log.warning("checkpoints not rotated this time: %s", exc)
+        return []
 
 
 def _expected_bytes(state: Mapping[str, Any]) -> int:
@@ -277,7 +315,7 @@ def restore_training(
     if name is not None:
         candidates = [resolve_target(engine.state, name)]
     else:
-        candidates = sorted(engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
+        candidates = checkpoints_newest_first(engine)
     if not candidates:
         return None
     failures: list[tuple[str, str]] = []

@@ -36,11 +36,8 @@ from typing import Any
 
 from shipslog.engine import (
     ArtifactInfo,
-    ConflictError,
     EngineCore,
-    IntegrityError,
     MissingDependencyError,
-    verify_folder,
 )
 
 try:
@@ -50,29 +47,15 @@ try:
 except ImportError as _exc:
     raise MissingDependencyError("transformers", "hf") from _exc
 
-from ._training import free_checkpoint_name
+from ._training import free_checkpoint_name, newest_verified_checkpoint, rotate_checkpoints
 
-__all__ = ["BEST_POINTER", "ShipslogTrainer", "newest_verified_checkpoint"]
+__all__ = ["BEST_POINTER", "ShipslogTrainer"]
 
 _log = logging.getLogger("shipslog.gpu.hf")
 
 BEST_POINTER = "best"
 """The engine pointer that follows the Trainer's ``state.best_model_checkpoint`` (retention never deletes it)."""
 _TRAINER_STATE = "trainer_state.json"
-
-
-def newest_verified_checkpoint(engine: EngineCore) -> ArtifactInfo | None:
-    """The newest committed checkpoint (by step) whose every file verifies against its MANIFEST; older ones are tried
-    when it does not (each failure logged as an error); None when there is none."""
-    engine.check_usable()
-    for art in sorted(engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True):
-        try:
-            verify_folder(engine.path(*art.path.split("/")), deep=True)
-        except (IntegrityError, OSError) as exc:
-            _log.error("checkpoint %s does not verify (%s); trying the one before it", art.path, exc)
-            continue
-        return art
-    return None
 
 
 class ShipslogTrainer(Trainer):
@@ -150,14 +133,5 @@ class ShipslogTrainer(Trainer):
     def _rotate(self) -> None:
         """``save_total_limit`` through the engine's retention: the newest N by step stay, and the best."""
         limit = self.args.save_total_limit
-        if not limit or limit < 1:
-            return
-        by_step = sorted(self.engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
-        protected = {p.target for p in self.engine.state.pointers.values()}
-        doomed = [a.path for a in by_step[limit:] if a.path not in protected]
-        if not doomed:
-            return
-        try:
-            self.engine.delete(doomed, reason=f"save_total_limit={limit}")
-        except ConflictError as exc:  # an operation in progress uses one: the next save tries again
-            _log.warning("checkpoints not rotated this time: %s", exc)
+        if limit and limit >= 1:
+            rotate_checkpoints(self.engine, limit, reason=f"save_total_limit={limit}")

@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     torture.add_argument(
         "--training",
-        choices=["plain", "lightning", "hf"],
+        choices=["plain", "lightning", "hf", "accelerate"],
         default=None,
-        help="instead: kill a training process (a plain torch loop, Lightning, or the HF Trainer) at every file create, rename and "
+        help="instead: kill a training process (a plain torch loop, Lightning, the HF Trainer or Accelerate) at every file create, rename and "
         "remove of its run and with every write cut in half, resume it, and require the resume to start from the "
         "newest committed checkpoint and end with the weights of an uninterrupted run, bit for bit",
     )

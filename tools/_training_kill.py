@@ -42,7 +42,7 @@ __all__ = ["FRAMEWORKS", "KillingFileSystem", "run_training_torture"]
 
 _log = logging.getLogger("shipslog.tools.torture")
 
-FRAMEWORKS = ("plain", "lightning", "hf")
+FRAMEWORKS = ("plain", "lightning", "hf", "accelerate")
 _MODULE = "shipslog.tools._training_kill"
 _STEPS = 12
 _SAVE_EVERY = 4
@@ -118,7 +118,7 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--acks", required=True)
     args = parser.parse_args(argv)
     fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
-    train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf}[args.framework]
+    train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf, "accelerate": _train_accelerate}[args.framework]
     start, newest, digest = train(args.root, fs, args.acks)
     with open(args.result, "w", encoding="utf-8") as f:
         json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": fs.events}, f)
@@ -264,6 +264,42 @@ def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, st
         trainer = ShipslogTrainer(engine, model=model, args=args, train_dataset=data, callbacks=[acked])
         trainer.train(resume_from_checkpoint=True)
         start = trainer.resumed_from.step or 0 if trainer.resumed_from is not None else 0
+        return start, newest, _digest(model.parameters())
+
+
+def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+    import warnings
+
+    import accelerate  # type: ignore[import-untyped]
+    import torch
+
+    from shipslog import Engine
+    from shipslog.gpu.accelerate import ShipslogAccelerate
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accelerator = accelerate.Accelerator(cpu=True)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine:
+        newest = _newest(engine)
+        states = ShipslogAccelerate(accelerator, engine, total_limit=2)
+        loaded = states.load_state()
+        if loaded is None:
+            torch.manual_seed(7)
+        start = loaded.step or 0 if loaded is not None else 0
+        for step in range(start + 1, _STEPS + 1):
+            loss = model(torch.randn(16, 8)).pow(2).mean()
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            if step % _SAVE_EVERY == 0:
+                states.save_state(step=step)
+                _ack(acks, step)
         return start, newest, _digest(model.parameters())
 
 

@@ -75,7 +75,7 @@ def test_shipslog_and_its_torch_core_import_no_training_framework() -> None:
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("module", "blocked", "extra"), [("lightning", "lightning", "lightning"), ("hf", "transformers", "hf")])
+@pytest.mark.parametrize(("module", "blocked", "extra"), [("lightning", "lightning", "lightning"), ("hf", "transformers", "hf"), ("accelerate", "accelerate", "accelerate")])
 def test_a_framework_integration_without_its_framework_names_its_extra(module: str, blocked: str, extra: str) -> None:
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"

@@ -69,3 +69,13 @@ def test_the_hf_trainer_killed_at_file_events_resumes_from_the_newest_checkpoint
     result = run_training_torture("hf", folder=str(tmp_path), quick=True, sample=1, seed=7)
     assert result["violations"] == []
     assert result["points"] == 2 and result["killed"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+def test_accelerate_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
+    pytest.importorskip("accelerate")
+    result = run_training_torture("accelerate", folder=str(tmp_path), quick=True, sample=1, seed=9)
+    assert result["violations"] == []
+    assert result["points"] == 2 and result["killed"] == 2
