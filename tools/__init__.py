@@ -44,12 +44,13 @@ if TYPE_CHECKING:
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
     from ._torture import kill_orphans, workload_processes
-    from ._training_kill import KillingFileSystem, run_training_torture
+    from ._training_kill import AuditKiller, KillingFileSystem, run_training_torture
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 _LAZY = {
     "DemoDataError": "._demo_host",
     "DemoError": "._demo",
+    "AuditKiller": "._training_kill",
     "KillingFileSystem": "._training_kill",
     "WORKLOAD_OPS": "._workload",
     "WORKLOAD_ROOT_ENV": "._workload",
@@ -78,6 +79,7 @@ __all__ = [
     "EXIT_CODES",
     "WORKLOAD_OPS",
     "WORKLOAD_ROOT_ENV",
+    "AuditKiller",
     "ByteProgress",
     "DemoDataError",
     "DemoError",

@@ -33,7 +33,7 @@ from shipslog.journal import ShipslogError
 from ._cli_types import positive_int
 from ._inspect import reading, replay_root, require_root
 from ._operations_module import OPERATIONS_HELP, load_operations
-from ._render import Printer, printable
+from ._render import Printer, plain_table, printable
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -240,11 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     torture.add_argument(
         "--training",
-        choices=["plain", "lightning", "hf", "accelerate"],
+        choices=["plain", "lightning", "hf", "accelerate", "all"],
         default=None,
         help="instead: kill a training process (a plain torch loop, Lightning, the HF Trainer or Accelerate) at every file create, rename and "
         "remove of its run and with every write cut in half, resume it, and require the resume to start from the "
         "newest committed checkpoint and end with the weights of an uninterrupted run, bit for bit",
+    )
+    torture.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --training: the framework's own checkpointing, without shipslog, killed at its creates, renames and "
+        "removes (seen through Python's audit events)",
+    )
+    torture.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --training: run with shipslog and without, and print one row each (the README's table)",
     )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
     torture.add_argument(
@@ -504,13 +515,22 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
 
 
 def _format_training_torture(result: dict[str, Any]) -> str:
-    """The readable summary of a ``run_training_torture`` result."""
+    """The readable summary of ``run_training_torture`` results: a table for several runs, else one run's summary."""
+    if "runs" in result:
+        headers = ["framework", "checkpoints", "kill points", "resumed correctly", "failed to resume", "lost work", "wrong weights"]
+        rows = [
+            [r["framework"], "shipslog" if r["shipslog"] else "its own", str(r["points"]), str(r["verdicts"]["resumed"]),
+             str(r["verdicts"]["failed"]), str(r["verdicts"]["lost-work"]), str(r["verdicts"]["wrong-weights"])]
+            for r in result["runs"]
+        ]
+        return plain_table(headers, rows)
+    writes = f", {result['events']['half']} writes cut in half" if "half" in result["events"] else ""
     head = (
-        f"shipslog torture --training {result['framework']} ({'quick' if result['quick'] else 'full'}, seed {result['seed']}): "
-        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes, "
-        f"{result['events']['half']} writes cut in half in a clean run), {result['killed']} killed, "
-        f"{result['resumed_from_newest']} resumed from the newest checkpoint with the uninterrupted run's weights, "
-        f"{len(result['violations'])} violation(s) in {result['seconds']} s"
+        f"shipslog torture --training {result['framework']}{'' if result['shipslog'] else ' --baseline'} "
+        f"({'quick' if result['quick'] else 'full'}, seed {result['seed']}): "
+        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes{writes} in a clean run), "
+        f"{result['killed']} killed, {result['resumed_from_newest']} resumed from the newest checkpoint with the "
+        f"uninterrupted run's weights, {len(result['violations'])} violation(s) in {result['seconds']} s"
     )
     lines = [head] + [f"  {v['mode']} #{v['point']}: {v['problem']}" for v in result["violations"]]
     return "\n".join(lines)
@@ -574,11 +594,19 @@ def _cmd_torture(args: argparse.Namespace) -> int:
     if args.training is not None:
         if args.power_loss or args.operations is not None or args.ops is not None:
             args.parser.error("--training runs its own training workload; it takes no --power-loss, --ops or --operations")
-        from ._training_kill import run_training_torture
+        from ._training_kill import FRAMEWORKS, run_training_torture
 
-        result = run_training_torture(args.training, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep)
+        frameworks = list(FRAMEWORKS) if args.training == "all" else [args.training]
+        sides = [False, True] if args.compare else [args.baseline]
+        runs = [
+            run_training_torture(fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side)
+            for fw in frameworks
+            for side in sides
+        ]
+        result = runs[0] if len(runs) == 1 else {"runs": runs}
         _write_result(args, result, _format_training_torture)
-        return EXIT_VIOLATIONS if result["violations"] else EXIT_OK
+        ours = [r for r in runs if r["shipslog"]]
+        return EXIT_VIOLATIONS if any(r["violations"] for r in ours) else EXIT_OK
     if args.power_loss:
         from ._powerloss import run_power_loss
 

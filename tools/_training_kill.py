@@ -38,7 +38,7 @@ from typing import Any
 
 from shipslog.journal import OS_FS, DelegatingFileSystem, FileSystem, PathLike
 
-__all__ = ["FRAMEWORKS", "KillingFileSystem", "run_training_torture"]
+__all__ = ["FRAMEWORKS", "AuditKiller", "KillingFileSystem", "run_training_torture"]
 
 _log = logging.getLogger("shipslog.tools.torture")
 
@@ -105,6 +105,31 @@ class KillingFileSystem(DelegatingFileSystem):
         super().write_all(fd, data, offset)
 
 
+class AuditKiller:
+    """The same kill points for code that writes without shipslog (the frameworks' own checkpointing, the baseline):
+    counted from Python's audit events, so nothing is patched.  ``open`` for writing, ``os.mkdir``, ``os.rename`` (and replace),
+    ``os.remove``, ``os.rmdir`` and ``shutil.rmtree``; files opened by native code (torch's own zip writer,
+    safetensors) raise no audit event, so kills before and after them stand for them.  Installed for the
+    process's life (audit hooks cannot be removed)."""
+
+    def __init__(self, kill_at: int = 0) -> None:
+        self.kill_at = kill_at
+        self.events = 0
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            mode, flags = args[1], args[2]
+            writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if not writes:
+                return
+        elif event not in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree"):
+            return
+        self.events += 1
+        if self.events == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # -- the child --------------------------------------------------------------------------------
 
 
@@ -116,7 +141,14 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--result", required=True)
     parser.add_argument("--acks", required=True)
+    parser.add_argument("--baseline", action="store_true", help="the framework's own checkpointing, without shipslog")
     args = parser.parse_args(argv)
+    if args.baseline:
+        killer = AuditKiller(args.kill_at)
+        start, newest, digest = _BASELINES[args.framework](args.root, args.acks)
+        with open(args.result, "w", encoding="utf-8") as f:
+            json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": killer.events}, f)
+        return 0
     fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
     train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf, "accelerate": _train_accelerate}[args.framework]
     start, newest, digest = train(args.root, fs, args.acks)
@@ -152,10 +184,7 @@ def _train_plain(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None,
     from shipslog import Engine
     from shipslog.gpu import restore_training, save_training
 
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)
+    model, optimizer, scheduler = _plain_objects()
     with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine:
         newest = _newest(engine)
         restored = restore_training(engine, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -178,14 +207,10 @@ def _train_plain(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None,
         return start, newest, _digest(model.parameters())
 
 
-def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
-    import warnings
-
+def _lightning_parts(acks: str) -> tuple[Any, Any]:
+    """The Lightning module every Lightning run trains, and a callback that acknowledges each save that returned."""
     import lightning.pytorch as pl
     import torch
-
-    from shipslog import Engine
-    from shipslog.gpu.lightning import ShipslogCheckpointIO, ShipslogModelCheckpoint
 
     class Regression(pl.LightningModule):
         def __init__(self) -> None:
@@ -220,7 +245,18 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
                 _ack(acks, self.pending)
                 self.pending = None
 
-    model = Regression()
+    return Regression(), Acks()
+
+
+def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from shipslog import Engine
+    from shipslog.gpu.lightning import ShipslogCheckpointIO, ShipslogModelCheckpoint
+
+    model, ack_callback = _lightning_parts(acks)
     with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         newest = _newest(engine)
@@ -228,24 +264,20 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
             max_steps=_STEPS, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=os.path.dirname(root), plugins=[ShipslogCheckpointIO(engine)],
             callbacks=[ShipslogModelCheckpoint(engine, every_n_train_steps=_SAVE_EVERY, save_top_k=2, monitor="step",
-                                               mode="max", save_last=True), Acks()],
+                                               mode="max", save_last=True), ack_callback],
         )
         trainer.fit(model, ckpt_path="last")
         return model.first_step or 0, newest, _digest(model.parameters())
 
 
-def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
-    import warnings
-
+def _hf_parts(root: str, acks: str, *, output_dir: str) -> tuple[Any, Any, Any, Any]:
+    """The tiny GPT-2 every HF run trains, its data, its TrainingArguments, and a callback acknowledging each save."""
     import torch
     import transformers
 
-    from shipslog import Engine
-    from shipslog.gpu.hf import ShipslogTrainer
-
     class Acks(transformers.TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            _ack(acks, int(state.global_step))  # called once the checkpoint is committed
+            _ack(acks, int(state.global_step))  # called once the checkpoint is written (with shipslog: committed)
 
     torch.manual_seed(1)
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16)
@@ -253,15 +285,23 @@ def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, st
     rows = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(3))
     data = [{"input_ids": r, "labels": r} for r in rows]
     args = transformers.TrainingArguments(
-        output_dir=os.path.join(os.path.dirname(root), "hf-output"), max_steps=_STEPS, save_steps=_SAVE_EVERY,
-        save_total_limit=2, per_device_train_batch_size=4, report_to=[], use_cpu=True, seed=0, logging_steps=1000,
-        disable_tqdm=True, lr_scheduler_type="constant",
+        output_dir=output_dir, max_steps=_STEPS, save_steps=_SAVE_EVERY, save_total_limit=2, per_device_train_batch_size=4,
+        report_to=[], use_cpu=True, seed=0, logging_steps=1000, disable_tqdm=True, lr_scheduler_type="constant",
     )
-    acked = Acks()
+    return model, data, args, Acks()
+
+
+def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+    import warnings
+
+    from shipslog import Engine
+    from shipslog.gpu.hf import ShipslogTrainer
+
+    model, data, args, ack_callback = _hf_parts(root, acks, output_dir=os.path.join(os.path.dirname(root), "hf-output"))
     with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         newest = _newest(engine)
-        trainer = ShipslogTrainer(engine, model=model, args=args, train_dataset=data, callbacks=[acked])
+        trainer = ShipslogTrainer(engine, model=model, args=args, train_dataset=data, callbacks=[ack_callback])
         trainer.train(resume_from_checkpoint=True)
         start = trainer.resumed_from.step or 0 if trainer.resumed_from is not None else 0
         return start, newest, _digest(model.parameters())
@@ -276,10 +316,7 @@ def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | 
     from shipslog import Engine
     from shipslog.gpu.accelerate import ShipslogAccelerate
 
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)
+    model, optimizer, scheduler = _plain_objects()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         accelerator = accelerate.Accelerator(cpu=True)
@@ -303,6 +340,133 @@ def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | 
         return start, newest, _digest(model.parameters())
 
 
+# -- the same runs without shipslog: each framework's own checkpointing, used as its documentation shows --------
+
+
+def _plain_objects() -> tuple[Any, Any, Any]:
+    import torch
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Dropout(0.25), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)
+
+
+def _baseline_plain(root: str, acks: str) -> tuple[int, int | None, str]:
+    """``torch.save`` of the state to ``step-N.pt``, the two newest kept; resume from the highest-numbered file."""
+    import numpy as np
+    import torch
+
+    from shipslog.gpu import capture_rng, restore_rng
+
+    os.makedirs(root, exist_ok=True)
+    model, optimizer, scheduler = _plain_objects()
+    saved = sorted(int(n[5:-3]) for n in os.listdir(root) if n.startswith("step-") and n.endswith(".pt"))
+    start = 0
+    if saved:
+        state = torch.load(os.path.join(root, f"step-{saved[-1]}.pt"), weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        start = saved[-1]
+    else:
+        random.seed(7)
+        np.random.seed(7)
+        torch.manual_seed(7)
+    for step in range(start + 1, _STEPS + 1):
+        x = torch.randn(16, 8) + float(np.random.rand()) + random.random()
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % _SAVE_EVERY == 0:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
+            torch.save(state, os.path.join(root, f"step-{step}.pt"))
+            _ack(acks, step)
+            for old in sorted(int(n[5:-3]) for n in os.listdir(root) if n.startswith("step-") and n.endswith(".pt"))[:-2]:
+                os.remove(os.path.join(root, f"step-{old}.pt"))
+    return start, None, _digest(model.parameters())
+
+
+def _baseline_lightning(root: str, acks: str) -> tuple[int, int | None, str]:
+    """Lightning's ``ModelCheckpoint`` (top 2, ``save_last=True``) and ``fit(ckpt_path="last")``."""
+    import warnings
+
+    import lightning.pytorch as pl
+
+    module, ack_callback = _lightning_parts(acks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_steps=_STEPS, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=os.path.dirname(root),
+            callbacks=[pl.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=_SAVE_EVERY, save_top_k=2, monitor="step",
+                                                    mode="max", save_last=True), ack_callback],
+        )
+        trainer.fit(module, ckpt_path="last")
+    return module.first_step or 0, None, _digest(module.parameters())
+
+
+def _baseline_hf(root: str, acks: str) -> tuple[int, int | None, str]:
+    """The Trainer's own saves (``save_total_limit=2``) and ``resume_from_checkpoint`` = its newest ``checkpoint-N``."""
+    import warnings
+
+    import transformers
+    from transformers.trainer_utils import get_last_checkpoint
+
+    model, data, args, ack_callback = _hf_parts(root, acks, output_dir=root)
+    os.makedirs(root, exist_ok=True)
+    last: str | None = get_last_checkpoint(root)  # type: ignore[no-untyped-call]
+    start = int(last.rsplit("-", 1)[-1]) if last else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[ack_callback])
+        if last is not None and start >= _STEPS:  # as a careful user would: a finished run is loaded, not trained on
+            trainer._load_from_checkpoint(last)
+        else:
+            trainer.train(resume_from_checkpoint=last)
+    return start, None, _digest(model.parameters())
+
+
+def _baseline_accelerate(root: str, acks: str) -> tuple[int, int | None, str]:
+    """Accelerate's automatic checkpoint naming with ``total_limit=2``; ``load_state()`` of its newest folder."""
+    import warnings
+
+    import accelerate
+    import torch
+
+    model, optimizer, scheduler = _plain_objects()
+    config = accelerate.utils.ProjectConfiguration(project_dir=root, automatic_checkpoint_naming=True, total_limit=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accelerator = accelerate.Accelerator(cpu=True, project_config=config)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    folder = os.path.join(root, "checkpoints")
+    saved = sorted(int(n.rsplit("_", 1)[-1]) for n in os.listdir(folder)) if os.path.isdir(folder) else []
+    start = 0
+    if saved:
+        accelerator.load_state()
+        accelerator.project_configuration.iteration = saved[-1] + 1
+        start = (saved[-1] + 1) * _SAVE_EVERY
+    else:
+        torch.manual_seed(7)
+    for step in range(start + 1, _STEPS + 1):
+        loss = model(torch.randn(16, 8)).pow(2).mean()
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        if step % _SAVE_EVERY == 0:
+            accelerator.save_state()
+            _ack(acks, step)
+    return start, None, _digest(model.parameters())
+
+
+_BASELINES = {"plain": _baseline_plain, "lightning": _baseline_lightning, "hf": _baseline_hf, "accelerate": _baseline_accelerate}
+
+
 # -- the sweep --------------------------------------------------------------------------------
 
 
@@ -314,7 +478,9 @@ class _Outcome:
     start: int | None
     newest: int | None
     acked: int
-    same_weights: bool
+    verdict: str
+    """``resumed`` (from the newest checkpoint, weights as uninterrupted), ``failed`` (the resume raised),
+    ``lost-work`` (resumed older than a save that returned) or ``wrong-weights``."""
     problem: str
 
 
@@ -327,22 +493,29 @@ def run_training_torture(
     seed: int = 0,
     jobs: int = 2,
     keep: bool = False,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep for ``framework`` (see the module) in a temporary folder; return the result object.
 
     ``quick`` tries ``sample`` seeded points of each mode instead of every
-    one; ``jobs`` kill points run at a time.  ``violations`` lists every kill
-    point whose resume failed a requirement.
+    one; ``jobs`` kill points run at a time.  ``baseline`` runs the
+    framework's own checkpointing without shipslog, killed through audit
+    events (creates, renames and removes only: writes cannot be cut there).
+    ``violations`` lists every kill point whose resume failed a requirement;
+    ``verdicts`` counts the outcomes.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework is one of {FRAMEWORKS}, got {framework!r}")
     work = tempfile.mkdtemp(prefix="shipslog-torture-training-", dir=folder)
     t0 = time.monotonic()
+    run = _Runner(work, framework, baseline)
     try:
-        clean = _run_child(work, "clean", framework, "before", 0)
-        counts = {"before": clean["events"], "half": _run_child(work, "count-writes", framework, "half", 0)["events"]}
+        clean = run.child("clean", "before", 0)
         if clean.get("error"):
             raise RuntimeError(f"the uninterrupted training run failed: {clean['error']}")
+        counts = {"before": clean["events"]}
+        if not baseline:
+            counts["half"] = run.child("count-writes", "half", 0)["events"]
         rng = random.Random(seed)
         planned: list[tuple[str, int]] = []
         for mode, total in counts.items():
@@ -351,10 +524,11 @@ def run_training_torture(
                 points = sorted(rng.sample(points, min(sample, len(points))))
             planned += [(mode, point) for point in points]
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            outcomes = list(pool.map(lambda job: _kill_and_resume(work, framework, job[0], job[1], clean["digest"]), planned))
-        violations = [vars(o) for o in outcomes if o.problem]
+            outcomes = list(pool.map(lambda job: run.kill_and_resume(job[0], job[1], clean["digest"]), planned))
+        verdicts = {v: sum(o.verdict == v for o in outcomes) for v in ("resumed", "failed", "lost-work", "wrong-weights")}
         return {
             "framework": framework,
+            "shipslog": not baseline,
             "quick": quick,
             "seed": seed,
             "steps": _STEPS,
@@ -362,8 +536,9 @@ def run_training_torture(
             "events": counts,
             "points": len(outcomes),
             "killed": sum(o.killed for o in outcomes),
-            "resumed_from_newest": sum(not o.problem for o in outcomes),
-            "violations": violations,
+            "resumed_from_newest": verdicts["resumed"],
+            "verdicts": verdicts,
+            "violations": [vars(o) for o in outcomes if o.problem],
             "seconds": round(time.monotonic() - t0, 2),
         }
     finally:
@@ -371,47 +546,58 @@ def run_training_torture(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _kill_and_resume(work: str, framework: str, mode: str, point: int, digest: str) -> _Outcome:
-    slot = f"{mode}-{point:04d}"
-    first = _run_child(work, slot, framework, mode, point, expect_kill=True)
-    acks = os.path.join(work, slot, "acks")
-    acked = max((int(line) for line in _lines(acks)), default=0)
-    second = _run_child(work, slot, framework, mode, 0)
-    problems: list[str] = []
-    start = second.get("start")
-    newest = second.get("newest_at_open")
-    if second.get("error"):
-        problems.append(f"the resume failed: {second['error']}")
-    else:
-        if start != (newest or 0):
-            problems.append(f"resumed at step {start}, but the newest committed checkpoint was at step {newest}")
-        if (start or 0) < acked:
-            problems.append(f"resumed at step {start}, older than the save at step {acked} that was acknowledged")
-        if second.get("digest") != digest:
-            problems.append("the final weights differ from an uninterrupted run")
-    return _Outcome(mode, point, bool(first.get("killed")), start, newest, acked, second.get("digest") == digest, "; ".join(problems))
+@dataclass
+class _Runner:
+    work: str
+    framework: str
+    baseline: bool
 
+    def kill_and_resume(self, mode: str, point: int, digest: str) -> _Outcome:
+        slot = f"{mode}-{point:04d}"
+        first = self.child(slot, mode, point, expect_kill=True)
+        acked = max((int(line) for line in _lines(os.path.join(self.work, slot, "acks"))), default=0)
+        second = self.child(slot, mode, 0)
+        start, newest = second.get("start"), second.get("newest_at_open")
+        problems: list[str] = []
+        verdict = "resumed"
+        if second.get("error"):
+            problems.append(f"the resume failed: {second['error']}")
+            verdict = "failed"
+        else:
+            if not self.baseline and start != (newest or 0):
+                problems.append(f"resumed at step {start}, but the newest committed checkpoint was at step {newest}")
+            if (start or 0) < acked:
+                problems.append(f"resumed at step {start}, older than the save at step {acked} that had returned")
+                verdict = "lost-work"
+            if second.get("digest") != digest:
+                problems.append("the final weights differ from an uninterrupted run")
+                verdict = "wrong-weights" if verdict == "resumed" else verdict
+            if problems and verdict == "resumed":
+                verdict = "wrong-weights"
+        return _Outcome(mode, point, bool(first.get("killed")), start, newest, acked, verdict, "; ".join(problems))
 
-def _run_child(work: str, slot: str, framework: str, mode: str, kill_at: int, *, expect_kill: bool = False) -> dict[str, Any]:
-    folder = os.path.join(work, slot)
-    os.makedirs(folder, exist_ok=True)
-    result = os.path.join(folder, f"result-{kill_at}.json")
-    args = [sys.executable, "-m", _MODULE, os.path.join(folder, "root"), "--framework", framework, "--mode", mode,
-            "--kill-at", str(kill_at), "--result", result, "--acks", os.path.join(folder, "acks")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
-    # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
-    done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
-    if done.returncode == -signal.SIGKILL:
-        return {"killed": True}
-    if done.returncode != 0 or not os.path.exists(result):
-        tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        if expect_kill:
-            return {"killed": False, "error": tail[0]}
-        return {"error": f"exit {done.returncode}: {tail[0]}"}
-    with open(result, encoding="utf-8") as f:
-        found: dict[str, Any] = json.load(f)
-    found["killed"] = False
-    return found
+    def child(self, slot: str, mode: str, kill_at: int, *, expect_kill: bool = False) -> dict[str, Any]:
+        folder = os.path.join(self.work, slot)
+        os.makedirs(folder, exist_ok=True)
+        result = os.path.join(folder, f"result-{kill_at}.json")
+        args = [sys.executable, "-m", _MODULE, os.path.join(folder, "root"), "--framework", self.framework, "--mode", mode,
+                "--kill-at", str(kill_at), "--result", result, "--acks", os.path.join(folder, "acks")]
+        if self.baseline:
+            args.append("--baseline")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
+        # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
+        done = subprocess.run(args, cwd=self.work, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
+        if done.returncode == -signal.SIGKILL:
+            return {"killed": True}
+        if done.returncode != 0 or not os.path.exists(result):
+            tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            if expect_kill:
+                return {"killed": False, "error": tail[0]}
+            return {"error": f"exit {done.returncode}: {tail[0]}"}
+        with open(result, encoding="utf-8") as f:
+            found: dict[str, Any] = json.load(f)
+        found["killed"] = False
+        return found
 
 
 def _lines(path: str) -> list[str]:

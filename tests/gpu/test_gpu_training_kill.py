@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -79,3 +81,19 @@ def test_accelerate_killed_at_file_events_resumes_from_the_newest_checkpoint_bit
     result = run_training_torture("accelerate", folder=str(tmp_path), quick=True, sample=1, seed=9)
     assert result["violations"] == []
     assert result["points"] == 2 and result["killed"] == 2
+
+
+def test_the_audit_killer_dies_before_the_counted_create_of_code_that_writes_without_shipslog(tmp_path: Any) -> None:
+    first, second = os.path.join(str(tmp_path), "a"), os.path.join(str(tmp_path), "b")
+    code = (
+        "import sys\n"
+        "from shipslog.tools import AuditKiller\n"
+        "AuditKiller(kill_at=2)\n"
+        f"open({first!r}, 'w').close()\n"
+        f"open({first!r}, 'r').close()\n"  # a read is not counted
+        f"open({second!r}, 'w').close()\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert os.path.exists(first) and not os.path.exists(second)
