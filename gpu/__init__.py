@@ -74,6 +74,7 @@ from ._lora import (
     merge_lora,
     parse_adapter_config,
 )
+from ._preemption import Preemption
 from ._tensorfile import (
     DEFAULT_SHARD_BYTES,
     DTYPES,
@@ -129,6 +130,7 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteError",
     "PickleRefusedError",
+    "Preemption",
     "RestoreError",
     "Restored",
     "SaveHandle",
