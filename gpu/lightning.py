@@ -19,9 +19,9 @@ Guarantees (on top of Lightning's own):
 * ``last`` is the engine pointer ``last``, moved (verified, atomically,
   journaled) to the checkpoint of the step just saved, never a symbolic
   link or a second copy; ``ckpt_path="last"`` resolves to the newest
-  checkpoint that verifies in full (the pointer's target, or an older one
-  when it does not verify), and loading verifies every file against its
-  MANIFEST before Lightning sees a byte;
+  committed checkpoint that verifies in full (never older than the pointer's
+  target), and loading verifies every file against its MANIFEST before
+  Lightning sees a byte;
 * removals (``save_top_k``) go through the engine's retention: journaled
   first, never the newest checkpoint or a pointer's target (a removal of the
   checkpoint ``last`` still names is done once the pointer has moved on).
@@ -50,11 +50,10 @@ from shipslog.engine import (
     IntegrityError,
     MissingDependencyError,
     NotFoundError,
-    verify_folder,
 )
 
 from ._tensorfile import save_state_dict
-from ._training import load_checkpoint
+from ._training import load_checkpoint, newest_verified_checkpoint
 
 try:
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -180,16 +179,7 @@ class ShipslogModelCheckpoint(ModelCheckpoint):
         self.engine = engine
 
     def _find_last_checkpoints(self, trainer: Any) -> set[str]:
-        candidates = sorted(self.engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
-        last = self.engine.state.pointers.get(LAST_POINTER)
-        pointed = last.target if last is not None else None
-        order: list[ArtifactInfo] = [a for a in candidates if a.path == pointed] + [a for a in candidates if a.path != pointed]
-        for art in order:
-            folder = self.engine.path(*art.path.split("/"))
-            try:
-                verify_folder(folder, deep=True)
-            except (IntegrityError, OSError) as exc:
-                _log.error("checkpoint %s does not verify (%s); resuming from an older one", art.path, exc)
-                continue
-            return {folder}
-        return set()
+        # The newest committed checkpoint that verifies: at least as new as what the 'last' pointer names (a kill
+        # between a commit and the pointer's move leaves the pointer one save behind).
+        art = newest_verified_checkpoint(self.engine)
+        return {self.engine.path(*art.path.split("/"))} if art is not None else set()

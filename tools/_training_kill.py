@@ -267,7 +267,9 @@ def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | N
                                                mode="max", save_last=True), ack_callback],
         )
         trainer.fit(model, ckpt_path="last")
-        return model.first_step or 0, newest, _digest(model.parameters())
+        # the step it resumed at: its first step's, or (a finished run resumed: nothing trained) where it ended
+        start = model.first_step if model.first_step is not None else int(trainer.global_step)
+        return start, newest, _digest(model.parameters())
 
 
 def _hf_parts(root: str, acks: str, *, output_dir: str) -> tuple[Any, Any, Any, Any]:
@@ -406,7 +408,8 @@ def _baseline_lightning(root: str, acks: str) -> tuple[int, int | None, str]:
                                                     mode="max", save_last=True), ack_callback],
         )
         trainer.fit(module, ckpt_path="last")
-    return module.first_step or 0, None, _digest(module.parameters())
+    start = module.first_step if module.first_step is not None else int(trainer.global_step)
+    return start, None, _digest(module.parameters())
 
 
 def _baseline_hf(root: str, acks: str) -> tuple[int, int | None, str]:
