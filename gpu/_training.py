@@ -48,7 +48,13 @@ from shipslog.engine import (
     verify_folder,
 )
 
-from ._async import EXPECTED_BYTES_MARGIN, AsyncCheckpointer, SaveHandle
+from ._async import (
+    _PER_TENSOR_MARGIN,
+    EXPECTED_BYTES_MARGIN,
+    AsyncCheckpointer,
+    SaveHandle,
+    _state_bytes,
+)
 from ._errors import GpuError, StateDictError, TensorFileError
 from ._tensorfile import load_state_dict, save_state_dict
 
@@ -194,19 +200,9 @@ def rotate_checkpoints(engine: EngineCore, keep: int, *, reason: str) -> list[st
 
 
 def _expected_bytes(state: Mapping[str, Any]) -> int:
-    total = 0
-    stack: list[Any] = [state]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, torch.Tensor):
-            total += node.numel() * node.element_size()
-        elif isinstance(node, np.ndarray):
-            total += node.nbytes
-        elif isinstance(node, Mapping):
-            stack.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            stack.extend(node)
-    return total + EXPECTED_BYTES_MARGIN
+    """The space a save of ``state`` needs, estimated as the async checkpointer estimates it."""
+    tensor_bytes, tensors = _state_bytes(state)
+    return tensor_bytes + EXPECTED_BYTES_MARGIN + _PER_TENSOR_MARGIN * tensors
 
 
 # -- saving ------------------------------------------------------------------------------------

@@ -178,8 +178,6 @@ def _newest(engine: Any) -> int | None:
 
 
 def _train_plain(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
-    import numpy as np
-    import torch
 
     from shipslog import Engine
     from shipslog.gpu import restore_training, save_training
@@ -189,17 +187,10 @@ def _train_plain(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None,
         newest = _newest(engine)
         restored = restore_training(engine, model=model, optimizer=optimizer, scheduler=scheduler)
         if restored is None:
-            random.seed(7)
-            np.random.seed(7)
-            torch.manual_seed(7)
+            _seed_fresh_run()
         start = restored.step or 0 if restored is not None else 0
         for step in range(start + 1, _STEPS + 1):
-            x = torch.randn(16, 8) + float(np.random.rand()) + random.random()
-            loss = model(x).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            _plain_step(model, optimizer, scheduler)
             if step % _SAVE_EVERY == 0:
                 save_training(engine, step=step, model=model, optimizer=optimizer, scheduler=scheduler)
                 _ack(acks, step)
@@ -345,6 +336,28 @@ def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | 
 # -- the same runs without shipslog: each framework's own checkpointing, used as its documentation shows --------
 
 
+def _seed_fresh_run() -> None:
+    import numpy as np
+    import torch
+
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+
+
+def _plain_step(model: Any, optimizer: Any, scheduler: Any) -> None:
+    """One step whose batch comes from all three generators (Python, numpy, torch), with dropout in the model."""
+    import numpy as np
+    import torch
+
+    x = torch.randn(16, 8) + float(np.random.rand()) + random.random()
+    loss = model(x).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 def _plain_objects() -> tuple[Any, Any, Any]:
     import torch
 
@@ -356,7 +369,6 @@ def _plain_objects() -> tuple[Any, Any, Any]:
 
 def _baseline_plain(root: str, acks: str) -> tuple[int, int | None, str]:
     """``torch.save`` of the state to ``step-N.pt``, the two newest kept; resume from the highest-numbered file."""
-    import numpy as np
     import torch
 
     from shipslog.gpu import capture_rng, restore_rng
@@ -373,16 +385,9 @@ def _baseline_plain(root: str, acks: str) -> tuple[int, int | None, str]:
         restore_rng(state["rng"])
         start = saved[-1]
     else:
-        random.seed(7)
-        np.random.seed(7)
-        torch.manual_seed(7)
+        _seed_fresh_run()
     for step in range(start + 1, _STEPS + 1):
-        x = torch.randn(16, 8) + float(np.random.rand()) + random.random()
-        loss = model(x).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        _plain_step(model, optimizer, scheduler)
         if step % _SAVE_EVERY == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
             torch.save(state, os.path.join(root, f"step-{step}.pt"))
