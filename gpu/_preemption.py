@@ -134,5 +134,9 @@ class Preemption:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        if exc_type is None and self.signum is not None and self.exit_on_signal:
+        if self.signum is None or not self.exit_on_signal:
+            return
+        # A framework that stops on the signal itself (Lightning raises a SystemExit of its own) exits with 0: the
+        # conventional code says the process was preempted.
+        if exc_type is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
             raise SystemExit(128 + self.signum)

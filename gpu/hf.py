@@ -24,6 +24,11 @@ Guarantees (on top of the Trainer's own):
   commit (journaled first): never the newest checkpoint, never the best one
   (the ``best`` pointer follows ``state.best_model_checkpoint``).
 
+Preemption: ``ShipslogTrainer(engine, ..., preemption=Preemption(grace_s=...))``
+(entered around the training) saves at the end of the step a SIGTERM arrived
+in, when it fits in the grace period (estimated from the last save), and
+stops training; leaving the ``Preemption`` block exits with 143.
+
 Import this module only with Transformers installed (``pip install
 'shipslog[hf]'``); without it :class:`MissingDependencyError` says so.
 """
@@ -41,12 +46,13 @@ from shipslog.engine import (
 )
 
 try:
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_callback import ExportableState
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 except ImportError as _exc:
     raise MissingDependencyError("transformers", "hf") from _exc
 
+from ._preemption import Preemption
 from ._training import free_checkpoint_name, newest_verified_checkpoint, rotate_checkpoints
 
 __all__ = ["BEST_POINTER", "ShipslogTrainer"]
@@ -58,6 +64,21 @@ BEST_POINTER = "best"
 _TRAINER_STATE = "trainer_state.json"
 
 
+class _PreemptionCallback(TrainerCallback):
+    """On SIGTERM: save at the end of this step when it fits in the grace period, and stop training."""
+
+    def __init__(self, preemption: Preemption) -> None:
+        self.preemption = preemption
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.preemption.requested and not self.preemption.final_saved:
+            if self.preemption.fits():
+                control.should_save = True
+                self.preemption.final_saved = True
+            control.should_training_stop = True
+        return control
+
+
 class ShipslogTrainer(Trainer):
     """A ``transformers.Trainer`` whose checkpoints are committed through ``engine`` (see the module).
 
@@ -65,9 +86,12 @@ class ShipslogTrainer(Trainer):
     for the trainer's life; the caller closes it.
     """
 
-    def __init__(self, engine: EngineCore, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, engine: EngineCore, *args: Any, preemption: Preemption | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
+        self.preemption = preemption
+        if preemption is not None:
+            self.add_callback(_PreemptionCallback(preemption))
         self.resumed_from: ArtifactInfo | None = None
         """The committed checkpoint the last ``train(resume_from_checkpoint=True)`` resumed from (None: from scratch)."""
 
@@ -90,6 +114,12 @@ class ShipslogTrainer(Trainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's checkpoint, written into the operation's staging folder and committed (then retention)."""
+        if self.preemption is not None:
+            self.preemption.timed(lambda: self._commit_checkpoint(model, trial))
+        else:
+            self._commit_checkpoint(model, trial)
+
+    def _commit_checkpoint(self, model: Any, trial: Any) -> None:
         step = int(self.state.global_step)
         if self.hp_search_backend is None and trial is None:
             self.store_flos()

@@ -26,6 +26,12 @@ Guarantees (on top of Lightning's own):
   first, never the newest checkpoint or a pointer's target (a removal of the
   checkpoint ``last`` still names is done once the pointer has moved on).
 
+Preemption: with ``Preemption`` (:class:`shipslog.gpu.Preemption`) around the
+fit, ``ShipslogCheckpointIO(engine, preemption=...)`` times the saves and the
+:class:`ShipslogPreemption` callback commits one final checkpoint at the end
+of the batch the SIGTERM arrived in, when it fits in the grace period; then
+Lightning's own SIGTERM handling ends the fit and the process exits with 143.
+
 Checkpoint values are saved as a safetensors state tree, so the checkpoint
 dict may hold tensors, numpy arrays, dicts, lists, tuples and JSON scalars;
 anything else (a pickled object in ``hyper_parameters``, say) is refused with
@@ -52,16 +58,17 @@ from shipslog.engine import (
     NotFoundError,
 )
 
+from ._preemption import Preemption
 from ._tensorfile import save_state_dict
 from ._training import load_checkpoint, newest_verified_checkpoint
 
 try:
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 except ImportError as _exc:
     raise MissingDependencyError("lightning", "lightning") from _exc
 
-__all__ = ["LAST_POINTER", "LIGHTNING_PREFIX", "ShipslogCheckpointIO", "ShipslogModelCheckpoint"]
+__all__ = ["LAST_POINTER", "LIGHTNING_PREFIX", "ShipslogCheckpointIO", "ShipslogModelCheckpoint", "ShipslogPreemption"]
 
 _log = logging.getLogger("shipslog.gpu.lightning")
 
@@ -88,8 +95,9 @@ class ShipslogCheckpointIO(CheckpointIO):
     engine stays open for the plugin's life; the caller closes it.
     """
 
-    def __init__(self, engine: EngineCore) -> None:
+    def __init__(self, engine: EngineCore, *, preemption: Preemption | None = None) -> None:
         self.engine = engine
+        self.preemption = preemption
         self._deferred: list[str] = []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -136,11 +144,14 @@ class ShipslogCheckpointIO(CheckpointIO):
         self._retry_deferred(final=True)
 
     def _commit(self, name: str, checkpoint: dict[str, Any], step: int | None) -> ArtifactInfo:
-        with self.engine.checkpoint(name, step=step, meta={"framework": "lightning"}) as ck:
-            for entry in save_state_dict(checkpoint, ck.path, prefix=LIGHTNING_PREFIX, fs=self.engine.fs):
-                ck.add_file(entry)
-        assert ck.info is not None
-        return ck.info
+        def commit() -> ArtifactInfo:
+            with self.engine.checkpoint(name, step=step, meta={"framework": "lightning"}) as ck:
+                for entry in save_state_dict(checkpoint, ck.path, prefix=LIGHTNING_PREFIX, fs=self.engine.fs):
+                    ck.add_file(entry)
+            assert ck.info is not None
+            return ck.info
+
+        return self.preemption.timed(commit) if self.preemption is not None else commit()
 
     def _committed_at(self, step: int | None) -> ArtifactInfo | None:
         """The newest committed checkpoint of ``step`` (None when there is none, or no step)."""
@@ -161,6 +172,22 @@ class ShipslogCheckpointIO(CheckpointIO):
                     _log.warning("checkpoint %s was not removed: %s", name, exc)
                 else:
                     self._deferred.append(name)  # the 'last' pointer (or the newest) still needs it: later
+
+
+class ShipslogPreemption(Callback):
+    """On SIGTERM (see :class:`~shipslog.gpu.Preemption`): at the end of the batch, one final checkpoint when it
+    fits in the grace period, then the fit stops (Lightning's own SIGTERM handling ends it)."""
+
+    def __init__(self, preemption: Preemption) -> None:
+        self.preemption = preemption
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not (self.preemption.requested or getattr(trainer, "received_sigterm", False)) or self.preemption.final_saved:
+            return
+        step = int(trainer.global_step)
+        path = os.path.join(trainer.default_root_dir, f"preempted-epoch={trainer.current_epoch}-step={step}.ckpt")
+        self.preemption.final_save(lambda: trainer.save_checkpoint(path))
+        trainer.should_stop = True
 
 
 class ShipslogModelCheckpoint(ModelCheckpoint):

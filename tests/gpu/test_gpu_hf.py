@@ -4,6 +4,7 @@ and resume_from_checkpoint=True from the newest checkpoint that verifies, bit fo
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from typing import Any
 
@@ -98,3 +99,29 @@ def test_resuming_a_finished_run_trains_no_step_past_max_steps(root: str, tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(again, finished, strict=True))
     with open_engine(root) as e:
         assert sorted(e.state.checkpoints) == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_sigterm_during_train_commits_a_final_checkpoint_and_exits_143(root: str, tmp_path: Any) -> None:
+    from shipslog.gpu import Preemption
+
+    class SendTerm(transformers.TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return control
+
+    args = transformers.TrainingArguments(
+        output_dir=os.path.join(str(tmp_path), "out"), max_steps=STEPS, save_steps=SAVE_EVERY, save_total_limit=3,
+        per_device_train_batch_size=4, report_to=[], use_cpu=True, seed=0, logging_steps=1000, disable_tqdm=True,
+        lr_scheduler_type="constant",
+    )
+    with pytest.raises(SystemExit) as caught, open_engine(root) as engine, Preemption(grace_s=30) as preemption, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = ShipslogTrainer(engine, model=_model(), args=args, train_dataset=_dataset(), callbacks=[SendTerm()], preemption=preemption)
+        trainer.train()
+    assert caught.value.code == 128 + signal.SIGTERM
+    with open_engine(root) as e:
+        assert sorted(e.state.checkpoints) == ["checkpoint-4", "checkpoint-6"]
+        assert e.violations == []
+    _, ran = _train(root, os.path.join(str(tmp_path), "out"))
+    assert ran == STEPS - 6

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from typing import Any
 
@@ -89,3 +90,31 @@ def test_last_that_does_not_verify_resumes_from_the_checkpoint_before_it(root: s
     resumed, ran = _fit(root, str(tmp_path), 3 * BATCHES_PER_EPOCH, ckpt_path="last")
     assert ran == 2 * BATCHES_PER_EPOCH  # from step 4: the checkpoint at step 8 did not verify
     assert all(torch.equal(a, b) for a, b in zip(resumed, expected, strict=True))
+
+
+def test_sigterm_during_fit_commits_a_final_checkpoint_and_exits_143(root: str, tmp_path: Any) -> None:
+    from shipslog.gpu import Preemption
+    from shipslog.gpu.lightning import ShipslogPreemption
+
+    class SendTerm(pl.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if trainer.global_step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    model = _Regression()
+    with pytest.raises(SystemExit) as caught, open_engine(root) as engine, Preemption(grace_s=30) as preemption, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_steps=3 * BATCHES_PER_EPOCH, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=str(tmp_path), plugins=[ShipslogCheckpointIO(engine, preemption=preemption)],
+            callbacks=[SendTerm(), ShipslogPreemption(preemption),
+                       ShipslogModelCheckpoint(engine, every_n_train_steps=BATCHES_PER_EPOCH, save_top_k=-1, save_last=True)],
+        )
+        trainer.fit(model)
+    assert caught.value.code == 128 + signal.SIGTERM
+    with open_engine(root) as e:
+        assert max(a.step or 0 for a in e.state.checkpoints.values()) == 6
+        assert e.state.previous_session is not None and e.state.previous_session.state == "closed"  # closed cleanly
+        assert e.violations == []
+    _, ran = _fit(root, str(tmp_path), 3 * BATCHES_PER_EPOCH, ckpt_path="last")
+    assert ran == 3 * BATCHES_PER_EPOCH - 6
