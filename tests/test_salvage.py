@@ -151,6 +151,8 @@ def test_an_interrupted_salvage_keeps_engines_out_until_it_is_run_again(root: st
     assert os.path.exists(os.path.join(root, SALVAGE_MARKER))
     with pytest.raises(SalvageInterruptedError):
         Engine.open(root)
+    code, out, _err = cli(capsys, "status", root, "--json")
+    assert code == 1 and any(SALVAGE_MARKER in f for f in json.loads(out)["findings"])
     code, _out, err = cli(capsys, "recover", root)
     assert code == 2 and "recover --salvage" in err
     code, _out, err = cli(capsys, "recover", root, "--salvage")

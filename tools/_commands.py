@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from shipslog.engine import (
+    SALVAGE_MARKER,
     DataFileError,
     Registry,
     UnknownOperationError,
@@ -103,6 +104,9 @@ def _findings(view: RootView) -> list[str]:
         found.append(f"torn frame at {where} ({'a write in progress' if view.holder else 'repaired at the next open'})")
     if view.unregistered:
         found.append(_unregistered_message(view.unregistered))
+    if os.path.lexists(os.path.join(view.root, SALVAGE_MARKER)):
+        found.append(f"a salvage of this root was interrupted ({SALVAGE_MARKER} is present): no engine opens it until "
+                     f"'shipslog recover --salvage {view.root}' runs again")
     for repair in view.state.journal_repairs:
         found.append(
             f"{repair}; records after it may have been acknowledged: run 'shipslog recover --salvage {view.root}' "
