@@ -117,11 +117,13 @@ def load_state(
         if snap is not None and end is not None and snap.seq > end:
             snap = None
         read_only = False
+        data_end: tuple[int, int] | None = source.end_position  # verified by its open: no need to scan past it
     else:
         root = os.path.abspath(os.fspath(source))
         journal_dir = os.path.join(root, JOURNAL_DIR)
         end = until
         snap = None
+        data_end = None
         if snapshots:
             snap, passed_over = newest_snapshot(journal_dir, os.path.join(root, SNAPSHOT_DIR), until=until)
             for path, why in passed_over:
@@ -133,14 +135,23 @@ def load_state(
     history = HistoryCheck(journal_dir, used.position) if read_only and used is not None else None
     try:
         reducer = Reducer(registry, start, skip_unknown=skip_unknown)
-        return _replay_after(journal_dir, reducer, used, end, read_only=read_only, stop_at_refused=stop_at_refused)
+        return _replay_after(
+            journal_dir, reducer, used, end, read_only=read_only, stop_at_refused=stop_at_refused, data_end=data_end
+        )
     finally:
         if history is not None:
             history.wait()
 
 
 def _replay_after(
-    journal_dir: str, reducer: Reducer, used: Snapshot | None, end: int | None, *, read_only: bool, stop_at_refused: bool
+    journal_dir: str,
+    reducer: Reducer,
+    used: Snapshot | None,
+    end: int | None,
+    *,
+    read_only: bool,
+    stop_at_refused: bool,
+    data_end: tuple[int, int] | None = None,
 ) -> LoadedState:
     """Replay the records after ``used`` (all of them when None) into ``reducer``; see :func:`load_state`."""
     first = reducer.seq
@@ -149,7 +160,7 @@ def _replay_after(
     position = used.position if used is not None else None
     if read_only or (end is not None and first < end):
         try:
-            reader = reducer.replay_journal(journal_dir, until=end, start=position)
+            reader = reducer.replay_journal(journal_dir, until=end, start=position, end=data_end)
             torn = reader.tail
         except CorruptRecordError as exc:
             if not stop_at_refused:

@@ -212,14 +212,17 @@ class Reducer:
         except InvalidFieldError as exc:
             raise CorruptRecordError(self.source, seq, rule.kind, exc.field, exc.value, exc.expected) from exc
 
-    def replay_journal(self, journal_dir: str, *, until: int | None = None, start: Position | None = None) -> JournalReader:
+    def replay_journal(
+        self, journal_dir: str, *, until: int | None = None, start: Position | None = None, end: tuple[int, int] | None = None
+    ) -> JournalReader:
         """Apply every record of ``journal_dir`` after :attr:`seq` (up to ``until``); return the reader.
 
         ``start`` is a frame position at or before the first record wanted (a
         snapshot's).  The reader's ``tail`` tells a torn frame at the end, which
         is not replayed.  Replay allocates millions of short-lived objects and no
         cycles, so the cyclic collector is off while it runs (see the design's
-        performance notes).
+        performance notes).  ``end`` bounds the read of the last segment (see
+        :meth:`JournalReader.batches`).
         """
         reg = self.registry
         reader = JournalReader(journal_dir)
@@ -227,7 +230,8 @@ class Reducer:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for batch in reader.batches(self.seq + 1, until, start=start, decode=reg.decode_frame, decode_chunk=reg.decode_frames):
+            batches = reader.batches(self.seq + 1, until, start=start, decode=reg.decode_frame, decode_chunk=reg.decode_frames, end=end)
+            for batch in batches:
                 self.apply_all(batch)
         finally:
             if collecting:

@@ -579,8 +579,9 @@ def _nonzero_end(data: bytes | mmap.mmap, start: int, stop: int) -> int:
 
 
 @contextlib.contextmanager
-def mapped_segment(path: str) -> Iterator[bytes | mmap.mmap]:
-    """Map a segment file read-only for the ``with`` block (an empty file reads as ``b""``).
+def mapped_segment(path: str, limit: int | None = None) -> Iterator[bytes | mmap.mmap]:
+    """Map a segment file read-only for the ``with`` block (an empty file reads as ``b""``); with ``limit``, only its
+    first ``limit`` bytes (where the caller knows its verified data ends).
 
     A segment that is a symbolic link or not a regular file (a FIFO would
     block the reader) is :class:`CorruptJournalError`, without reading it.
@@ -596,6 +597,8 @@ def mapped_segment(path: str) -> Iterator[bytes | mmap.mmap]:
         ) from None
     with open(fd, "rb", closefd=True) as f:
         size = os.fstat(f.fileno()).st_size
+        if limit is not None:
+            size = min(size, limit)
         data: bytes | mmap.mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
     try:
         yield data

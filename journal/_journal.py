@@ -416,6 +416,12 @@ class Journal:
         return self._durable_seq
 
     @property
+    def end_position(self) -> tuple[int, int]:
+        """``(segment, offset)``: the segment written to now and where its written frames end (readers of this
+        open journal need not scan past it)."""
+        return self._seg_seq, self._offset
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed

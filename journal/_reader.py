@@ -187,9 +187,12 @@ def walk(
 
 
 def _walk(
-    journal_dir: str, start: Position | None, expected_first: int, payloads: bool
+    journal_dir: str, start: Position | None, expected_first: int, payloads: bool, data_end: tuple[int, int] | None = None
 ) -> Generator[Any, None, WalkEnd]:
-    """:func:`walk`; with ``payloads`` it yields each chunk as ``(offset of its first frame, [payload, ...])``."""
+    """:func:`walk`; with ``payloads`` it yields each chunk as ``(offset of its first frame, [payload, ...])``.
+
+    ``data_end`` is ``(segment, offset)`` where the caller knows the verified data ends (an open writer): that
+    segment is read only up to it, so the unused space after it is not scanned again."""
     segments = list_segments(journal_dir)
     if not segments:
         raise CorruptJournalError(journal_dir, 0, "the journal folder holds no segment files",
@@ -210,7 +213,7 @@ def _walk(
     prev_crc: int | None = None
     for i in range(index, len(segments)):
         seq, path = segments[i]
-        with mapped_segment(path) as data:
+        with mapped_segment(path, data_end[1] if data_end is not None and data_end[0] == seq else None) as data:
             header = decode_header(path, data)
             if header.first_seq != seq:
                 raise CorruptJournalError(path, 0, f"the header says the segment starts at seq {header.first_seq}, its name says {seq}")
@@ -287,6 +290,7 @@ class JournalReader:
         start: Position | None = None,
         decode: Callable[[bytes], list[Any]] | None = None,
         decode_chunk: Callable[[bytes], list[list[Any]]] | None = None,
+        end: tuple[int, int] | None = None,
     ) -> Iterator[list[Any]]:
         """Like :meth:`records`, in lists of up to a chunk of frames' records: the fast path for replay.
 
@@ -298,12 +302,14 @@ class JournalReader:
         reported as corruption at that frame.  ``decode_chunk`` (optional, the
         fast path) decodes a msgpack array of many frames' payloads in one call;
         when it raises ``msgspec.DecodeError`` the frames of that chunk are
-        decoded one by one with ``decode``, which finds the bad one.
+        decoded one by one with ``decode``, which finds the bad one.  ``end``
+        (an open writer's :attr:`Journal.end_position`) bounds the read of the
+        last segment to its verified data.
         """
         if start is None and from_seq > 1:
             start = segment_start_position(self.journal_dir, from_seq)
         expected = start.first_seq if start is not None else 1
-        walker = _walk(self.journal_dir, start, 1, True)
+        walker = _walk(self.journal_dir, start, 1, True, end)
         first_segment = True
         path = self.journal_dir
         if decode is None:

@@ -399,3 +399,20 @@ def test_sync_makes_unsynced_records_durable_and_then_does_nothing(root: str) ->
         j.sync()
         assert fs.count("fdatasync") == before + 1
         assert [event_index(r.event) for r in j.records()] == [1]
+
+
+def test_a_reader_given_the_writers_end_reads_no_byte_past_it(root: str) -> None:
+    with Journal.open(root) as j:
+        for i in range(1, 6):
+            j.append(event(i))
+        end = j.end_position
+    [path] = segments(root)
+    with open(path, "r+b") as f:  # bytes past the end the writer knows: a reader that scans them calls them damage
+        f.seek(end[1] + 4096)
+        f.write(b"\xff" * 16)
+    bounded = JournalReader(os.path.join(root, "journal"))
+    assert [r.seq for batch in bounded.batches(end=end) for r in batch] == [1, 2, 3, 4, 5]
+    assert bounded.tail is None  # it never looked past the end
+    unbounded = JournalReader(os.path.join(root, "journal"))
+    assert [r.seq for batch in unbounded.batches() for r in batch] == [1, 2, 3, 4, 5]
+    assert unbounded.tail is not None  # the bytes past the end, seen as a torn write
