@@ -66,7 +66,6 @@ __all__ = [
     "checkpoints_newest_first",
     "free_checkpoint_name",
     "load_checkpoint",
-    "newest_verified_checkpoint",
     "restore_rng",
     "restore_training",
     "rotate_checkpoints",
@@ -168,20 +167,6 @@ def free_checkpoint_name(engine: EngineCore, base: str) -> str:
 def checkpoints_newest_first(engine: EngineCore) -> list[ArtifactInfo]:
     """The committed checkpoints, newest first by (step, commit seq)."""
     return sorted(engine.state.checkpoints.values(), key=lambda a: (a.step or 0, a.seq), reverse=True)
-
-
-def newest_verified_checkpoint(engine: EngineCore) -> ArtifactInfo | None:
-    """The newest committed checkpoint whose every file verifies against its MANIFEST; older ones are tried when
-    it does not (each failure logged as an error); None when there is none."""
-    engine.check_usable()
-    for art in checkpoints_newest_first(engine):
-        try:
-            verify_folder(engine.path(*art.path.split("/")), deep=True)
-        except (IntegrityError, OSError) as exc:
-            _log.error("checkpoint %s does not verify (%s); trying the one before it", art.path, exc)
-            continue
-        return art
-    return None
 
 
 def rotate_checkpoints(engine: EngineCore, keep: int, *, reason: str) -> list[str]:

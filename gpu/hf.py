@@ -53,7 +53,7 @@ except ImportError as _exc:
     raise MissingDependencyError("transformers", "hf") from _exc
 
 from ._preemption import Preemption
-from ._training import free_checkpoint_name, newest_verified_checkpoint, rotate_checkpoints
+from ._training import free_checkpoint_name, rotate_checkpoints
 
 __all__ = ["BEST_POINTER", "ShipslogTrainer"]
 
@@ -98,7 +98,7 @@ class ShipslogTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` is the newest committed checkpoint that verifies."""
         if resume_from_checkpoint is True:
-            art = self.resumed_from = newest_verified_checkpoint(self.engine)
+            art = self.resumed_from = self.engine.latest_checkpoint(deep=True)
             if art is None:
                 _log.info("no committed checkpoint in %s: training starts from scratch", self.engine.root)
                 resume_from_checkpoint = None

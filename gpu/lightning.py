@@ -60,7 +60,7 @@ from shipslog.engine import (
 
 from ._preemption import Preemption
 from ._tensorfile import save_state_dict
-from ._training import load_checkpoint, newest_verified_checkpoint
+from ._training import load_checkpoint
 
 try:
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -208,5 +208,5 @@ class ShipslogModelCheckpoint(ModelCheckpoint):
     def _find_last_checkpoints(self, trainer: Any) -> set[str]:
         # The newest committed checkpoint that verifies: at least as new as what the 'last' pointer names (a kill
         # between a commit and the pointer's move leaves the pointer one save behind).
-        art = newest_verified_checkpoint(self.engine)
+        art = self.engine.latest_checkpoint(deep=True)
         return {self.engine.path(*art.path.split("/"))} if art is not None else set()

@@ -186,8 +186,7 @@ def test_a_torn_tail_repair_is_a_finding_and_keeps_verifying_folders_until_a_sal
         assert sorted(e.state.checkpoints) == ["step-5"]
         assert {v.invariant for v in e.violations} >= {"nothing-unaccounted"}
     assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-10", "step-15", "step-5"]
-    with open_engine(root):  # a later open leaves them too
-        pass
+    open_engine(root).close()  # a later open leaves them too
     assert sorted(os.listdir(os.path.join(root, "checkpoints"))) == ["step-10", "step-15", "step-5"]
     code, out, _err = cli(capsys, "status", root, "--json")
     assert code == 1 and any("recover --salvage" in f and "cut back" in f for f in json.loads(out)["findings"])
