@@ -599,7 +599,9 @@ def _cmd_torture(args: argparse.Namespace) -> int:
         frameworks = list(FRAMEWORKS) if args.training == "all" else [args.training]
         sides = [False, True] if args.compare else [args.baseline]
         runs = [
-            run_training_torture(fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side)
+            run_training_torture(
+                fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side, log=log
+            )
             for fw in frameworks
             for side in sides
         ]

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -502,6 +503,7 @@ def run_training_torture(
     jobs: int = 2,
     keep: bool = False,
     baseline: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep for ``framework`` (see the module) in a temporary folder; return the result object.
 
@@ -510,7 +512,8 @@ def run_training_torture(
     framework's own checkpointing without shipslog, killed through audit
     events (creates, renames and removes only: writes cannot be cut there).
     ``violations`` lists every kill point whose resume failed a requirement;
-    ``verdicts`` counts the outcomes.
+    ``verdicts`` counts the outcomes.  ``log`` (optional) gets one line per
+    kill point as it finishes, so a long sweep shows its progress.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework is one of {FRAMEWORKS}, got {framework!r}")
@@ -531,8 +534,17 @@ def run_training_torture(
             if quick:
                 points = sorted(rng.sample(points, min(sample, len(points))))
             planned += [(mode, point) for point in points]
+        side = "its own checkpointing" if baseline else "shipslog"
+        done = iter(range(1, len(planned) + 1))
+
+        def one(job: tuple[str, int]) -> _Outcome:
+            outcome = run.kill_and_resume(job[0], job[1], clean["digest"])
+            if log is not None:
+                log(f"{framework} ({side}): {next(done)}/{len(planned)} {job[0]} #{job[1]}: {outcome.verdict}")
+            return outcome
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            outcomes = list(pool.map(lambda job: run.kill_and_resume(job[0], job[1], clean["digest"]), planned))
+            outcomes = list(pool.map(one, planned))
         verdicts = {v: sum(o.verdict == v for o in outcomes) for v in ("resumed", "failed", "lost-work", "wrong-weights")}
         return {
             "framework": framework,

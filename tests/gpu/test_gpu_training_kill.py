@@ -22,9 +22,11 @@ from shipslog.tools import KillingFileSystem, run_training_torture
 @pytest.mark.subprocess
 @pytest.mark.timeout(600)
 def test_a_plain_loop_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
-    result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=2, seed=3)
+    lines: list[str] = []
+    result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=2, seed=3, log=lines.append)
     assert result["violations"] == []
     assert result["points"] == 4 and result["killed"] == 4
+    assert len(lines) == 4 and all(line.startswith("plain (shipslog): ") and line.endswith(": resumed") for line in lines)
     assert result["events"]["before"] > 10 and result["events"]["half"] > 10
 
 
