@@ -1,4 +1,4 @@
-"""The README's embedding example runs as written (with its root moved to a temporary folder)."""
+"""The README's embedding and torch loop examples run as written (with its root moved to a temporary folder)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
-def _example() -> str:
+def _example(heading: str = "## Embedding the engine") -> str:
+    """The first python block after ``heading`` in the README."""
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## Embedding the engine"):]
+    section = text[text.index(heading):]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README lost its embedding example"
+    assert match is not None, f"the README lost the example under {heading!r}"
     return match.group(1)
 
 
@@ -34,20 +35,11 @@ def test_readme_embedding_example_runs_and_leaves_what_it_says(tmp_path: str) ->
     assert os.listdir(os.path.join(root, "staging")) == []
 
 
-def _torch_example() -> str:
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    section = text[text.index("## A torch training loop"):]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README lost its torch loop example"
-    return match.group(1)
-
-
 @pytest.mark.subprocess
 def test_readme_torch_loop_example_runs_and_resumes_where_it_left_off(tmp_path: str) -> None:
     pytest.importorskip("torch")
     root = os.path.join(tmp_path, "trainer")
-    code = _torch_example().replace('"/srv/trainer"', repr(root))
+    code = _example("## A torch training loop").replace('"/srv/trainer"', repr(root))
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split()[0] == "200"

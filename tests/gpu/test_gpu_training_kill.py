@@ -33,9 +33,12 @@ def test_a_plain_loop_killed_at_file_events_resumes_from_the_newest_checkpoint_b
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.timeout(600)
-def test_lightning_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
-    pytest.importorskip("lightning")
-    result = run_training_torture("lightning", folder=str(tmp_path), quick=True, sample=1, seed=5)
+@pytest.mark.parametrize(("framework", "module", "seed"), [("lightning", "lightning", 5), ("hf", "transformers", 7), ("accelerate", "accelerate", 9)])
+def test_a_framework_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(
+    framework: str, module: str, seed: int, tmp_path: Any
+) -> None:
+    pytest.importorskip(module)
+    result = run_training_torture(framework, folder=str(tmp_path), quick=True, sample=1, seed=seed)
     assert result["violations"] == []
     assert result["points"] == 2 and result["killed"] == 2
 
@@ -63,26 +66,6 @@ def test_a_write_cut_in_half_leaves_half_of_it_and_kills(tmp_path: Any) -> None:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     with open(path, "rb") as f:
         assert f.read() == b"a" * 50
-
-
-@pytest.mark.slow
-@pytest.mark.subprocess
-@pytest.mark.timeout(600)
-def test_the_hf_trainer_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
-    pytest.importorskip("transformers")
-    result = run_training_torture("hf", folder=str(tmp_path), quick=True, sample=1, seed=7)
-    assert result["violations"] == []
-    assert result["points"] == 2 and result["killed"] == 2
-
-
-@pytest.mark.slow
-@pytest.mark.subprocess
-@pytest.mark.timeout(600)
-def test_accelerate_killed_at_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(tmp_path: Any) -> None:
-    pytest.importorskip("accelerate")
-    result = run_training_torture("accelerate", folder=str(tmp_path), quick=True, sample=1, seed=9)
-    assert result["violations"] == []
-    assert result["points"] == 2 and result["killed"] == 2
 
 
 def test_the_audit_killer_dies_before_the_counted_create_of_code_that_writes_without_shipslog(tmp_path: Any) -> None:
