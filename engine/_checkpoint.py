@@ -299,6 +299,11 @@ class CheckpointWriter:
     def __repr__(self) -> str:
         return f"<CheckpointWriter {self.artifact} {self.name!r} op={self.op} {self._done or 'open'}>"
 
+    @property
+    def state(self) -> str:
+        """``open`` (files may be written), ``committed`` or ``aborted``."""
+        return self._done or "open"
+
     # -- writing files ---------------------------------------------------------------
 
     def _check_open(self) -> None:

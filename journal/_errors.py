@@ -40,7 +40,34 @@ def short_repr(value: object, limit: int = 200) -> str:
 
 
 class ShipslogError(Exception):
-    """The root of every error shipslog raises on purpose."""
+    """The root of every error shipslog raises on purpose.
+
+    Every subclass pickles and unpickles to an equal error (same message,
+    same attributes) whatever its constructor takes, so an error crosses a
+    process boundary intact (a rank's failure gathered by the coordinator,
+    a worker's reported to its supervisor).
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        slots = {name: getattr(self, name) for name in _OS_ERROR_SLOTS} if isinstance(self, OSError) else {}
+        slots = {name: value for name, value in slots.items() if value is not None}  # None would read as "set"
+        return (_restore_error, (type(self), self.args, dict(self.__dict__), slots))
+
+
+_OS_ERROR_SLOTS = ("errno", "strerror", "filename", "filename2")
+"""What an ``OSError`` keeps outside ``args`` and ``__dict__``."""
+
+
+def _restore_error(
+    cls: type[ShipslogError], args: tuple[object, ...], state: dict[str, object], slots: dict[str, object]
+) -> ShipslogError:
+    """The error :meth:`ShipslogError.__reduce__` describes, rebuilt without calling its constructor."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    for name, value in slots.items():
+        setattr(exc, name, value)
+    exc.__dict__.update(state)
+    return exc
 
 
 class JournalError(ShipslogError):

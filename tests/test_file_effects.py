@@ -54,6 +54,11 @@ ALLOWED: dict[str, dict[str, str]] = {
         "the training harness's child results and acknowledgement files, outside the roots, and the baseline's own "
         "checkpoint files, written without shipslog on purpose; shipslog roots go through the engine",
     ),
+    "tools/_dcp_ranks.py": dict.fromkeys(
+        ("open(w)", "os.makedirs", "os.remove"),
+        "the rank harness's rendezvous folder, each rank's report and its stderr file, outside the roots",
+    ),
+    "tools/_libc_kill.py": {"open(w)": "the kill library's C source, written into the harness's own work folder"},
     "tools/_workload.py": dict.fromkeys(
         ("open(w)", "os.makedirs", "os.open", "os.write", "os.remove"),
         "the workload's inputs outside the root, its acknowledgement file, and the file it puts into staging "

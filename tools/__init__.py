@@ -41,8 +41,10 @@ from ._render import (
 )
 
 if TYPE_CHECKING:
+    from ._dcp_ranks import RankResult, run_ranks
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
+    from ._libc_kill import build_kill_library, kill_library_env, kill_library_events
     from ._torture import kill_orphans, workload_processes
     from ._training_kill import AuditKiller, KillingFileSystem, run_training_torture
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
@@ -52,7 +54,11 @@ _LAZY = {
     "DemoError": "._demo",
     "AuditKiller": "._training_kill",
     "KillingFileSystem": "._training_kill",
+    "RankResult": "._dcp_ranks",
     "WORKLOAD_OPS": "._workload",
+    "build_kill_library": "._libc_kill",
+    "kill_library_env": "._libc_kill",
+    "kill_library_events": "._libc_kill",
     "WORKLOAD_ROOT_ENV": "._workload",
     "kill_orphans": "._torture",
     "make_inbox": "._demo",
@@ -60,6 +66,7 @@ _LAZY = {
     "points_for_ops": "._workload",
     "prepare_inbox": "._demo_host",
     "run_demo": "._demo",
+    "run_ranks": "._dcp_ranks",
     "run_training_torture": "._training_kill",
     "workload_processes": "._torture",
 }
@@ -87,10 +94,14 @@ __all__ = [
     "NotARootError",
     "OperationsModuleError",
     "Printer",
+    "RankResult",
     "RootView",
     "UnreadableRootError",
+    "build_kill_library",
     "build_parser",
     "event_style",
+    "kill_library_env",
+    "kill_library_events",
     "kill_orphans",
     "load_operations",
     "load_operations_module",
@@ -104,6 +115,7 @@ __all__ = [
     "prepare_inbox",
     "printable",
     "run_demo",
+    "run_ranks",
     "run_training_torture",
     "shipslog_command",
     "use_rich",

@@ -249,8 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     torture.add_argument(
         "--baseline",
         action="store_true",
-        help="with --training: the framework's own checkpointing, without shipslog, killed at its creates, renames and "
-        "removes (seen through Python's audit events)",
+        help="with --training: the framework's own checkpointing, without shipslog, killed at the same kinds of file events",
+    )
+    torture.add_argument(
+        "--intercept",
+        choices=["auto", "libc", "python"],
+        default="auto",
+        help="with --training: where file events are counted: libc (a preloaded library built with the C compiler; native "
+        "writes such as torch's and safetensors' are cut too), python (shipslog's file system and Python's audit events), "
+        "auto (libc when a C compiler is found; default)",
     )
     torture.add_argument(
         "--compare",
@@ -525,10 +532,12 @@ def _format_training_torture(result: dict[str, Any]) -> str:
         ]
         return plain_table(headers, rows)
     writes = f", {result['events']['half']} writes cut in half" if "half" in result["events"] else ""
+    counted = "in libc" if result["intercept"] == "libc" else "in Python"
     head = (
         f"shipslog torture --training {result['framework']}{'' if result['shipslog'] else ' --baseline'} "
         f"({'quick' if result['quick'] else 'full'}, seed {result['seed']}): "
-        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes{writes} in a clean run), "
+        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes{writes} in a clean run, "
+        f"counted {counted}), "
         f"{result['killed']} killed, {result['resumed_from_newest']} resumed from the newest checkpoint with the "
         f"uninterrupted run's weights, {len(result['violations'])} violation(s) in {result['seconds']} s"
     )
@@ -600,7 +609,8 @@ def _cmd_torture(args: argparse.Namespace) -> int:
         sides = [False, True] if args.compare else [args.baseline]
         runs = [
             run_training_torture(
-                fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side, log=log
+                fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side,
+                intercept=args.intercept, log=log,
             )
             for fw in frameworks
             for side in sides

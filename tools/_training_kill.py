@@ -2,13 +2,23 @@
 
 A child process trains a small deterministic model (dropout and random
 batches, so the RNG states matter), saving a training checkpoint every few
-steps through :mod:`shipslog.gpu` (or Lightning through
-:mod:`shipslog.gpu.lightning`) and keeping the newest two.  Its engine runs on
-a :class:`KillingFileSystem`, which counts the file events of the run and
+steps through :mod:`shipslog.gpu` (or Lightning, the HF Trainer or
+Accelerate through their integrations) and keeping the newest two.  The
+harness counts the file events of the run under the child's folders and
 kills the process with SIGKILL:
 
-* ``before`` mode: just before the k-th file create, rename or remove;
+* ``before`` mode: just before the k-th file create (a file or a folder),
+  rename or remove;
 * ``half`` mode: in the k-th write, after half of its bytes.
+
+The events are counted in libc (:mod:`._libc_kill`, a preloaded library
+built with the system C compiler), so the files the frameworks write from
+native code (torch's zip writer, safetensors) are cut too, and the
+baselines are killed at exactly the same kinds of points as shipslog.
+Where no C compiler is found the harness falls back to Python-level
+killers: a :class:`KillingFileSystem` under the engine (every file effect
+of shipslog's own code) and an :class:`AuditKiller` for the baselines
+(creates, renames and removes seen through Python's audit events).
 
 For every k the harness runs the child killed at k in a fresh root, then the
 child again without a kill, and requires: the resumed child started from the
@@ -39,11 +49,14 @@ from typing import Any
 
 from shipslog.journal import OS_FS, DelegatingFileSystem, FileSystem, PathLike
 
+from . import _libc_kill
+
 __all__ = ["FRAMEWORKS", "AuditKiller", "KillingFileSystem", "run_training_torture"]
 
 _log = logging.getLogger("shipslog.tools.torture")
 
 FRAMEWORKS = ("plain", "lightning", "hf", "accelerate")
+INTERCEPTS = ("auto", "libc", "python")
 _MODULE = "shipslog.tools._training_kill"
 _STEPS = 12
 _SAVE_EVERY = 4
@@ -143,18 +156,27 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--result", required=True)
     parser.add_argument("--acks", required=True)
     parser.add_argument("--baseline", action="store_true", help="the framework's own checkpointing, without shipslog")
+    parser.add_argument("--intercept", choices=["libc", "python"], default="python",
+                        help="libc: counted and killed by the preloaded library; python: by the Python-level killers")
     args = parser.parse_args(argv)
+    python_counter: Callable[[], int] | None = None
     if args.baseline:
-        killer = AuditKiller(args.kill_at)
+        if args.intercept == "python":
+            killer = AuditKiller(args.kill_at)
+            python_counter = lambda: killer.events  # noqa: E731
         start, newest, digest = _BASELINES[args.framework](args.root, args.acks)
-        with open(args.result, "w", encoding="utf-8") as f:
-            json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": killer.events}, f)
-        return 0
-    fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
-    train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf, "accelerate": _train_accelerate}[args.framework]
-    start, newest, digest = train(args.root, fs, args.acks)
+    else:
+        fs: FileSystem = OS_FS
+        if args.intercept == "python":
+            killing = fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
+            python_counter = lambda: killing.events  # noqa: E731
+        train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf, "accelerate": _train_accelerate}[args.framework]
+        start, newest, digest = train(args.root, fs, args.acks)
+    counted = python_counter() if python_counter is not None else _libc_kill.kill_library_events()
+    if counted is None:
+        raise RuntimeError("--intercept libc: the kill library is not preloaded (LD_PRELOAD)")
     with open(args.result, "w", encoding="utf-8") as f:
-        json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": fs.events}, f)
+        json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": counted}, f)
     return 0
 
 
@@ -503,30 +525,45 @@ def run_training_torture(
     jobs: int = 2,
     keep: bool = False,
     baseline: bool = False,
+    intercept: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep for ``framework`` (see the module) in a temporary folder; return the result object.
 
     ``quick`` tries ``sample`` seeded points of each mode instead of every
     one; ``jobs`` kill points run at a time.  ``baseline`` runs the
-    framework's own checkpointing without shipslog, killed through audit
-    events (creates, renames and removes only: writes cannot be cut there).
+    framework's own checkpointing without shipslog.  ``intercept``: ``libc``
+    counts and kills in the preloaded library (every file event, native
+    writes included; RuntimeError when it cannot be built), ``python`` with
+    the Python-level killers (the baselines then have no writes cut in half),
+    ``auto`` the library when a C compiler is found (``intercept`` in the
+    result says which ran).
     ``violations`` lists every kill point whose resume failed a requirement;
     ``verdicts`` counts the outcomes.  ``log`` (optional) gets one line per
     kill point as it finishes, so a long sweep shows its progress.
     """
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework is one of {FRAMEWORKS}, got {framework!r}")
-    work = tempfile.mkdtemp(prefix="shipslog-torture-training-", dir=folder)
+    if intercept not in INTERCEPTS:
+        raise ValueError(f"intercept is one of {INTERCEPTS}, got {intercept!r}")
+    # the real path: the library compares the paths it sees (some through /proc/self/fd) with the roots it is given
+    work = os.path.realpath(tempfile.mkdtemp(prefix="shipslog-torture-training-", dir=folder))
     t0 = time.monotonic()
-    run = _Runner(work, framework, baseline)
     try:
+        library = _libc_kill.build_kill_library(work) if intercept != "python" else None
+        if library is None and intercept == "libc":
+            raise RuntimeError("intercept='libc': the kill library could not be built (no working C compiler: cc or gcc)")
+        if library is None and intercept == "auto":
+            _log.warning("no C compiler found: killing through Python-level hooks; native writes are not cut")
+        run = _Runner(work, framework, baseline, library)
         clean = run.child("clean", "before", 0)
         if clean.get("error"):
             raise RuntimeError(f"the uninterrupted training run failed: {clean['error']}")
         counts = {"before": clean["events"]}
-        if not baseline:
+        if not baseline or library is not None:
             counts["half"] = run.child("count-writes", "half", 0)["events"]
+        if not all(counts.values()):
+            raise RuntimeError(f"the uninterrupted training run counted no file events ({counts}): the killer is not working")
         rng = random.Random(seed)
         planned: list[tuple[str, int]] = []
         for mode, total in counts.items():
@@ -549,6 +586,7 @@ def run_training_torture(
         return {
             "framework": framework,
             "shipslog": not baseline,
+            "intercept": "libc" if library is not None else "python",
             "quick": quick,
             "seed": seed,
             "steps": _STEPS,
@@ -571,6 +609,7 @@ class _Runner:
     work: str
     framework: str
     baseline: bool
+    library: str | None
 
     def kill_and_resume(self, mode: str, point: int, digest: str) -> _Outcome:
         slot = f"{mode}-{point:04d}"
@@ -604,7 +643,14 @@ class _Runner:
                 "--kill-at", str(kill_at), "--result", result, "--acks", os.path.join(folder, "acks")]
         if self.baseline:
             args.append("--baseline")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPSLOG_CRASH")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPSLOG_CRASH", "SHIPSLOG_KILL"))}
+        if self.library is not None:
+            # the child's temporary files too (Lightning writes each checkpoint to one, then moves it into place)
+            env["TMPDIR"] = os.path.join(folder, "tmp")
+            os.makedirs(env["TMPDIR"], exist_ok=True)
+            args += ["--intercept", "libc"]
+            roots = [os.path.join(folder, "root"), os.path.join(folder, "hf-output"), env["TMPDIR"]]
+            env = _libc_kill.kill_library_env(env, self.library, roots, mode, kill_at)
         # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
         done = subprocess.run(args, cwd=self.work, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
         if done.returncode == -signal.SIGKILL:

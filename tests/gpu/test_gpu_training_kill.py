@@ -5,6 +5,7 @@ runs every point)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,15 @@ import pytest
 pytest.importorskip("torch")
 
 from shipslog.journal import OS_FS
-from shipslog.tools import KillingFileSystem, run_training_torture
+from shipslog.tools import (
+    KillingFileSystem,
+    build_kill_library,
+    kill_library_env,
+    run_training_torture,
+)
+
+_COMPILER = shutil.which("cc") or shutil.which("gcc")
+_EXPECTED_INTERCEPT = "libc" if _COMPILER else "python"
 
 
 @pytest.mark.slow
@@ -25,6 +34,7 @@ def test_a_plain_loop_killed_at_file_events_resumes_from_the_newest_checkpoint_b
     lines: list[str] = []
     result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=2, seed=3, log=lines.append)
     assert result["violations"] == []
+    assert result["intercept"] == _EXPECTED_INTERCEPT
     assert result["points"] == 4 and result["killed"] == 4
     assert len(lines) == 4 and all(line.startswith("plain (shipslog): ") and line.endswith(": resumed") for line in lines)
     assert result["events"]["before"] > 10 and result["events"]["half"] > 10
@@ -40,7 +50,83 @@ def test_a_framework_killed_at_file_events_resumes_from_the_newest_checkpoint_bi
     pytest.importorskip(module)
     result = run_training_torture(framework, folder=str(tmp_path), quick=True, sample=1, seed=seed)
     assert result["violations"] == []
+    assert result["intercept"] == _EXPECTED_INTERCEPT
     assert result["points"] == 2 and result["killed"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+def test_without_a_compiler_the_python_level_killers_still_cut_the_engine_s_own_file_events(tmp_path: Any) -> None:
+    result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=1, seed=11, intercept="python")
+    assert result["violations"] == []
+    assert result["intercept"] == "python" and result["points"] == 2 and result["killed"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+def test_a_baseline_killed_in_libc_has_its_native_writes_cut_and_its_failures_counted(tmp_path: Any) -> None:
+    if _COMPILER is None:
+        pytest.skip("no C compiler: the kill library cannot be built")
+    result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=3, seed=2, baseline=True)
+    assert result["intercept"] == "libc" and result["events"]["half"] > 0  # torch.save's own writes, cut in half
+    assert result["points"] == 6 and result["killed"] == 6
+
+
+_NATIVE_SAVE = """
+import os, sys, torch
+root = sys.argv[1]
+os.makedirs(os.path.join(root, "a"), exist_ok=True)      # before-event 1 (root) and 2 (a)
+open(os.path.join(root, "..", "outside.txt"), "w").close()  # outside the roots: never counted
+torch.save({"w": torch.arange(100000)}, os.path.join(root, "a", "t.pt"))  # native: create 3, writes
+os.rename(os.path.join(root, "a", "t.pt"), os.path.join(root, "a", "u.pt"))  # 4
+from shipslog.tools import kill_library_events
+print(kill_library_events())
+"""
+
+
+def _run_native_save(tmp_path: Any, mode: str, kill_at: int) -> subprocess.CompletedProcess[str]:
+    if _COMPILER is None:
+        pytest.skip("no C compiler: the kill library cannot be built")
+    library = build_kill_library(str(tmp_path))
+    assert library is not None
+    root = os.path.join(str(tmp_path), "root")
+    env = kill_library_env(dict(os.environ), library, [root], mode, kill_at)
+    return subprocess.run([sys.executable, "-c", _NATIVE_SAVE, root], env=env, cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_the_kill_library_counts_creates_renames_and_removes_under_its_roots_only(tmp_path: Any) -> None:
+    done = _run_native_save(tmp_path, "before", 0)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == 4
+    assert os.path.exists(os.path.join(str(tmp_path), "root", "a", "u.pt"))
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_the_kill_library_kills_before_a_native_create(tmp_path: Any) -> None:
+    done = _run_native_save(tmp_path, "before", 3)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert os.path.isdir(os.path.join(str(tmp_path), "root", "a"))
+    assert os.listdir(os.path.join(str(tmp_path), "root", "a")) == []  # torch's zip writer never created its file
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_the_kill_library_cuts_a_native_write_in_half(tmp_path: Any) -> None:
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = _run_native_save(tmp_path / "whole", "half", 0)
+    assert whole.returncode == 0, whole.stderr
+    full = os.path.getsize(os.path.join(str(tmp_path), "whole", "root", "a", "u.pt"))
+    done = _run_native_save(tmp_path / "cut", "half", 1)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    cut = os.path.getsize(os.path.join(str(tmp_path), "cut", "root", "a", "t.pt"))
+    assert 0 < cut < full  # the file torch was writing, left torn: the first write's first half
 
 
 def test_the_killing_file_system_counts_the_events_of_its_mode(tmp_path: Any) -> None:

@@ -1,0 +1,189 @@
+"""Run a distributed save or load on N gloo ranks, one process each, on CPU: the harness of the distributed tests.
+
+:func:`run_ranks` starts ``world`` processes of this module (rank 0 opens the
+engine on ``root``; the others pass None), waits for them (all are killed at
+the timeout), and returns what each reported.  Every rank's state is one
+global tensor sharded by rows over the ranks (a ``DTensor`` on a CPU device
+mesh), one tensor every rank holds whole, and a plain integer, all derived
+from ``seed`` alone, so a checkpoint saved by N ranks can be checked after a
+load into M.  Imports torch (in the ranks only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shipslog.journal import OS_FS, DelegatingFileSystem, FileSystem
+
+__all__ = ["RankResult", "run_ranks"]
+
+_MODULE = "shipslog.tools._dcp_ranks"
+SCENARIOS = ("save", "load")
+_ROWS, _COLS = 48, 8
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """What one rank reported (``report``) and how its process ended (``returncode``; negative: a signal)."""
+
+    rank: int
+    returncode: int | None
+    report: dict[str, Any]
+    stderr_tail: str
+
+
+def run_ranks(
+    scenario: str,
+    world: int,
+    root: str,
+    work: str,
+    *,
+    step: int = 1,
+    seed: int = 0,
+    name: str | None = None,
+    fail_rank: int | None = None,
+    timeout_s: float = 120.0,
+) -> list[RankResult]:
+    """Run ``scenario`` (``save`` or ``load``) on ``world`` ranks; one :class:`RankResult` per rank, by rank.
+
+    ``fail_rank`` (save only): that rank's file system fails its first write
+    with ``ENOSPC``.  ``work`` holds the rendezvous file and the reports.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario is one of {SCENARIOS}, got {scenario!r}")
+    os.makedirs(work, exist_ok=True)
+    store = os.path.join(work, f"store-{time.monotonic_ns()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPSLOG_CRASH", "SHIPSLOG_KILL"))}
+    procs = []
+    for rank in range(world):
+        args = [sys.executable, "-m", _MODULE, scenario, "--rank", str(rank), "--world", str(world), "--store", store,
+                "--root", root, "--report", os.path.join(work, f"rank-{rank}.json"), "--step", str(step), "--seed", str(seed)]
+        if name is not None:
+            args += ["--name", name]
+        if fail_rank is not None:
+            args += ["--fail-rank", str(fail_rank)]
+        with open(os.path.join(work, f"rank-{rank}.stderr"), "w", encoding="utf-8") as err:
+            procs.append(subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err))
+    deadline = time.monotonic() + timeout_s
+    codes: list[int | None] = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    results = []
+    for rank, code in enumerate(codes):
+        report_path = os.path.join(work, f"rank-{rank}.json")
+        report: dict[str, Any] = {}
+        if os.path.exists(report_path):
+            with open(report_path, encoding="utf-8") as f:
+                report = json.load(f)
+            os.remove(report_path)
+        with open(os.path.join(work, f"rank-{rank}.stderr"), encoding="utf-8") as f:
+            tail = "\n".join(f.read().strip().splitlines()[-5:])
+        results.append(RankResult(rank, code, report, tail))
+    return results
+
+
+class _FailingWrites(DelegatingFileSystem):
+    """The first write fails with ``ENOSPC`` (a full disk on one rank)."""
+
+    def __init__(self, inner: FileSystem) -> None:
+        super().__init__(inner)
+        self.failed = False
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write_all(fd, data, offset)
+
+
+def _global_rows(seed: int) -> Any:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(_ROWS, _COLS, generator=g)
+
+
+def _state(seed: int, mesh: Any, *, zeros: bool) -> dict[str, Any]:
+    """The state every rank saves (or a zeroed one of the same layout, to load into)."""
+    import torch
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    rows = _global_rows(seed)
+    whole = torch.arange(16, dtype=torch.float64) * (seed + 1)
+    if zeros:
+        rows, whole = torch.zeros_like(rows), torch.zeros_like(whole)
+    return {"model": {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "whole": whole}, "extra": {"step": 0 if zeros else seed * 10 + 1}}
+
+
+def _child(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="shipslog-dcp-rank")
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--report", required=True)
+    parser.add_argument("--step", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--fail-rank", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from shipslog import Engine
+    from shipslog.gpu.distributed import load_distributed, save_distributed
+
+    warnings.simplefilter("ignore")
+    dist.init_process_group("gloo", init_method=f"file://{args.store}", rank=args.rank, world_size=args.world)
+    report: dict[str, Any] = {"rank": args.rank}
+    try:
+        mesh = init_device_mesh("cpu", (args.world,))
+        engine = Engine.open(args.root) if args.rank == 0 else None
+        try:
+            if args.scenario == "save":
+                fs = _FailingWrites(OS_FS) if args.fail_rank == args.rank else OS_FS
+                saved = save_distributed(engine, _state(args.seed, mesh, zeros=False), step=args.step, name=args.name, fs=fs)
+                report["checkpoint"] = vars(saved)
+            else:
+                state = _state(args.seed, mesh, zeros=True)
+                found = load_distributed(engine, state, name=args.name)
+                report["checkpoint"] = None if found is None else vars(found)
+                if found is not None:
+                    expected = _state(args.seed, mesh, zeros=False)
+                    local, want = state["model"]["rows"].to_local(), expected["model"]["rows"].to_local()
+                    report["rows_equal"] = bool(torch.equal(local, want))
+                    report["whole_equal"] = bool(torch.equal(state["model"]["whole"], expected["model"]["whole"]))
+                    report["extra"] = state["extra"]["step"]
+        finally:
+            if engine is not None:
+                engine.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the harness, which checks it
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    with open(args.report, "w", encoding="utf-8") as f:
+        json.dump(report, f)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))
