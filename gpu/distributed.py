@@ -56,13 +56,13 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
-from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem as DcpFileSystem
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
@@ -75,7 +75,14 @@ from shipslog.engine import (
     NotFoundError,
     read_manifest,
 )
-from shipslog.journal import OS_FS, FileSystem, ShipslogError, read_limited
+from shipslog.journal import (
+    OS_FS,
+    FileSystem,
+    ShipslogError,
+    crash_point,
+    read_limited,
+    register_crash_point,
+)
 
 __all__ = [
     "DCP_FORMAT",
@@ -97,6 +104,23 @@ MAX_METADATA_BYTES = 1 << 30
 """The largest ``.metadata`` decoded (a model of millions of tensors stays far below it)."""
 _FILES_KEY = "__shipslog_file__/"
 """The fqn prefix of the extra write results that carry each rank's files to the coordinator (never in ``.metadata``)."""
+
+
+CP_OFFERED = register_crash_point(
+    "distributed.after_offer", "checkpoint.begun is durable and every rank has the staging folder; no rank has written a file"
+)
+CP_RANK_BEFORE = register_crash_point(
+    "distributed.before_rank_files", "this rank has the staging folder and its plan; it has written no file"
+)
+CP_RANK_FILES = register_crash_point(
+    "distributed.after_rank_files", "this rank's files are written and fsynced in staging; its write results are not sent"
+)
+CP_GATHERED = register_crash_point(
+    "distributed.after_gather", "the coordinator has every rank's write results; .metadata is not written, no MANIFEST"
+)
+CP_METADATA = register_crash_point(
+    "distributed.after_metadata", ".metadata is written and fsynced in staging; no MANIFEST, checkpoint.durable not journaled"
+)
 
 
 class DistributedCheckpointError(ShipslogError, RuntimeError):
@@ -254,8 +278,10 @@ class ShipslogStorageWriter(FileSystemWriter):
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         """DCP's writes, then the folder fsynced, then one extra result per file written (path, size, CRC-32)."""
         before = set(self._files.written)
+        crash_point(CP_RANK_BEFORE)
         results = super().write_data(plan, planner).value()
         self._os_fs.fsync_dir(self.staging)
+        crash_point(CP_RANK_FILES)
         files = [entry for rel, entry in self._files.written.items() if rel not in before]
         results = list(results) + [
             WriteResult(
@@ -282,6 +308,7 @@ class ShipslogStorageWriter(FileSystemWriter):
                     files.append(result.storage_data)
                 else:
                     kept[-1].append(result)
+        crash_point(CP_GATHERED)
         strangers = sorted({f.generation for f in files} - {self.generation})
         if strangers:
             raise DistributedCheckpointError(
@@ -289,6 +316,7 @@ class ShipslogStorageWriter(FileSystemWriter):
                 f"{self.generation}: a rank of an earlier incarnation took part; the save is refused"
             )
         super().finish(metadata, kept)  # DCP's .metadata, written as .metadata.tmp and renamed, through _RankFiles
+        crash_point(CP_METADATA)
         for f in files:
             self._commit.add_file(FileEntry(f.path, f.size, f.crc32))
         for entry in self._files.written.values():
@@ -447,6 +475,22 @@ def _engine_problem(engine: EngineCore | None, rank: int) -> str | None:
     return None
 
 
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+_TIMED_OUT = ("Timed out", "timed out", "Timeout")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, with what a collective's failure means said first."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    if isinstance(exc, RuntimeError) and any(s in text for s in _LOST_PEER):
+        return f"a rank left the job (its process died or its connection broke): {text}"
+    if isinstance(exc, RuntimeError) and any(s in text for s in _TIMED_OUT):
+        return f"a rank did not take part within the process group's timeout (hung or stopped): {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
 def _failure(exc: BaseException, what: str) -> DistributedCheckpointError:
     """One line for DCP's per-rank failures (``CheckpointException``), or for any other error."""
     failures = getattr(exc, "failures", None)
@@ -454,9 +498,9 @@ def _failure(exc: BaseException, what: str) -> DistributedCheckpointError:
         parts = []
         for rank, wrapped in sorted(failures.items()):
             inner = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped  # (exception, its stack summary)
-            parts.append(f"rank {rank}: {type(inner).__name__}: {inner}")
+            parts.append(f"rank {rank}: {_describe(inner)}")
         return DistributedCheckpointError(f"{what} failed on {len(failures)} rank(s): {'; '.join(parts)}")
-    return DistributedCheckpointError(f"{what} failed: {type(exc).__name__}: {exc}")
+    return DistributedCheckpointError(f"{what} failed: {_describe(exc)}")
 
 
 def save_distributed(
@@ -499,6 +543,8 @@ def save_distributed(
         raise
     rank_fs = fs if fs is not None else engine.fs if engine is not None else OS_FS
     storage = ShipslogStorageWriter(got["staging"], generation=got["generation"], commit=writer, fs=rank_fs, thread_count=thread_count)
+    if rank == 0:
+        crash_point(CP_OFFERED)
     try:
         dcp_save(state_dict, storage_writer=storage, process_group=process_group, no_dist=not distributed)
     except (Exception, CheckpointException) as exc:  # DCP's per-rank failures derive from BaseException

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._demo_host import DemoDataError, prepare_inbox
     from ._libc_kill import build_kill_library, kill_library_env, kill_library_events
     from ._torture import kill_orphans, workload_processes
+    from ._torture_distributed import run_distributed_torture
     from ._training_kill import AuditKiller, KillingFileSystem, run_training_torture
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
@@ -66,6 +67,7 @@ _LAZY = {
     "points_for_ops": "._workload",
     "prepare_inbox": "._demo_host",
     "run_demo": "._demo",
+    "run_distributed_torture": "._torture_distributed",
     "run_ranks": "._dcp_ranks",
     "run_training_torture": "._training_kill",
     "workload_processes": "._torture",
@@ -115,6 +117,7 @@ __all__ = [
     "prepare_inbox",
     "printable",
     "run_demo",
+    "run_distributed_torture",
     "run_ranks",
     "run_training_torture",
     "shipslog_command",

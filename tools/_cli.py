@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ops",
         default=None,
         metavar="OP,...",
-        help="only these operations (checkpoint, pointer, retention, run, session, workers) and their crash points "
-        "(the journal's and recovery's always count); default: all",
+        help="only these operations (checkpoint, pointer, retention, run, session, workers, consolidation) and their crash "
+        "points (the journal's and recovery's always count); default: all.  'distributed' (alone) runs the multi-rank "
+        "harness instead: 2 and 4 gloo ranks on CPU, the coordinator or another rank killed at every point of a save",
     )
     torture.add_argument(
         "--operations",
@@ -582,6 +583,39 @@ def _format_power_loss(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_distributed_torture(result: dict[str, Any]) -> str:
+    """The readable summary of a ``run_distributed_torture`` result."""
+    ranks = ",".join(map(str, result["worlds"]))
+    lines = [
+        (
+            f"shipslog torture --ops distributed ({'quick' if result['quick'] else 'full'}, ranks {ranks}, "
+            f"seed {result['seed']}): {result['runs']} kill run(s), {result['seconds']} s"
+        ),
+        f"  crash points: {len(result['covered'])} of {len(result['crash_points'])} covered",
+    ]
+    lines += [f"  uncovered: {point}" for point in result["uncovered"]]
+    lines += [f"  {v['scenario']}: {v['problem']}" for v in result["violations"]]
+    if not result["violations"]:
+        lines.append("  violations: none")
+    return "\n".join(lines) + "\n"
+
+
+def _torture_distributed(args: argparse.Namespace) -> int:
+    """``shipslog torture --ops distributed``: the multi-rank harness; exit 1 on any violation or uncovered point."""
+    if args.ops.strip() != "distributed":
+        args.parser.error("--ops distributed runs the multi-rank harness on its own; give it alone")
+    if args.power_loss or args.operations is not None or args.training is not None:
+        args.parser.error("--ops distributed takes no --power-loss, --operations or --training")
+    if args.dir is not None and not os.path.isdir(args.dir):
+        args.parser.error(f"--dir {args.dir!r} is not a folder")
+    from ._torture_distributed import run_distributed_torture
+
+    log = None if args.json else (lambda msg: print(f"{PROG} torture: {msg}", file=sys.stderr, flush=True))
+    result = run_distributed_torture(quick=args.quick, seed=args.seed, workdir=args.dir, keep=args.keep, log=log)
+    _write_result(args, result, _format_distributed_torture)
+    return EXIT_VIOLATIONS if result["violations"] or result["uncovered"] else EXIT_OK
+
+
 def _cmd_torture(args: argparse.Namespace) -> int:
     """``shipslog torture``: the crash harness; exit 1 when any violation (or uncovered point) is found."""
     from ._torture import run_torture
@@ -589,6 +623,8 @@ def _cmd_torture(args: argparse.Namespace) -> int:
 
     if args.operations is not None and args.ops is not None:
         args.parser.error("--ops chooses built-in operations and --operations a host module's; give one of them")
+    if args.ops is not None and "distributed" in [part.strip() for part in args.ops.split(",")]:
+        return _torture_distributed(args)
     if args.power_loss and args.operations is not None:
         args.parser.error("--power-loss runs the built-in workload; --operations is not supported with it yet")
     try:

@@ -5,8 +5,10 @@ engine on ``root``; the others pass None), waits for them (all are killed at
 the timeout), and returns what each reported.  Every rank's state is one
 global tensor sharded by rows over the ranks (a ``DTensor`` on a CPU device
 mesh), one tensor every rank holds whole, and a plain integer, all derived
-from ``seed`` alone, so a checkpoint saved by N ranks can be checked after a
-load into M.  Imports torch (in the ranks only).
+from ``seed`` and the step alone, so a checkpoint saved by N ranks can be
+checked after a load into M.  A save acknowledged to a rank (the call
+returned) is appended to ``acks-<rank>`` in ``work`` and fsynced before the
+next.  Imports torch (in the ranks only).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import argparse
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from shipslog.journal import OS_FS, DelegatingFileSystem, FileSystem
+from shipslog.journal import CRASH_AT_ENV, CRASH_TRACE_ENV, OS_FS, DelegatingFileSystem, FileSystem
 
-__all__ = ["RankResult", "run_ranks"]
+__all__ = ["RankResult", "read_acks", "read_trace", "run_ranks"]
 
 _MODULE = "shipslog.tools._dcp_ranks"
 SCENARIOS = ("save", "load")
@@ -46,32 +49,56 @@ def run_ranks(
     root: str,
     work: str,
     *,
-    step: int = 1,
+    step: int | tuple[int, ...] = 1,
     seed: int = 0,
     name: str | None = None,
     fail_rank: int | None = None,
+    stall_rank: int | None = None,
+    die_rank: int | None = None,
+    crash: dict[int, str] | None = None,
+    trace: bool = False,
+    pg_timeout_s: float = 60.0,
     timeout_s: float = 120.0,
 ) -> list[RankResult]:
     """Run ``scenario`` (``save`` or ``load``) on ``world`` ranks; one :class:`RankResult` per rank, by rank.
 
+    ``step``: the step saved, or several saved one after the other.
     ``fail_rank`` (save only): that rank's file system fails its first write
-    with ``ENOSPC``.  ``work`` holds the rendezvous file and the reports.
+    with ``ENOSPC``; ``stall_rank``: that rank's first write waits three
+    process-group timeouts (a rank that stops reporting mid-save);
+    ``die_rank``: that rank is killed in its first write, after half of it.  ``crash`` arms crash points per rank
+    (``{1: "distributed.after_rank_files@2"}``); with ``trace`` each rank
+    lists the crash points it hits in ``trace-<rank>`` (:func:`read_trace`).  ``pg_timeout_s`` is the
+    process group's timeout; ``timeout_s`` the harness's, after which every
+    rank still running is killed (its ``returncode`` is None).  ``work``
+    holds the rendezvous file, the reports and the acknowledgements.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario is one of {SCENARIOS}, got {scenario!r}")
     os.makedirs(work, exist_ok=True)
     store = os.path.join(work, f"store-{time.monotonic_ns()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPSLOG_CRASH", "SHIPSLOG_KILL"))}
+    steps = (step,) if isinstance(step, int) else tuple(step)
     procs = []
     for rank in range(world):
         args = [sys.executable, "-m", _MODULE, scenario, "--rank", str(rank), "--world", str(world), "--store", store,
-                "--root", root, "--report", os.path.join(work, f"rank-{rank}.json"), "--step", str(step), "--seed", str(seed)]
+                "--root", root, "--report", os.path.join(work, f"rank-{rank}.json"), "--acks", os.path.join(work, f"acks-{rank}"),
+                "--steps", ",".join(map(str, steps)), "--seed", str(seed), "--pg-timeout", str(pg_timeout_s)]
         if name is not None:
             args += ["--name", name]
         if fail_rank is not None:
             args += ["--fail-rank", str(fail_rank)]
+        if stall_rank is not None:
+            args += ["--stall-rank", str(stall_rank)]
+        if die_rank is not None:
+            args += ["--die-rank", str(die_rank)]
+        rank_env = dict(env)
+        if crash and rank in crash:
+            rank_env[CRASH_AT_ENV] = crash[rank]
+        if trace:
+            rank_env[CRASH_TRACE_ENV] = os.path.join(work, f"trace-{rank}")
         with open(os.path.join(work, f"rank-{rank}.stderr"), "w", encoding="utf-8") as err:
-            procs.append(subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err))
+            procs.append(subprocess.Popen(args, cwd=work, env=rank_env, stdout=subprocess.DEVNULL, stderr=err))
     deadline = time.monotonic() + timeout_s
     codes: list[int | None] = []
     for proc in procs:
@@ -97,6 +124,30 @@ def run_ranks(
     return results
 
 
+class _StallingWrites(DelegatingFileSystem):
+    """The first write waits ``seconds`` first (a rank that stops reporting: a hung disk, a stuck process)."""
+
+    def __init__(self, inner: FileSystem, seconds: float) -> None:
+        super().__init__(inner)
+        self.seconds = seconds
+        self.stalled = False
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        if not self.stalled:
+            self.stalled = True
+            time.sleep(self.seconds)
+        super().write_all(fd, data, offset)
+
+
+class _DyingWrites(DelegatingFileSystem):
+    """The first write stops after half of its bytes and the process dies (SIGKILL): a rank lost mid-file."""
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        view = memoryview(data)
+        super().write_all(fd, view[: max(1, len(view) // 2)], offset)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _FailingWrites(DelegatingFileSystem):
     """The first write fails with ``ENOSPC`` (a full disk on one rank)."""
 
@@ -111,23 +162,41 @@ class _FailingWrites(DelegatingFileSystem):
         super().write_all(fd, data, offset)
 
 
-def _global_rows(seed: int) -> Any:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(_ROWS, _COLS, generator=g)
-
-
-def _state(seed: int, mesh: Any, *, zeros: bool) -> dict[str, Any]:
-    """The state every rank saves (or a zeroed one of the same layout, to load into)."""
+def _state(seed: int, step: int, mesh: Any, *, zeros: bool = False) -> dict[str, Any]:
+    """The state every rank saves at ``step`` (or a zeroed one of the same layout, to load into)."""
     import torch
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    rows = _global_rows(seed)
-    whole = torch.arange(16, dtype=torch.float64) * (seed + 1)
+    rows = torch.randn(_ROWS, _COLS, generator=torch.Generator().manual_seed(seed * 1000 + step))
+    whole = torch.arange(16, dtype=torch.float64) * (seed + step + 1)
     if zeros:
         rows, whole = torch.zeros_like(rows), torch.zeros_like(whole)
-    return {"model": {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "whole": whole}, "extra": {"step": 0 if zeros else seed * 10 + 1}}
+    return {"model": {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "whole": whole}, "extra": {"step": -1 if zeros else step}}
+
+
+def _ack(path: str, step: int) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{step}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_trace(work: str, rank: int) -> list[str]:
+    """The crash points ``rank`` hit in a run with ``trace``, in order."""
+    try:
+        with open(os.path.join(work, f"trace-{rank}"), encoding="utf-8") as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def read_acks(work: str, rank: int) -> list[int]:
+    """The steps whose save returned on ``rank``, in order."""
+    try:
+        with open(os.path.join(work, f"acks-{rank}"), encoding="utf-8") as f:
+            return [int(line) for line in f.read().split() if line.isdigit()]
+    except FileNotFoundError:
+        return []
 
 
 def _child(argv: list[str]) -> int:
@@ -138,12 +207,17 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--report", required=True)
-    parser.add_argument("--step", type=int, default=1)
+    parser.add_argument("--acks", required=True)
+    parser.add_argument("--steps", default="1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None)
     parser.add_argument("--fail-rank", type=int, default=None)
+    parser.add_argument("--stall-rank", type=int, default=None)
+    parser.add_argument("--die-rank", type=int, default=None)
+    parser.add_argument("--pg-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
 
+    import datetime
     import warnings
 
     import torch
@@ -154,22 +228,31 @@ def _child(argv: list[str]) -> int:
     from shipslog.gpu.distributed import load_distributed, save_distributed
 
     warnings.simplefilter("ignore")
-    dist.init_process_group("gloo", init_method=f"file://{args.store}", rank=args.rank, world_size=args.world)
+    timeout = datetime.timedelta(seconds=args.pg_timeout)
+    dist.init_process_group("gloo", init_method=f"file://{args.store}", rank=args.rank, world_size=args.world, timeout=timeout)
     report: dict[str, Any] = {"rank": args.rank}
     try:
         mesh = init_device_mesh("cpu", (args.world,))
         engine = Engine.open(args.root) if args.rank == 0 else None
         try:
             if args.scenario == "save":
-                fs = _FailingWrites(OS_FS) if args.fail_rank == args.rank else OS_FS
-                saved = save_distributed(engine, _state(args.seed, mesh, zeros=False), step=args.step, name=args.name, fs=fs)
-                report["checkpoint"] = vars(saved)
+                fs: FileSystem = OS_FS
+                if args.fail_rank == args.rank:
+                    fs = _FailingWrites(OS_FS)
+                elif args.stall_rank == args.rank:
+                    fs = _StallingWrites(OS_FS, 3 * args.pg_timeout)
+                elif args.die_rank == args.rank:
+                    fs = _DyingWrites(OS_FS)
+                for step in (int(s) for s in args.steps.split(",")):
+                    saved = save_distributed(engine, _state(args.seed, step, mesh), step=step, name=args.name, fs=fs)
+                    _ack(args.acks, step)
+                    report["checkpoint"] = vars(saved)
             else:
-                state = _state(args.seed, mesh, zeros=True)
+                state = _state(args.seed, 0, mesh, zeros=True)
                 found = load_distributed(engine, state, name=args.name)
                 report["checkpoint"] = None if found is None else vars(found)
                 if found is not None:
-                    expected = _state(args.seed, mesh, zeros=False)
+                    expected = _state(args.seed, found.step or 0, mesh)
                     local, want = state["model"]["rows"].to_local(), expected["model"]["rows"].to_local()
                     report["rows_equal"] = bool(torch.equal(local, want))
                     report["whole_equal"] = bool(torch.equal(state["model"]["whole"], expected["model"]["whole"]))

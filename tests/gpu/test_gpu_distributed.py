@@ -79,7 +79,7 @@ def test_two_ranks_load_what_two_ranks_saved(two_rank_root: Path, tmp_path: Path
     reports = _ok(run_ranks("load", 2, str(two_rank_root), str(tmp_path), seed=1))
     for report in reports:
         assert report["checkpoint"] == {"name": "step-4", "step": 4, "path": "checkpoints/step-4", "world_size": 2}
-        assert report["rows_equal"] and report["whole_equal"] and report["extra"] == 11
+        assert report["rows_equal"] and report["whole_equal"] and report["extra"] == 4
 
 
 @pytest.mark.subprocess
@@ -125,6 +125,36 @@ def test_a_rank_whose_disk_fills_fails_the_save_on_every_rank_and_the_operation_
     assert os.listdir(root / "staging") == []
     kinds = [kind_of(r.event) for r in journal_records(root) if kind_of(r.event).startswith("checkpoint.")]
     assert kinds == ["checkpoint.begun", "checkpoint.aborted"]
+
+
+def _failed_everywhere_and_aborted(root: Path, results: list[RankResult], *, dead: int | None, says: str) -> None:
+    for r in results:
+        assert r.returncode is not None, f"rank {r.rank} hung"
+        if r.rank == dead:
+            assert r.returncode == -9
+        else:
+            assert r.returncode == 0 and says in r.report["error"], r.report
+    assert not (root / "checkpoints" / "step-1").exists()
+    if dead != 0:  # the coordinator lived: it aborted the operation itself
+        assert os.listdir(root / "staging") == []
+        assert [k for k in (kind_of(x.event) for x in journal_records(root)) if k.startswith("checkpoint.")] == [
+            "checkpoint.begun", "checkpoint.aborted"
+        ]
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_a_rank_killed_in_the_middle_of_its_file_fails_the_save_on_every_other_rank(tmp_path: Path) -> None:
+    results = run_ranks("save", 2, str(tmp_path / "root"), str(tmp_path / "work"), step=1, die_rank=1)
+    _failed_everywhere_and_aborted(tmp_path / "root", results, dead=1, says="a rank left the job")
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_a_rank_that_stops_reporting_fails_the_save_on_every_rank_within_the_timeout(tmp_path: Path) -> None:
+    results = run_ranks("save", 2, str(tmp_path / "root"), str(tmp_path / "work"), step=1, stall_rank=1, pg_timeout_s=5)
+    assert "did not take part within the process group's timeout" in results[0].report["error"]
+    _failed_everywhere_and_aborted(tmp_path / "root", results, dead=None, says="save of checkpoint 'step-1'")
 
 
 @pytest.mark.subprocess
