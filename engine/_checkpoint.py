@@ -372,15 +372,20 @@ class CheckpointWriter:
         crash_point(CP_FILE)
         return entry
 
-    def add_file(self, entry: FileEntry) -> None:
+    def add_file(self, entry: FileEntry, *, synced: bool = False) -> None:
         """Record a file another writer put at ``path/entry.path`` with its checksum computed while writing.
 
-        At commit its size is checked and it is fsynced; its CRC-32 is trusted
-        (a later verify re-checks it).
+        At commit its size is checked and, unless ``synced`` (the writer
+        fsynced it itself), it is fsynced; its CRC-32 is trusted (a later
+        verify re-checks it).
         """
         self._check_open()
         check_relpath(entry.path)
         self._entries[entry.path] = entry
+        if synced:
+            self._synced.add(entry.path)
+        else:
+            self._synced.discard(entry.path)
 
     # -- ending ----------------------------------------------------------------------
 

@@ -46,13 +46,14 @@ import contextlib
 import dataclasses
 import io
 import logging
+import mmap
 import os
 import pickle
 import threading
 import uuid
 import zlib
 from collections.abc import Generator, Iterable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -62,6 +63,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystem
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
@@ -80,14 +82,20 @@ from shipslog.journal import (
     FileSystem,
     ShipslogError,
     crash_point,
+    open_regular,
+    parallel_crc32,
     read_limited,
     register_crash_point,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the type checker reads this
 
 __all__ = [
     "DCP_FORMAT",
     "DistributedCheckpoint",
     "DistributedCheckpointError",
+    "DistributedCheckpointer",
     "ShipslogStorageReader",
     "ShipslogStorageWriter",
     "decode_dcp_metadata",
@@ -280,7 +288,8 @@ class ShipslogStorageWriter(FileSystemWriter):
         before = set(self._files.written)
         crash_point(CP_RANK_BEFORE)
         results = super().write_data(plan, planner).value()
-        self._os_fs.fsync_dir(self.staging)
+        if self._commit is None:  # the coordinator's own entries are made durable with the MANIFEST's folder fsync
+            self._os_fs.fsync_dir(self.staging)
         crash_point(CP_RANK_FILES)
         files = [entry for rel, entry in self._files.written.items() if rel not in before]
         results = list(results) + [
@@ -317,11 +326,11 @@ class ShipslogStorageWriter(FileSystemWriter):
             )
         super().finish(metadata, kept)  # DCP's .metadata, written as .metadata.tmp and renamed, through _RankFiles
         crash_point(CP_METADATA)
-        for f in files:
-            self._commit.add_file(FileEntry(f.path, f.size, f.crc32))
+        for f in files:  # every rank fsynced its files (and the folder) before reporting them
+            self._commit.add_file(FileEntry(f.path, f.size, f.crc32), synced=True)
         for entry in self._files.written.values():
             if entry.path == _METADATA:
-                self._commit.add_file(entry)
+                self._commit.add_file(entry, synced=True)
         self._commit.commit()
         self.committed = self._commit
 
@@ -376,20 +385,63 @@ def decode_dcp_metadata(data: bytes, path: str) -> Metadata:
     return found
 
 
+class _MappedReader(io.RawIOBase):
+    """A read-only, seekable file object over a memory map (or bytes): what DCP reads a verified file through."""
+
+    def __init__(self, data: Any, closing: Any = None) -> None:
+        super().__init__()
+        self.view = memoryview(data).cast("B")
+        self._closing = closing
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: len(self.view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        chunk = self.view[self._pos : self._pos + len(out)]
+        out[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.view.release()
+            if self._closing is not None:
+                self._closing.close()
+        super().close()
+
+
 class _VerifiedFiles(DcpFileSystem):
-    """DCP's file system for reads: each file read whole, its size and CRC-32 checked against the MANIFEST first."""
+    """DCP's file system for reads: each file mapped, its size and CRC-32 checked against the MANIFEST first."""
 
     def __init__(self, folder: str, entries: Mapping[str, FileEntry]) -> None:
         super().__init__()
         self._folder = folder
         self._entries = dict(entries)
 
-    def read_verified(self, path: str | os.PathLike[str]) -> bytes:
+    def _entry(self, path: str | os.PathLike[str]) -> tuple[str, FileEntry]:
         full = os.path.abspath(os.fspath(path))
         rel = os.path.relpath(full, self._folder).replace(os.sep, "/")
         entry = self._entries.get(rel)
         if entry is None or rel == MANIFEST_NAME:
             raise IntegrityError(full, "a file the checkpoint's MANIFEST lists", "a file it does not list")
+        return full, entry
+
+    def read_verified(self, path: str | os.PathLike[str]) -> bytes:
+        """The whole file, read into memory, after its size and CRC-32 matched (small files: ``.metadata``)."""
+        full, entry = self._entry(path)
         try:
             data = read_limited(full, entry.size)
         except FileNotFoundError:
@@ -402,11 +454,36 @@ class _VerifiedFiles(DcpFileSystem):
             raise IntegrityError(full, f"CRC-32 {entry.crc32:#010x}", f"{crc:#010x}")
         return data
 
+    def map_verified(self, path: str | os.PathLike[str]) -> _MappedReader:
+        """A reader over the file's pages (no copy), after its size and CRC-32 (on several threads) matched."""
+        full, entry = self._entry(path)
+        try:
+            fd = open_regular(full)
+        except FileNotFoundError:
+            raise IntegrityError(full, f"a file of {entry.size} bytes", "no file") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != entry.size:
+                raise IntegrityError(full, f"{entry.size} bytes", f"{size} bytes")
+            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        finally:
+            os.close(fd)
+        reader = _MappedReader(mapped if mapped is not None else b"", mapped)
+        crc = parallel_crc32(reader.view)
+        if crc != entry.crc32:
+            reader.close()
+            raise IntegrityError(full, f"CRC-32 {entry.crc32:#010x}", f"{crc:#010x}")
+        return reader
+
     @contextlib.contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Generator[io.IOBase, None, None]:
         if mode != "rb":
             raise ValueError(f"a verified reader only reads, asked for mode {mode!r}")
-        yield io.BytesIO(self.read_verified(path))  # shares the bytes: no copy
+        reader = self.map_verified(path)
+        try:
+            yield reader
+        finally:
+            reader.close()
 
 
 class ShipslogStorageReader(FileSystemReader):
@@ -503,27 +580,37 @@ def _failure(exc: BaseException, what: str) -> DistributedCheckpointError:
     return DistributedCheckpointError(f"{what} failed: {_describe(exc)}")
 
 
-def save_distributed(
+@dataclasses.dataclass
+class _Begun:
+    """A save every rank agreed on: the coordinator's writer (None elsewhere) and this rank's storage writer."""
+
+    name: str
+    step: int
+    world: int
+    op: str
+    writer: CheckpointWriter | None
+    storage: ShipslogStorageWriter
+
+    def failed(self, exc: BaseException) -> DistributedCheckpointError:
+        """Abort the operation (on the coordinator) and describe the failure, the same way on every rank."""
+        _abort(self.writer, f"the distributed save failed: {type(exc).__name__}: {exc}")
+        return _failure(exc, f"save of checkpoint {self.name!r} (op {self.op})")
+
+    def result(self) -> DistributedCheckpoint:
+        return DistributedCheckpoint(self.name, self.step, f"checkpoints/{self.name}", self.world)
+
+
+def _begin(
     engine: EngineCore | None,
-    state_dict: dict[str, Any],
     *,
     step: int,
-    name: str | None = None,
-    meta: Mapping[str, Any] | None = None,
-    process_group: Any = None,
-    thread_count: int = 1,
-    fs: FileSystem | None = None,
-) -> DistributedCheckpoint:
-    """Save ``state_dict`` (tensors, DTensors, sharded or replicated) from every rank as one committed checkpoint.
-
-    Call on every rank of ``process_group`` (default: the world) with the
-    same ``step`` and ``name`` (default ``step-<step>``); ``engine`` on rank
-    0 of the group only.  Returns once committed, on every rank; raises
-    :class:`DistributedCheckpointError` on every rank when any rank failed
-    (the operation is aborted).  ``fs`` is the file system this rank
-    writes its files through (default: the engine's on the coordinator,
-    the operating system's elsewhere).  See the module for the protocol.
-    """
+    name: str | None,
+    meta: Mapping[str, Any] | None,
+    process_group: Any,
+    thread_count: int,
+    fs: FileSystem | None,
+) -> tuple[bool, _Begun]:
+    """Every rank's preconditions agreed, the operation begun on the coordinator and its staging folder sent to all."""
     distributed, rank, world = _group_view(process_group)
     name = name if name is not None else f"step-{step}"
     _agree(distributed, rank, _engine_problem(engine, rank), process_group)
@@ -545,12 +632,103 @@ def save_distributed(
     storage = ShipslogStorageWriter(got["staging"], generation=got["generation"], commit=writer, fs=rank_fs, thread_count=thread_count)
     if rank == 0:
         crash_point(CP_OFFERED)
+    return distributed, _Begun(name, step, world, got["op"], writer, storage)
+
+
+def save_distributed(
+    engine: EngineCore | None,
+    state_dict: dict[str, Any],
+    *,
+    step: int,
+    name: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    process_group: Any = None,
+    thread_count: int = 1,
+    fs: FileSystem | None = None,
+) -> DistributedCheckpoint:
+    """Save ``state_dict`` (tensors, DTensors, sharded or replicated) from every rank as one committed checkpoint.
+
+    Call on every rank of ``process_group`` (default: the world) with the
+    same ``step`` and ``name`` (default ``step-<step>``); ``engine`` on rank
+    0 of the group only.  Returns once committed, on every rank; raises
+    :class:`DistributedCheckpointError` on every rank when any rank failed
+    (the operation is aborted).  ``fs`` is the file system this rank
+    writes its files through (default: the engine's on the coordinator,
+    the operating system's elsewhere).  See the module for the protocol.
+    """
+    distributed, begun = _begin(engine, step=step, name=name, meta=meta, process_group=process_group, thread_count=thread_count, fs=fs)
     try:
-        dcp_save(state_dict, storage_writer=storage, process_group=process_group, no_dist=not distributed)
+        dcp_save(state_dict, storage_writer=begun.storage, process_group=process_group, no_dist=not distributed)
     except (Exception, CheckpointException) as exc:  # DCP's per-rank failures derive from BaseException
-        _abort(writer, f"the distributed save failed: {type(exc).__name__}: {exc}")
-        raise _failure(exc, f"save of checkpoint {name!r} (op {got['op']})") from exc
-    return DistributedCheckpoint(name, step, f"checkpoints/{name}", world)
+        raise begun.failed(exc) from exc
+    return begun.result()
+
+
+class DistributedCheckpointer:
+    """Asynchronous distributed saves through DCP's ``async_save``, one in flight, committed through the engine.
+
+    ``save`` returns once every rank agreed on the operation and DCP staged
+    the state (copied it to host memory); the files are written and the
+    checkpoint committed on a background thread, by the same protocol as
+    :func:`save_distributed`.  The next ``save``, :meth:`wait` or
+    :meth:`close` waits for it first, and a failure of it raises there, on
+    every rank alike (:class:`DistributedCheckpointError`; the operation is
+    aborted on the coordinator).  Use it on every rank, ``engine`` on rank 0
+    of ``process_group`` only.  The background thread runs collectives on
+    ``process_group``: give it a group of its own (``dist.new_group(backend="gloo")``)
+    when the training runs collectives meanwhile.
+    """
+
+    def __init__(self, engine: EngineCore | None, *, process_group: Any = None, fs: FileSystem | None = None) -> None:
+        self.engine = engine
+        self.process_group = process_group
+        self.fs = fs
+        self._pending: tuple[Any, _Begun] | None = None
+        self._closed = False
+
+    def save(self, state_dict: dict[str, Any], *, step: int, name: str | None = None, meta: Mapping[str, Any] | None = None) -> None:
+        """Wait for the save in flight (raising its failure), then start saving ``state_dict`` as ``name`` (``step-<step>``)."""
+        if self._closed:
+            raise DistributedCheckpointError("this DistributedCheckpointer is closed; make a new one")
+        self.wait()
+        distributed, begun = _begin(
+            self.engine, step=step, name=name, meta=meta, process_group=self.process_group, thread_count=1, fs=self.fs
+        )
+        try:
+            future = dcp_async_save(state_dict, storage_writer=begun.storage, process_group=self.process_group, no_dist=not distributed)
+        except (Exception, CheckpointException) as exc:  # staging failed: nothing runs in the background
+            raise begun.failed(exc) from exc
+        self._pending = (future, begun)
+
+    def wait(self) -> DistributedCheckpoint | None:
+        """Wait for the save in flight; its checkpoint (None when none was in flight), or its failure raised."""
+        if self._pending is None:
+            return None
+        future, begun = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except (Exception, CheckpointException) as exc:
+            raise begun.failed(exc) from exc
+        return begun.result()
+
+    def close(self) -> DistributedCheckpoint | None:
+        """Wait for the save in flight (see :meth:`wait`); no save may start afterwards."""
+        self._closed = True
+        return self.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        self._closed = True
+        try:
+            self.wait()
+        except DistributedCheckpointError as failed:  # the block's own error propagates; this one is logged
+            _log.error("the save in flight failed too: %s", failed)
 
 
 def _abort(writer: CheckpointWriter | None, reason: str) -> None:

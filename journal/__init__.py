@@ -17,6 +17,7 @@ from ._crashpoints import (
     registered_crash_points,
     set_crash_hook,
 )
+from ._crc import crc32_combine, parallel_crc32
 from ._errors import (
     CorruptJournalError,
     CorruptRecordError,
@@ -125,6 +126,7 @@ __all__ = [
     "TornTail",
     "UnsupportedFormatError",
     "crash_point",
+    "crc32_combine",
     "cut_journal",
     "encode_snapshot",
     "find_valid_prefix",
@@ -134,6 +136,7 @@ __all__ = [
     "list_snapshots",
     "newest_snapshot",
     "open_regular",
+    "parallel_crc32",
     "read_limited",
     "read_lock_holder",
     "read_segment_header",

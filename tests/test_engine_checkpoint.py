@@ -401,3 +401,20 @@ def test_committed_checkpoints_survive_reopening(root: str) -> None:
     with open_engine(root) as again:
         assert set(again.state.checkpoints) == {"a", "b"}
         assert again.latest_checkpoint(deep=True).name == "b"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_file_added_as_synced_by_its_writer_is_not_fsynced_again_at_commit(tmp_path: Any, synced: bool) -> None:
+    from shipslog.journal import RecordingFileSystem
+
+    fs = RecordingFileSystem()
+    with Engine.open(tmp_path / "root", fs=fs) as engine:
+        ck = engine.checkpoint("c", step=1)
+        data = b"written and fsynced by another writer"
+        with open(os.path.join(ck.path, "part.bin"), "wb") as f:
+            f.write(data)
+        ck.add_file(FileEntry("part.bin", len(data), zlib.crc32(data)), synced=synced)
+        ck.commit()
+    fsynced = [op.path for op in fs.ops if op.op == "fsync" and op.path.endswith("part.bin")]
+    assert fsynced == ([] if synced else [os.path.join(ck.path, "part.bin")])
+    assert read_manifest(tmp_path / "root" / "checkpoints" / "c").files == [FileEntry("part.bin", len(data), zlib.crc32(data))]

@@ -55,9 +55,13 @@ ALLOWED: dict[str, dict[str, str]] = {
         "checkpoint files, written without shipslog on purpose; shipslog roots go through the engine",
     ),
     "tools/_dcp_ranks.py": dict.fromkeys(
-        ("open(w)", "os.makedirs", "os.remove"),
-        "the rank harness's rendezvous folder, each rank's report and its stderr file, outside the roots",
+        ("open(w)", "os.makedirs", "os.remove", "os.fsync"),
+        "the rank harness's rendezvous folder, each rank's report, stderr file and acknowledgements, outside the roots",
     ),
+    "tools/_bench_distributed.py": dict.fromkeys(
+        ("open(w)", "shutil.rmtree"), "a benchmark's report from rank 0 and its scratch folder, removed afterwards"
+    ),
+    "tools/_torture_distributed.py": {"shutil.rmtree": _HARNESS},
     "tools/_libc_kill.py": {"open(w)": "the kill library's C source, written into the harness's own work folder"},
     "tools/_workload.py": dict.fromkeys(
         ("open(w)", "os.makedirs", "os.open", "os.write", "os.remove"),

@@ -41,7 +41,7 @@ from ._render import (
 )
 
 if TYPE_CHECKING:
-    from ._dcp_ranks import RankResult, run_ranks
+    from ._dcp_ranks import RankResult, read_acks, run_ranks
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
     from ._libc_kill import build_kill_library, kill_library_env, kill_library_events
@@ -68,6 +68,7 @@ _LAZY = {
     "prepare_inbox": "._demo_host",
     "run_demo": "._demo",
     "run_distributed_torture": "._torture_distributed",
+    "read_acks": "._dcp_ranks",
     "run_ranks": "._dcp_ranks",
     "run_training_torture": "._training_kill",
     "workload_processes": "._torture",
@@ -116,6 +117,7 @@ __all__ = [
     "points_for_ops",
     "prepare_inbox",
     "printable",
+    "read_acks",
     "run_demo",
     "run_distributed_torture",
     "run_ranks",

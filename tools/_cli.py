@@ -190,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="MiB of float32 tensors to save, load and merge (default: 512)",
     )
 
+    distributed = bench_parser(
+        "distributed",
+        "multi-rank save and load+verify through shipslog vs DCP's own writer and reader",
+        "Run --ranks gloo processes on CPU sharing --mib MiB of float32 (DTensors sharded by rows) and measure, "
+        "round by round: DCP's save with FileSystemWriter(sync_files=True) beside shipslog's save_distributed "
+        "(the whole committed operation), and DCP's load beside shipslog's load_distributed (every file verified), "
+        "in a temporary folder under --dir that is removed afterwards.  Needs torch (pip install 'shipslog[gpu]').",
+        _cmd_bench_distributed,
+        tmpfs_note=True,
+    )
+    distributed.add_argument("--ranks", type=positive_int, default=2, metavar="N", help="ranks (processes) (default: 2)")
+    distributed.add_argument("--mib", type=positive_int, default=256, metavar="M", help="MiB of state over all ranks (default: 256)")
+    distributed.add_argument("--repeats", type=positive_int, default=3, metavar="R", help="rounds; medians are reported (default: 3)")
+
     workers = bench_parser(
         "workers",
         "supervised workers: death journaled, replacement running",
@@ -484,6 +498,38 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
 
     result = run_checkpoint_bench(args.dir, mib=args.mib)
     _write_result(args, result, _format_bench_checkpoint)
+    return EXIT_OK
+
+
+# -- bench distributed --------------------------------------------------------------
+
+
+def _format_bench_distributed(result: dict[str, Any]) -> str:
+    """The readable table of a ``run_distributed_bench`` result."""
+    verdicts = ["PASS" if ok else "MISS" for ok in result["targets"].values()]
+    lines = [
+        f"shipslog bench distributed in {result['dir']}: {result['ranks']} ranks, {result['mib']} MiB, {result['statistic']}",
+        "",
+        f"  {'measure':<40} {'seconds':>10}",
+        f"  {'DCP save (sync_files=True)':<40} {result['dcp_save_s']:>10.4f}",
+        f"  {'shipslog save (committed)':<40} {result['shipslog_save_s']:>10.4f}",
+        f"  {'DCP load':<40} {result['dcp_load_s']:>10.4f}",
+        f"  {'shipslog load, verified':<40} {result['shipslog_load_verify_s']:>10.4f}",
+        "",
+        f"  {'target':<40} {'value':>10}   {'wanted':<10} result",
+        f"  {'save / DCP save':<40} {result['save_ratio']:>10.3f}   {'<= 1.1':<10} {verdicts[0]}",
+        f"  {'load+verify / DCP load':<40} {result['load_verify_ratio']:>10.3f}   {'<= 1.25':<10} {verdicts[1]}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_distributed(args: argparse.Namespace) -> int:
+    """``shipslog bench distributed``: run the multi-rank benchmark and print its result."""
+    _require_dir(args)
+    from ._bench_distributed import run_distributed_bench
+
+    result = run_distributed_bench(args.dir, ranks=args.ranks, mib=args.mib, repeats=args.repeats)
+    _write_result(args, result, _format_bench_distributed)
     return EXIT_OK
 
 

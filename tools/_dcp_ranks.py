@@ -29,7 +29,7 @@ from shipslog.journal import CRASH_AT_ENV, CRASH_TRACE_ENV, OS_FS, DelegatingFil
 __all__ = ["RankResult", "read_acks", "read_trace", "run_ranks"]
 
 _MODULE = "shipslog.tools._dcp_ranks"
-SCENARIOS = ("save", "load")
+SCENARIOS = ("save", "save-async", "load")
 _ROWS, _COLS = 48, 8
 
 
@@ -60,7 +60,11 @@ def run_ranks(
     pg_timeout_s: float = 60.0,
     timeout_s: float = 120.0,
 ) -> list[RankResult]:
-    """Run ``scenario`` (``save`` or ``load``) on ``world`` ranks; one :class:`RankResult` per rank, by rank.
+    """Run ``scenario`` on ``world`` ranks; one :class:`RankResult` per rank, by rank.
+
+    ``save`` saves each step with ``save_distributed``; ``save-async`` with a
+    ``DistributedCheckpointer`` (a step is acknowledged when the next save,
+    or the final close, returned); ``load`` loads the newest (or ``name``).
 
     ``step``: the step saved, or several saved one after the other.
     ``fail_rank`` (save only): that rank's file system fails its first write
@@ -225,7 +229,7 @@ def _child(argv: list[str]) -> int:
     from torch.distributed.device_mesh import init_device_mesh
 
     from shipslog import Engine
-    from shipslog.gpu.distributed import load_distributed, save_distributed
+    from shipslog.gpu.distributed import DistributedCheckpointer, load_distributed, save_distributed
 
     warnings.simplefilter("ignore")
     timeout = datetime.timedelta(seconds=args.pg_timeout)
@@ -247,6 +251,20 @@ def _child(argv: list[str]) -> int:
                     saved = save_distributed(engine, _state(args.seed, step, mesh), step=step, name=args.name, fs=fs)
                     _ack(args.acks, step)
                     report["checkpoint"] = vars(saved)
+            elif args.scenario == "save-async":
+                fs = _FailingWrites(OS_FS) if args.fail_rank == args.rank else OS_FS
+                # a group of its own: the background saves' collectives never interleave with the main thread's
+                checkpointer = DistributedCheckpointer(engine, fs=fs, process_group=dist.new_group(backend="gloo"))
+                previous: int | None = None
+                for step in (int(s) for s in args.steps.split(",")):
+                    checkpointer.save(_state(args.seed, step, mesh), step=step, name=args.name)
+                    if previous is not None:
+                        _ack(args.acks, previous)
+                    previous = step
+                done = checkpointer.close()
+                if previous is not None:
+                    _ack(args.acks, previous)
+                report["checkpoint"] = None if done is None else vars(done)
             else:
                 state = _state(args.seed, 0, mesh, zeros=True)
                 found = load_distributed(engine, state, name=args.name)

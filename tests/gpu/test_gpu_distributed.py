@@ -33,7 +33,7 @@ from shipslog.gpu.distributed import (
     load_distributed,
     save_distributed,
 )
-from shipslog.tools import RankResult, run_ranks
+from shipslog.tools import RankResult, read_acks, run_ranks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # DCP warns that it runs without a process group
 
@@ -280,3 +280,32 @@ def test_hostile_metadata_bytes_decode_or_raise_integrity_error(tmp_path_factory
 
 
 _METADATA_SAMPLE: dict[str, bytes] = {}
+
+
+# -- asynchronous saves ------------------------------------------------------------------------------
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_asynchronous_saves_commit_one_after_another_and_the_newest_loads_back(tmp_path: Path) -> None:
+    root = str(tmp_path / "root")
+    reports = _ok(run_ranks("save-async", 2, root, str(tmp_path / "save"), step=(1, 2, 3), seed=3))
+    assert all(r["checkpoint"]["name"] == "step-3" for r in reports)
+    assert [read_acks(str(tmp_path / "save"), rank) for rank in (0, 1)] == [[1, 2, 3], [1, 2, 3]]
+    loaded = _ok(run_ranks("load", 2, root, str(tmp_path / "load"), seed=3))
+    assert all(r["checkpoint"]["step"] == 3 and r["rows_equal"] and r["whole_equal"] for r in loaded)
+    assert sorted(os.listdir(tmp_path / "root" / "checkpoints")) == ["step-1", "step-2", "step-3"]
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_an_asynchronous_save_that_failed_on_one_rank_raises_at_the_next_call_on_every_rank(tmp_path: Path) -> None:
+    results = run_ranks("save-async", 2, str(tmp_path / "root"), str(tmp_path / "save"), step=(1, 2), fail_rank=1)
+    for r in results:
+        assert r.returncode == 0
+        assert r.report["error"].startswith("DistributedCheckpointError: save of checkpoint 'step-1'")
+        assert "rank 1: OSError: [Errno 28]" in r.report["error"]
+        assert read_acks(str(tmp_path / "save"), r.rank) == []
+    assert os.listdir(tmp_path / "root" / "checkpoints") == [] and os.listdir(tmp_path / "root" / "staging") == []
+    kinds = [kind_of(x.event) for x in journal_records(tmp_path / "root") if kind_of(x.event).startswith("checkpoint.")]
+    assert kinds == ["checkpoint.begun", "checkpoint.aborted"]
