@@ -57,6 +57,7 @@ def run_ranks(
     die_rank: int | None = None,
     crash: dict[int, str] | None = None,
     trace: bool = False,
+    hosts: int = 1,
     pg_timeout_s: float = 60.0,
     timeout_s: float = 120.0,
 ) -> list[RankResult]:
@@ -72,7 +73,12 @@ def run_ranks(
     process-group timeouts (a rank that stops reporting mid-save);
     ``die_rank``: that rank is killed in its first write, after half of it.  ``crash`` arms crash points per rank
     (``{1: "distributed.after_rank_files@2"}``); with ``trace`` each rank
-    lists the crash points it hits in ``trace-<rank>`` (:func:`read_trace`).  ``pg_timeout_s`` is the
+    lists the crash points it hits in ``trace-<rank>`` (:func:`read_trace`).
+    ``hosts`` splits the ranks into that many simulated hosts (ranks in
+    order, evenly): each host gets its own local folder ``host-<h>`` in
+    ``work`` as its working directory, ``TMPDIR`` and ``HOME``; only ``root``
+    (the engine's) and ``work``'s rendezvous file are shared, as a shared
+    file system would be.  ``pg_timeout_s`` is the
     process group's timeout; ``timeout_s`` the harness's, after which every
     rank still running is killed (its ``returncode`` is None).  ``work``
     holds the rendezvous file, the reports and the acknowledgements.
@@ -96,13 +102,17 @@ def run_ranks(
             args += ["--stall-rank", str(stall_rank)]
         if die_rank is not None:
             args += ["--die-rank", str(die_rank)]
+        host_dir = os.path.join(work, f"host-{rank * hosts // world}")
         rank_env = dict(env)
+        if hosts > 1:
+            os.makedirs(os.path.join(host_dir, "tmp"), exist_ok=True)
+            rank_env.update(TMPDIR=os.path.join(host_dir, "tmp"), HOME=host_dir)
         if crash and rank in crash:
             rank_env[CRASH_AT_ENV] = crash[rank]
         if trace:
             rank_env[CRASH_TRACE_ENV] = os.path.join(work, f"trace-{rank}")
         with open(os.path.join(work, f"rank-{rank}.stderr"), "w", encoding="utf-8") as err:
-            procs.append(subprocess.Popen(args, cwd=work, env=rank_env, stdout=subprocess.DEVNULL, stderr=err))
+            procs.append(subprocess.Popen(args, cwd=host_dir if hosts > 1 else work, env=rank_env, stdout=subprocess.DEVNULL, stderr=err))
     deadline = time.monotonic() + timeout_s
     codes: list[int | None] = []
     for proc in procs:

@@ -309,3 +309,19 @@ def test_an_asynchronous_save_that_failed_on_one_rank_raises_at_the_next_call_on
     assert os.listdir(tmp_path / "root" / "checkpoints") == [] and os.listdir(tmp_path / "root" / "staging") == []
     kinds = [kind_of(x.event) for x in journal_records(tmp_path / "root") if kind_of(x.event).startswith("checkpoint.")]
     assert kinds == ["checkpoint.begun", "checkpoint.aborted"]
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_ranks_split_over_two_simulated_hosts_share_only_the_root(tmp_path: Path) -> None:
+    root = str(tmp_path / "root")
+    _ok(run_ranks("save", 4, root, str(tmp_path / "save"), step=(1, 2), seed=4, hosts=2))
+    loaded = _ok(run_ranks("load", 4, root, str(tmp_path / "load"), seed=4, hosts=2))
+    assert all(r["checkpoint"]["step"] == 2 and r["rows_equal"] and r["whole_equal"] for r in loaded)
+    for phase in ("save", "load"):  # nothing of a checkpoint lands in a host's own folders (torch's caches may)
+        for host in ("host-0", "host-1"):
+            local = [p for p in (tmp_path / phase / host).rglob("*") if p.is_file()]
+            assert not [p for p in local if p.suffix in (".distcp", ".metadata") or p.name in ("MANIFEST", "LOCK")], local
+    assert sorted(f.path for f in read_manifest(tmp_path / "root" / "checkpoints" / "step-2").files) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp"
+    ]
