@@ -48,22 +48,15 @@ def crc32_combine(crc_a: int, crc_b: int, len_b: int) -> int:
     """The CRC-32 of ``A + B`` given ``zlib.crc32(A)``, ``zlib.crc32(B)`` and ``len(B)``."""
     if len_b <= 0:
         return crc_a
-    odd = [_POLY] + [1 << n for n in range(31)]  # the operator for one zero bit
-    even = _square(odd)  # two zero bits
-    odd = _square(even)  # four zero bits
-    while True:  # apply len_b zero bytes to crc_a, one bit of len_b at a time
-        even = _square(odd)
+    op = [_POLY] + [1 << n for n in range(31)]  # appends one zero bit to a CRC register
+    for _ in range(3):
+        op = _square(op)  # one zero byte
+    while len_b:  # append len_b zero bytes: the operator for 2**k zero bytes per set bit k
         if len_b & 1:
-            crc_a = _times(even, crc_a)
+            crc_a = _times(op, crc_a)
         len_b >>= 1
-        if not len_b:
-            break
-        odd = _square(even)
-        if len_b & 1:
-            crc_a = _times(odd, crc_a)
-        len_b >>= 1
-        if not len_b:
-            break
+        if len_b:
+            op = _square(op)
     return (crc_a ^ crc_b) & 0xFFFFFFFF
 
 

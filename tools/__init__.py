@@ -41,6 +41,7 @@ from ._render import (
 )
 
 if TYPE_CHECKING:
+    from ._bench_journal import bench_prealloc_fdatasync, frame_bytes, make_event
     from ._dcp_ranks import RankResult, read_acks, run_ranks
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 _LAZY = {
+    "bench_prealloc_fdatasync": "._bench_journal",
+    "frame_bytes": "._bench_journal",
+    "make_event": "._bench_journal",
     "DemoDataError": "._demo_host",
     "DemoError": "._demo",
     "AuditKiller": "._training_kill",
@@ -100,15 +104,18 @@ __all__ = [
     "RankResult",
     "RootView",
     "UnreadableRootError",
+    "bench_prealloc_fdatasync",
     "build_kill_library",
     "build_parser",
     "event_style",
+    "frame_bytes",
     "kill_library_env",
     "kill_library_events",
     "kill_orphans",
     "load_operations",
     "load_operations_module",
     "main",
+    "make_event",
     "make_inbox",
     "open_view",
     "operation_types",
