@@ -61,7 +61,7 @@ from shipslog.journal import FileSystem, Journal, RecordingFileSystem
 
 from ._inspect import open_view
 
-__all__ = ["lifecycle_history", "materialize_history", "run_engine_bench", "syncs_per_checkpoint", "write_history"]
+__all__ = ["MIXES", "history_mix", "lifecycle_history", "materialize_history", "run_engine_bench", "syncs_per_checkpoint", "write_history"]
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -69,47 +69,74 @@ PROGRESS_PER_RUN = 50
 KEEP_CHECKPOINTS = 3
 
 
-def lifecycle_history(records: int, session: str = "bench") -> Iterator[Event]:
-    """A valid history of about ``records`` lifecycle events: each cycle is a run with progress,
-    a checkpoint, a pointer move, the run's end, and a retention pass."""
+MIXES = {"demo": (1, 4), "progress": (PROGRESS_PER_RUN, 1)}
+"""History mixes: (``run.progress`` records per checkpoint, checkpoints per run).  ``demo`` has the demo
+host's shape: progress journaled once per checkpoint, four checkpoints per data file (a run), then a
+pointer move and a retention pass; ``progress`` is the progress-heavy history of earlier benchmarks
+(50 progress records per checkpoint, one checkpoint per run: 83% of all records are progress)."""
+
+
+def lifecycle_history(records: int, session: str = "bench", mix: str = "demo") -> Iterator[Event]:
+    """A valid history of about ``records`` lifecycle events in the proportions of ``mix`` (see :data:`MIXES`):
+    each cycle is a run with progress, checkpoints each followed by a pointer move, the run's end, and
+    a retention pass."""
+    progress_per_ck, cks_per_run = MIXES[mix]
     yield SessionOpened(op=f"session-{session}", pid=1, host="bench")
     n = 1
     step = 0
     cycle = 0
+    committed: list[str] = []
     while n < records - 1:
         cycle += 1
-        run, ck, ptr, gc = (f"{t}-{session}-{cycle}" for t in ("run", "checkpoint", "pointer", "retention"))
+        run, gc = f"run-{session}-{cycle}", f"retention-{session}-{cycle}"
         events: list[Event] = [
             RunValidated(op=run, data_file="/data/train.jsonl", lines=1000, size=100_000, crc32=cycle),
-            RunStarted(op=run, start_step=step, checkpoint=f"checkpoints/step-{step}" if cycle > 1 else None),
+            RunStarted(op=run, start_step=step, checkpoint=committed[-1] if committed else None),
         ]
-        for _ in range(PROGRESS_PER_RUN):
-            step += 1
-            events.append(RunProgress(op=run, step=step))
-        events += [
-            ArtifactBegun(op=ck, name=f"step-{step}", step=step, staging=f"staging/{ck}"),
-            ArtifactDurable(op=ck, files=3, bytes=1 << 20, manifest_crc=cycle),
-            ArtifactCommitted(op=ck, path=f"checkpoints/step-{step}"),
-            PointerIntended(op=ptr, name="current", old=f"checkpoints/step-{step - PROGRESS_PER_RUN}" if cycle > 1 else None, new=f"checkpoints/step-{step}"),
-            PointerSet(op=ptr),
-            RunFinished(op=run, step=step),
-        ]
-        if cycle > KEEP_CHECKPOINTS:
-            old = step - KEEP_CHECKPOINTS * PROGRESS_PER_RUN
-            events += [RetentionIntended(op=gc, paths=[f"checkpoints/step-{old}"]), RetentionDeleted(op=gc)]
+        for k in range(cks_per_run):
+            for _ in range(progress_per_ck):
+                step += 1
+                events.append(RunProgress(op=run, step=step))
+            ck = f"checkpoint-{session}-{cycle}-{k}"
+            path = f"checkpoints/step-{step}"
+            events += [
+                ArtifactBegun(op=ck, name=f"step-{step}", step=step, staging=f"staging/{ck}"),
+                ArtifactDurable(op=ck, files=3, bytes=1 << 20, manifest_crc=cycle),
+                ArtifactCommitted(op=ck, path=path),
+            ]
+            committed.append(path)
+        ptr = f"pointer-{session}-{cycle}"
+        old_target = committed[-cks_per_run - 1] if len(committed) > cks_per_run else None
+        events += [PointerIntended(op=ptr, name="current", old=old_target, new=committed[-1]), PointerSet(op=ptr)]
+        events.append(RunFinished(op=run, step=step))
+        if len(committed) > KEEP_CHECKPOINTS:
+            old, committed = committed[:-KEEP_CHECKPOINTS], committed[-KEEP_CHECKPOINTS:]
+            events += [RetentionIntended(op=gc, paths=old), RetentionDeleted(op=gc)]
         for ev in events:
             yield ev
             n += 1
     yield SessionClosed(op=f"session-{session}")
 
 
-def write_history(root: str, records: int) -> int:
-    """Write about ``records`` lifecycle records into a new journal at ``root`` (one per frame, fsync off)."""
+def history_mix(records: int, mix: str) -> dict[str, float]:
+    """The share of each record kind in ``mix``'s history of ``records`` records (what the benchmark states)."""
+    registry = Registry()
+    counts: dict[str, int] = {}
+    total = 0
+    for ev in lifecycle_history(records, mix=mix):
+        kind = msgspec.msgpack.decode(registry.encode(ev), type=dict)["kind"]
+        counts[kind] = counts.get(kind, 0) + 1
+        total += 1
+    return {kind: round(count / total, 3) for kind, count in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def write_history(root: str, records: int, mix: str = "demo") -> int:
+    """Write about ``records`` lifecycle records of ``mix`` into a new journal at ``root`` (one per frame, fsync off)."""
     registry = Registry()
     encode = registry.encode
     with Journal.open(root, fsync=False, session="bench") as journal:
         append = journal.append
-        for ev in lifecycle_history(records):
+        for ev in lifecycle_history(records, mix=mix):
             append(encode(ev))
         return journal.last_seq
 
@@ -222,11 +249,18 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         _log.info("writing %d records of history", records)
         big_seq = write_history(big, records)
         write_history(small, 10_000)
-        _log.info("replaying %d records", big_seq)
+        _log.info("replaying %d records (the demo host's mix)", big_seq)
         t0 = time.perf_counter()
         state = replay(big)
         replay_s = time.perf_counter() - t0
         assert state.seq == big_seq
+        heavy = os.path.join(work, "progress-heavy")
+        heavy_seq = write_history(heavy, records, mix="progress")
+        _log.info("replaying %d records (progress-heavy)", heavy_seq)
+        t0 = time.perf_counter()
+        replay(heavy)
+        heavy_rate = int(heavy_seq / (time.perf_counter() - t0))
+        shutil.rmtree(heavy)
         for root in (big, small):
             materialize_history(root)
         for root in (big, small):  # the first open replays everything and leaves a snapshot
@@ -245,6 +279,8 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         return {
             "replay_events": big_seq,
             "replay_events_per_s": replay_rate,
+            "replay_mix": history_mix(min(records, 20_000), "demo"),
+            "replay_progress_heavy_per_s": heavy_rate,
             "open_ms_10k": open_10k,
             "open_ms_1m": open_1m,
             "status_ms_1m": status_1m,
