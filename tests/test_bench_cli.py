@@ -33,7 +33,7 @@ def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_b
         assert result[key] > 0
     assert set(result["ratios"]) >= {"journal_vs_prealloc", "journal_vs_raw", "journal_vs_sqlite", "group_vs_single", "damage_1m_vs_128k"}
     assert set(result["targets"]) >= {"journal_vs_prealloc_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "replay_ge_1m",
-                                      "damage_1m_lt_10x_128k"}
+                                      "damage_1m_le_10x_128k"}
     assert result["damage_scan_s_128k"] > 0 and result["damage_scan_s_1m"] > 0
     assert result["replay_events"] >= 200
     assert os.listdir(tmp_path) == []
@@ -46,7 +46,7 @@ def test_bench_journal_table_shows_each_measure_and_a_verdict_per_target(tmp_pat
     for label in ("raw write + fdatasync", "sqlite WAL synchronous=FULL", "journal append", "group commit (2 threads)"):
         assert label in out
     verdicts = [line.split()[-1] for line in out.splitlines()
-                if line.strip().startswith(("journal /", "group /", "replay events/s", "damage scan"))]
+                if line.strip().startswith(("journal append /", "group commit /", "journal replay", "damage scan"))]
     assert len(verdicts) == 5 and set(verdicts) <= {"PASS", "MISS"}
 
 
@@ -107,3 +107,19 @@ def test_the_preallocated_floor_does_the_journal_s_durable_work_syncs_and_bytes(
 
 def _written(fs: Any) -> int:
     return sum(op.size for op in fs.ops if op.op == "write")
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+def test_bench_all_prints_one_object_with_every_bench_and_every_target_s_verdict(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "bench", "all", "--quick", "--json", "--dir", str(tmp_path))
+    assert code == 0
+    result = json.loads(out)
+    ran = set(result["benches"]) | set(result["skipped"])
+    assert ran == {"journal", "engine", "checkpoint", "distributed", "workers"}
+    for name, bench in result["benches"].items():
+        assert set(bench["targets"]) == {v["target"] for v in bench["verdicts"]}, name
+        assert all(v["verdict"] == ("PASS" if bench["targets"][v["target"]] else "MISS") for v in bench["verdicts"])
+    assert len(result["verdicts"]) == sum(len(b["verdicts"]) for b in result["benches"].values())
+    assert result["missed"] == [f"{v['bench']}.{v['target']}" for v in result["verdicts"] if v["verdict"] == "MISS"]
+    assert os.listdir(tmp_path) == []

@@ -62,7 +62,18 @@ from shipslog.gpu import (
     write_raw_fsync,
 )
 
-__all__ = ["run_checkpoint_bench"]
+from ._bench_targets import Target, judge
+
+__all__ = ["TARGETS", "run_checkpoint_bench"]
+
+TARGETS = (
+    Target("save_le_1_1x_raw", "ratios.save_vs_raw", "<=", 1.1, "checkpoint / raw write + fsync"),
+    Target("save_le_torch_save", "ratios.save_vs_torch_save", "<=", 1.0, "checkpoint / torch.save + fsync"),
+    Target("load_le_torch_load", "ratios.load_vs_torch_load", "<=", 1.0, "verified load / torch.load"),
+    Target("async_blocking_le_0_1x_save", "ratios.async_blocking_vs_save", "<=", 0.1, "async save blocking / checkpoint"),
+    Target("merge_le_1_2x_reference", "ratios.merge_vs_reference", "<=", 1.2, "merge_lora / plain merge loop"),
+)
+"""What ``shipslog bench checkpoint`` must show."""
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -195,13 +206,7 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
         ratios["merge_peak_vs_reference"] = peak / ref_peak
     result = {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
     result["ratios"] = {key: round(value, 3) for key, value in ratios.items()}
-    result["targets"] = {
-        "save_le_1_1x_raw": ratios["save_vs_raw"] <= 1.1,
-        "save_le_torch_save": ratios["save_vs_torch_save"] <= 1.0,
-        "load_le_torch_load": ratios["load_vs_torch_load"] <= 1.0,
-        "async_blocking_le_0_1x_save": ratios["async_blocking_vs_save"] <= 0.1,
-        "merge_le_1_2x_reference": ratios["merge_vs_reference"] <= 1.2,
-    }
+    judge(TARGETS, result)
     result["mib"] = mib
     result["repeats"] = repeats
     result["statistic"] = f"median of {repeats} interleaved rounds (merge: best of {repeats})"

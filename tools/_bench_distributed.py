@@ -34,12 +34,19 @@ import tempfile
 import time
 from typing import Any
 
-__all__ = ["LOAD_TARGET", "SAVE_TARGET", "run_distributed_bench"]
+from ._bench_targets import Target, judge
+
+__all__ = ["LOAD_TARGET", "SAVE_TARGET", "TARGETS", "run_distributed_bench"]
 
 _MODULE = "shipslog.tools._bench_distributed"
 SAVE_TARGET = 1.1
 LOAD_TARGET = 1.25
 _TENSOR_MIB = 16
+TARGETS = (
+    Target(f"save_le_{SAVE_TARGET}x", "save_ratio", "<=", SAVE_TARGET, "distributed save / DCP save"),
+    Target(f"load_verify_le_{LOAD_TARGET}x", "load_verify_ratio", "<=", LOAD_TARGET, "distributed load+verify / DCP load"),
+)
+"""What ``shipslog bench distributed`` must show."""
 
 
 def run_distributed_bench(folder: str | None = None, *, ranks: int = 2, mib: int = 256, repeats: int = 3, timeout_s: float = 900.0) -> dict[str, Any]:
@@ -166,8 +173,8 @@ def _rank(argv: list[str]) -> int:
             "loads_equal": same,
             "repeats": args.repeats,
             "statistic": f"median of {args.repeats}",
-            "targets": {f"save_le_{SAVE_TARGET}x": save_ratio <= SAVE_TARGET, f"load_verify_le_{LOAD_TARGET}x": load_ratio <= LOAD_TARGET},
         }
+        judge(TARGETS, result)
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(result, f)
     dist.destroy_process_group()

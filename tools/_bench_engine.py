@@ -59,11 +59,20 @@ from shipslog.engine import (
 )
 from shipslog.journal import FileSystem, Journal, RecordingFileSystem
 
+from ._bench_targets import Target, judge
 from ._inspect import open_view
 
 __all__ = ["MIXES", "history_mix", "lifecycle_history", "materialize_history", "run_engine_bench", "syncs_per_checkpoint", "write_history"]
 
 _log = logging.getLogger("shipslog.tools.bench")
+
+TARGETS = (
+    Target("replay_ge_1m", "replay_events_per_s", ">=", 1_000_000, "reducer replay (demo mix), records/s"),
+    Target("open_ms_1m_le_50", "open_ms_1m", "<=", 50, "Engine.open, long history (ms)"),
+    Target("open_1m_le_1_5x_10k", "ratios.open_1m_vs_10k", "<=", 1.5, "open long / open 10k records"),
+    Target("checkpoint_le_1_3x_syncs", "ratios.checkpoint_vs_syncs", "<=", 1.3, "empty checkpoint / its syncs"),
+)
+"""What ``shipslog bench engine`` must show."""
 
 PROGRESS_PER_RUN = 50
 KEEP_CHECKPOINTS = 3
@@ -276,7 +285,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         syncs = syncs_per_checkpoint(os.path.join(work, "count"))
         syncs_ms = _syncs_ms(work, syncs, repeats)
         replay_rate = int(big_seq / replay_s)
-        return {
+        return judge(TARGETS, {
             "replay_events": big_seq,
             "replay_events_per_s": replay_rate,
             "replay_mix": history_mix(min(records, 20_000), "demo"),
@@ -294,13 +303,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
                 "checkpoint_vs_fsync": round(ck_ms / fsync_ms, 3),
                 "checkpoint_vs_syncs": round(ck_ms / syncs_ms, 3),
             },
-            "targets": {
-                "replay_ge_1m": replay_rate >= 1_000_000,
-                "open_ms_1m_le_50": open_1m <= 50,
-                "open_1m_le_1_5x_10k": open_1m <= 1.5 * open_10k,
-                "checkpoint_le_1_3x_syncs": ck_ms <= 1.3 * syncs_ms,
-            },
             "dir": os.path.abspath(folder),
-        }
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)

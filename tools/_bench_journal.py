@@ -55,6 +55,8 @@ from shipslog.journal import (
     JournalReader,
 )
 
+from ._bench_targets import Target, judge
+
 __all__ = [
     "DAMAGE_SCAN_MAX_RATIO",
     "EVENT_BYTES",
@@ -75,18 +77,20 @@ EVENT_BYTES = 60
 _WARMUP_MAX = 200
 _BARRIER_TIMEOUT_S = 120.0
 
-TARGETS: dict[str, tuple[str, float]] = {
-    "journal_vs_prealloc_ge_0_9": ("journal_vs_prealloc", 0.9),
-    "journal_vs_sqlite_ge_1_3": ("journal_vs_sqlite", 1.3),
-    "group_vs_single_ge_5": ("group_vs_single", 5.0),
-}
-"""Each ratio target: its key in ``targets`` -> (its key in ``ratios``, the minimum)."""
-
 REPLAY_TARGET_PER_S = 1_000_000
 """The replay target, in records per second."""
 
 DAMAGE_SCAN_MAX_RATIO = 10.0
-"""Reading past 1 MiB of crafted damage takes less than this many times 128 KiB of it (linear work, not quadratic)."""
+"""Reading past 1 MiB of crafted damage takes at most this many times 128 KiB of it (linear work, not quadratic)."""
+
+TARGETS = (
+    Target("journal_vs_prealloc_ge_0_9", "ratios.journal_vs_prealloc", ">=", 0.9, "journal append / its preallocated floor"),
+    Target("journal_vs_sqlite_ge_1_3", "ratios.journal_vs_sqlite", ">=", 1.3, "journal append / SQLite WAL FULL"),
+    Target("group_vs_single_ge_5", "ratios.group_vs_single", ">=", 5.0, "group commit / single appender"),
+    Target("replay_ge_1m", "replay_events_per_s", ">=", REPLAY_TARGET_PER_S, "journal replay, records per second"),
+    Target("damage_1m_le_10x_128k", "ratios.damage_1m_vs_128k", "<=", DAMAGE_SCAN_MAX_RATIO, "damage scan 1 MiB / 128 KiB"),
+)
+"""What ``shipslog bench journal`` must show."""
 _DAMAGE_SIZES = (128 << 10, 1 << 20)
 _FRAME_HEAD = struct.Struct("<II")
 
@@ -415,10 +419,7 @@ def run_journal_bench(
         "group_vs_single": _ratio(group, single),
         "damage_1m_vs_128k": _ratio(damage[1], damage[0]),
     }
-    targets = {key: ratios[name] >= minimum for key, (name, minimum) in TARGETS.items()}
-    targets["replay_ge_1m"] = replay >= REPLAY_TARGET_PER_S
-    targets["damage_1m_lt_10x_128k"] = ratios["damage_1m_vs_128k"] < DAMAGE_SCAN_MAX_RATIO
-    return {
+    return judge(TARGETS, {
         "prealloc_fdatasync_per_s": round(prealloc),
         "frame_bytes": len(frames[0]),
         "raw_fdatasync_per_s": round(raw),
@@ -431,7 +432,6 @@ def run_journal_bench(
         "damage_scan_s_128k": round(damage[0], 4),
         "damage_scan_s_1m": round(damage[1], 4),
         "ratios": ratios,
-        "targets": targets,
         "records": records,
         "dir": directory,
-    }
+    })

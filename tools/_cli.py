@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func, parser=p)
         return p
 
+    everything = bench_parser(
+        "all",
+        "every benchmark in one run: one result object, every target with its verdict",
+        "Run the journal, engine, checkpoint, distributed and workers benchmarks one after the other (each with "
+        "its defaults) in temporary folders under --dir that are removed afterwards, and print one result: each "
+        "benchmark's figures, every target with its value, bound and verdict, and the missed ones.  The "
+        "checkpoint and distributed benchmarks need torch and are skipped without it.",
+        _cmd_bench_all,
+        tmpfs_note=True,
+    )
+    everything.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+
     journal = bench_parser(
         "journal",
         "durable appends (vs raw fdatasync and SQLite) and replay",
@@ -363,11 +375,17 @@ _RATE_ROWS = (
     ("replay", "replay_events_per_s"),
 )
 
-_TARGET_ROWS = (
-    ("journal / prealloc floor", "journal_vs_prealloc", "journal_vs_prealloc_ge_0_9", ">= 0.9"),
-    ("journal / sqlite", "journal_vs_sqlite", "journal_vs_sqlite_ge_1_3", ">= 1.3"),
-    ("group / single", "group_vs_single", "group_vs_single_ge_5", ">= 5"),
-)
+
+def _shown(value: float) -> str:
+    """A figure as a table shows it: thousands separated when large, three decimals when small."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+
+
+def _verdict_lines(result: dict[str, Any]) -> list[str]:
+    """A benchmark's targets as table rows (what, value, wanted, PASS/MISS), from its ``verdicts``."""
+    lines = [f"  {'target':<40} {'value':>12}   {'wanted':<12} result"]
+    lines += [f"  {v['label']:<40} {_shown(v['value']):>12}   {v['wanted']:<12} {v['verdict']}" for v in result["verdicts"]]
+    return lines
 
 
 def _format_bench_journal(result: dict[str, Any]) -> str:
@@ -384,17 +402,7 @@ def _format_bench_journal(result: dict[str, Any]) -> str:
     for label, key in _RATE_ROWS:
         shown = f"{label} ({result['group_commit_threads']} threads)" if key == "group_commit_per_s" else label
         lines.append(f"  {shown:<30} {result[key]:>12,}")
-    lines += ["", f"  {'target':<30} {'value':>12}   {'wanted':<12} result"]
-    ratios, targets = result["ratios"], result["targets"]
-    for label, ratio_key, target_key, wanted in _TARGET_ROWS:
-        verdict = "PASS" if targets[target_key] else "MISS"
-        lines.append(f"  {label:<30} {ratios[ratio_key]:>12.3f}   {wanted:<12} {verdict}")
-    verdict = "PASS" if targets["replay_ge_1m"] else "MISS"
-    lines.append(
-        f"  {'replay events/s':<30} {result['replay_events_per_s']:>12,}   {'>= 1,000,000':<12} {verdict}"
-    )
-    verdict = "PASS" if targets["damage_1m_lt_10x_128k"] else "MISS"
-    lines.append(f"  {'damage scan 1 MiB / 128 KiB':<30} {ratios['damage_1m_vs_128k']:>12.3f}   {'< 10':<12} {verdict}")
+    lines += ["", *_verdict_lines(result)]
     lines.append(
         f"  (reading past crafted damage: {result['damage_scan_s_128k']:.4f} s for 128 KiB, {result['damage_scan_s_1m']:.4f} s for 1 MiB)"
     )
@@ -412,6 +420,33 @@ def _cmd_bench_journal(args: argparse.Namespace) -> int:
         args.dir, records=args.records, replay_events=args.replay_events, threads=args.threads
     )
     _write_result(args, result, _format_bench_journal)
+    return EXIT_OK
+
+
+# -- bench all ----------------------------------------------------------------------
+
+
+def _format_bench_all(result: dict[str, Any]) -> str:
+    """The readable summary of a ``run_all_benches`` result: every target, its value and verdict."""
+    lines = [f"shipslog bench all in {result['dir']} ({result['date']}, {result['cpus']} CPUs{', quick' if result['quick'] else ''})", ""]
+    lines.append(f"  {'bench':<12} {'target':<40} {'value':>12}   {'wanted':<12} result")
+    lines += [
+        f"  {v['bench']:<12} {v['label']:<40} {_shown(v['value']):>12}   {v['wanted']:<12} {v['verdict']}" for v in result["verdicts"]
+    ]
+    if result["skipped"]:
+        lines.append(f"  skipped (torch is not installed): {', '.join(result['skipped'])}")
+    lines += ["", f"  missed: {', '.join(result['missed']) or 'none'}"]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_bench_all(args: argparse.Namespace) -> int:
+    """``shipslog bench all``: every benchmark, one result."""
+    _require_dir(args)
+    from ._bench_all import run_all_benches
+
+    log = None if args.json else (lambda msg: print(f"{PROG}: {msg}", file=sys.stderr, flush=True))
+    result = run_all_benches(args.dir, quick=args.quick, log=log)
+    _write_result(args, result, _format_bench_all)
     return EXIT_OK
 
 
