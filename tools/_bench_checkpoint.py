@@ -17,6 +17,10 @@ One run, in one temporary folder on the disk under test, with the same
   :func:`~shipslog.gpu.load_state_dict` with its entries (every file's CRC-32
   checked over all its bytes), then touch every byte; beside
   ``torch_load_s``: ``torch.load(weights_only=True)``, then touch every byte.
+  The same two cold (``shipslog_load_verify_cold_s``, ``torch_load_cold_s``):
+  the files' pages dropped from the page cache first with
+  ``posix_fadvise(DONTNEED)`` (no root needed; ``cold`` says whether it was
+  available, else the cold figures repeat hot loads).
   The page cache is not dropped (that needs root): both read from memory;
   each starts from a trimmed heap;
 * ``async_blocking_s``: how long :meth:`AsyncCheckpointer.save` blocks its
@@ -69,7 +73,8 @@ __all__ = ["TARGETS", "run_checkpoint_bench"]
 TARGETS = (
     Target("save_le_1_1x_raw", "ratios.save_vs_raw", "<=", 1.1, "checkpoint / raw write + fsync"),
     Target("save_le_torch_save", "ratios.save_vs_torch_save", "<=", 1.0, "checkpoint / torch.save + fsync"),
-    Target("load_le_torch_load", "ratios.load_vs_torch_load", "<=", 1.0, "verified load / torch.load"),
+    Target("load_le_torch_load", "ratios.load_vs_torch_load", "<=", 1.0, "verified load / torch.load (hot)"),
+    Target("load_cold_le_torch_load_cold", "ratios.load_cold_vs_torch_load_cold", "<=", 1.0, "verified load / torch.load (cold)"),
     Target("async_blocking_le_0_1x_save", "ratios.async_blocking_vs_save", "<=", 0.1, "async save blocking / checkpoint"),
     Target("merge_le_1_2x_reference", "ratios.merge_vs_reference", "<=", 1.2, "merge_lora / plain merge loop"),
 )
@@ -94,6 +99,20 @@ def _shipslog_load(folder: str) -> int:
 
 def _torch_load(path: str) -> int:
     return touch_every_byte(torch.load(path, weights_only=True))
+
+
+def drop_cached_pages(paths: list[str]) -> bool:
+    """Ask the kernel to drop the page-cache pages of ``paths`` (clean pages go; needs no root); False where unsupported."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return False
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
 
 
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
@@ -129,7 +148,8 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
     pt_paths = [os.path.join(work, f"state-{i}.pt") for i in range(repeats)]
     pt_path = pt_paths[-1]
     samples: dict[str, list[float]] = {
-        key: [] for key in ("raw", "torch_save", "shipslog_save", "shipslog_load", "torch_load", "async", "persist")
+        key: []
+        for key in ("raw", "torch_save", "shipslog_save", "shipslog_load", "torch_load", "shipslog_cold", "torch_cold", "async", "persist")
     }
     out: dict[str, Any] = {}
     with Engine.open(os.path.join(work, "root"), fsync=True) as engine:
@@ -156,6 +176,16 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
             seconds, total = _timed(_torch_load, pt_path)
             assert total == expected, "torch.load gave back different bytes"
             samples["torch_load"].append(seconds)
+        ours = [os.path.join(committed, name) for name in os.listdir(committed)]
+        cold = True
+        for _ in range(repeats):
+            trim_heap()
+            cold = drop_cached_pages(ours) and cold
+            samples["shipslog_cold"].append(_timed(_shipslog_load, committed)[0])
+            trim_heap()
+            cold = drop_cached_pages([pt_path]) and cold
+            samples["torch_cold"].append(_timed(_torch_load, pt_path)[0])
+        out["cold"] = cold
         os.unlink(pt_path)
 
         _log.info("timing the blocking part of AsyncCheckpointer.save")
@@ -185,6 +215,8 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
         "shipslog_save_s": med["shipslog_save"],
         "shipslog_load_verify_s": med["shipslog_load"],
         "torch_load_s": med["torch_load"],
+        "shipslog_load_verify_cold_s": med["shipslog_cold"],
+        "torch_load_cold_s": med["torch_cold"],
         "async_blocking_s": med["async"],
         **out,
         "async_persist_s": med["persist"],
@@ -198,6 +230,7 @@ def _run(work: str, folder: str, *, mib: int, repeats: int, seed: int) -> dict[s
         "save_vs_raw": result["shipslog_save_s"] / result["raw_write_fsync_s"],
         "save_vs_torch_save": result["shipslog_save_s"] / result["torch_save_fsync_s"],
         "load_vs_torch_load": result["shipslog_load_verify_s"] / result["torch_load_s"],
+        "load_cold_vs_torch_load_cold": result["shipslog_load_verify_cold_s"] / result["torch_load_cold_s"],
         "async_blocking_vs_save": result["async_blocking_s"] / result["shipslog_save_s"],
         "merge_vs_reference": result["merge_s"] / result["merge_reference_s"],
     }

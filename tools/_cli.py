@@ -455,19 +455,16 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
 
 def _format_bench_engine(result: dict[str, Any]) -> str:
     """The readable table of a ``run_engine_bench`` result."""
-    t = result["targets"]
-
-    def verdict(key: str) -> str:
-        return "PASS" if t[key] else "MISS"
-
+    mix = ", ".join(f"{kind} {share:.0%}" for kind, share in result["replay_mix"].items() if share >= 0.01)
     lines = [
-        f"shipslog bench engine in {result['dir']}: {result['replay_events']:,} records of history",
+        f"shipslog bench engine in {result['dir']}: {result['replay_events']:,} records of history ({mix})",
         "",
-        f"  {'measure':<34} {'value':>12}   {'wanted':<22} result",
-        f"  {'replay (events/s)':<34} {result['replay_events_per_s']:>12,}   {'>= 1,000,000':<22} {verdict('replay_ge_1m')}",
+        f"  {'measure':<34} {'value':>12}",
+        f"  {'replay (events/s)':<34} {result['replay_events_per_s']:>12,}",
+        f"  {'replay, progress-heavy (events/s)':<34} {result['replay_progress_heavy_per_s']:>12,}",
         f"  {'open, 10k records (ms)':<34} {result['open_ms_10k']:>12.2f}",
-        f"  {'open, long history (ms)':<34} {result['open_ms_1m']:>12.2f}   {'<= 50':<22} {verdict('open_ms_1m_le_50')}",
-        f"  {'open long / open 10k':<34} {result['ratios']['open_1m_vs_10k']:>12.3f}   {'<= 1.5':<22} {verdict('open_1m_le_1_5x_10k')}",
+        f"  {'open, long history (ms)':<34} {result['open_ms_1m']:>12.2f}",
+        f"  {'open long / open 10k':<34} {result['ratios']['open_1m_vs_10k']:>12.3f}",
         f"  {'status, long history (ms)':<34} {result['status_ms_1m']:>12.2f}",
         f"  {'status long / open long':<34} {result['ratios']['status_1m_vs_open_1m']:>12.3f}",
         f"  {'empty checkpoint (ms)':<34} {result['checkpoint_empty_ms']:>12.3f}",
@@ -475,7 +472,9 @@ def _format_bench_engine(result: dict[str, Any]) -> str:
         f"  {'syncs of one checkpoint':<34} {result['syncs_per_checkpoint']:>12d}",
         f"  {'that many write + fdatasync (ms)':<34} {result['syncs_ms']:>12.3f}",
         f"  {'checkpoint / fsync':<34} {result['ratios']['checkpoint_vs_fsync']:>12.3f}",
-        f"  {'checkpoint / its syncs':<34} {result['ratios']['checkpoint_vs_syncs']:>12.3f}   {'<= 1.3':<22} {verdict('checkpoint_le_1_3x_syncs')}",
+        f"  {'checkpoint / its syncs':<34} {result['ratios']['checkpoint_vs_syncs']:>12.3f}",
+        "",
+        *_verdict_lines(result),
     ]
     return "\n".join(lines) + "\n"
 
@@ -497,11 +496,6 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
 
 def _format_bench_checkpoint(result: dict[str, Any]) -> str:
     """The readable table of a ``run_checkpoint_bench`` result."""
-    t, r = result["targets"], result["ratios"]
-
-    def verdict(key: str) -> str:
-        return "PASS" if t[key] else "MISS"
-
     def mib(value: int | None) -> str:
         return "n/a" if value is None else f"{value / (1 << 20):.0f} MiB"
 
@@ -514,18 +508,15 @@ def _format_bench_checkpoint(result: dict[str, Any]) -> str:
         f"  {'shipslog checkpoint (full operation)':<40} {result['shipslog_save_s']:>10.4f}",
         f"  {'shipslog load, verified':<40} {result['shipslog_load_verify_s']:>10.4f}",
         f"  {'torch.load(weights_only=True)':<40} {result['torch_load_s']:>10.4f}",
+        f"  {'shipslog load, verified, cold':<40} {result['shipslog_load_verify_cold_s']:>10.4f}",
+        f"  {'torch.load, cold':<40} {result['torch_load_cold_s']:>10.4f}",
         f"  {'async save, blocking part':<40} {result['async_blocking_s']:>10.4f}",
         f"  {'async save, first (allocates buffers)':<40} {result['async_blocking_first_s']:>10.4f}",
         f"  {'async save, background part':<40} {result['async_persist_s']:>10.4f}",
         f"  {'merge_lora':<40} {result['merge_s']:>10.4f}   peak extra {mib(result['merge_peak_extra_bytes'])}",
         f"  {'plain merge loop':<40} {result['merge_reference_s']:>10.4f}   peak extra {mib(result['merge_reference_peak_extra_bytes'])}",
         "",
-        f"  {'target':<40} {'value':>10}   {'wanted':<10} result",
-        f"  {'checkpoint / raw write':<40} {r['save_vs_raw']:>10.3f}   {'<= 1.1':<10} {verdict('save_le_1_1x_raw')}",
-        f"  {'checkpoint / torch.save':<40} {r['save_vs_torch_save']:>10.3f}   {'<= 1':<10} {verdict('save_le_torch_save')}",
-        f"  {'verified load / torch.load':<40} {r['load_vs_torch_load']:>10.3f}   {'<= 1':<10} {verdict('load_le_torch_load')}",
-        f"  {'async blocking / checkpoint':<40} {r['async_blocking_vs_save']:>10.3f}   {'<= 0.1':<10} {verdict('async_blocking_le_0_1x_save')}",
-        f"  {'merge_lora / plain merge':<40} {r['merge_vs_reference']:>10.3f}   {'<= 1.2':<10} {verdict('merge_le_1_2x_reference')}",
+        *_verdict_lines(result),
     ]
     return "\n".join(lines) + "\n"
 
@@ -545,7 +536,6 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
 
 def _format_bench_distributed(result: dict[str, Any]) -> str:
     """The readable table of a ``run_distributed_bench`` result."""
-    verdicts = ["PASS" if ok else "MISS" for ok in result["targets"].values()]
     lines = [
         f"shipslog bench distributed in {result['dir']}: {result['ranks']} ranks, {result['mib']} MiB, {result['statistic']}",
         "",
@@ -555,9 +545,7 @@ def _format_bench_distributed(result: dict[str, Any]) -> str:
         f"  {'DCP load':<40} {result['dcp_load_s']:>10.4f}",
         f"  {'shipslog load, verified':<40} {result['shipslog_load_verify_s']:>10.4f}",
         "",
-        f"  {'target':<40} {'value':>10}   {'wanted':<10} result",
-        f"  {'save / DCP save':<40} {result['save_ratio']:>10.3f}   {'<= 1.1':<10} {verdicts[0]}",
-        f"  {'load+verify / DCP load':<40} {result['load_verify_ratio']:>10.3f}   {'<= 1.25':<10} {verdicts[1]}",
+        *_verdict_lines(result),
     ]
     return "\n".join(lines) + "\n"
 
@@ -577,19 +565,16 @@ def _cmd_bench_distributed(args: argparse.Namespace) -> int:
 
 def _format_bench_workers(result: dict[str, Any]) -> str:
     """The readable table of a ``run_workers_bench`` result."""
-    t = result["targets"]
-
-    def verdict(key: str) -> str:
-        return "PASS" if t[key] else "MISS"
-
     lines = [
         f"shipslog bench workers in {result['dir']}: {result['rounds']} kills, {result['statistic']} (max)",
         "",
-        f"  {'measure':<34} {'ms':>10} {'max':>10}   {'wanted':<10} result",
-        f"  {'death -> worker.died journaled':<34} {result['detect_death_ms']:>10.2f} {result['detect_death_ms_max']:>10.2f}   {'<= 50':<10} {verdict('detect_death_le_50ms')}",
+        f"  {'measure':<34} {'ms':>10} {'max':>10}",
+        f"  {'death -> worker.died journaled':<34} {result['detect_death_ms']:>10.2f} {result['detect_death_ms_max']:>10.2f}",
         f"  {'death -> replacement running':<34} {result['restart_ms']:>10.2f} {result['restart_ms_max']:>10.2f}",
         f"  {'  of which backoff':<34} {result['backoff_ms']:>10.2f}",
-        f"  {'  restart minus backoff':<34} {result['restart_overhead_ms']:>10.2f} {result['restart_overhead_ms_max']:>10.2f}   {'<= 250':<10} {verdict('restart_overhead_le_250ms')}",
+        f"  {'  restart minus backoff':<34} {result['restart_overhead_ms']:>10.2f} {result['restart_overhead_ms_max']:>10.2f}",
+        "",
+        *_verdict_lines(result),
     ]
     return "\n".join(lines) + "\n"
 

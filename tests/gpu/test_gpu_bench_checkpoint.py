@@ -20,17 +20,20 @@ MEASURES = (
     "shipslog_save_s",
     "shipslog_load_verify_s",
     "torch_load_s",
+    "shipslog_load_verify_cold_s",
+    "torch_load_cold_s",
     "async_blocking_s",
     "async_blocking_first_s",
     "async_persist_s",
     "merge_s",
     "merge_reference_s",
 )
-RATIOS = ("save_vs_raw", "save_vs_torch_save", "load_vs_torch_load", "async_blocking_vs_save", "merge_vs_reference")
+RATIOS = ("save_vs_raw", "save_vs_torch_save", "load_vs_torch_load", "load_cold_vs_torch_load_cold", "async_blocking_vs_save", "merge_vs_reference")
 TARGETS = (
     "save_le_1_1x_raw",
     "save_le_torch_save",
     "load_le_torch_load",
+    "load_cold_le_torch_load_cold",
     "async_blocking_le_0_1x_save",
     "merge_le_1_2x_reference",
 )
@@ -54,6 +57,7 @@ def test_bench_checkpoint_prints_json_and_removes_its_folder(tmp_path: Path) -> 
     assert all(isinstance(v, bool) for v in result["targets"].values())
     assert result["mib"] == 8 and result["dir"] == str(tmp_path)
     assert result["merge_max_abs_diff"] == 0.0
+    assert result["cold"] is True  # posix_fadvise is there on Linux
     assert os.listdir(tmp_path) == []
     readable = subprocess.run(
         [sys.executable, "-m", "shipslog", "bench", "checkpoint", "--mib", "1", "--dir", str(tmp_path)],
