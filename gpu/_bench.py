@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from shipslog.journal import OS_FS, FileSystem
+
 from ._lora import merge_lora
 from ._tensorfile import load_state_dict, save_state_dict
 
@@ -139,29 +141,30 @@ def touch_every_byte(value: Any) -> int:
     return total
 
 
-def write_raw_fsync(state: dict[str, torch.Tensor], path: str) -> None:
+def write_raw_fsync(state: dict[str, torch.Tensor], path: str, fs: FileSystem = OS_FS) -> None:
     """Write the raw bytes of every tensor of ``state`` into a new file at ``path`` with plain writes, then fsync.
 
     The floor any checkpoint format is measured against: no header, no checksum.
+    ``fs`` (the operating system's by default) lets a test count its writes and syncs.
     """
-    fd = os.open(_fresh(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(_fresh(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for t in state.values():
-            view = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data.cast("B")
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
-        os.fsync(fd)
+            fs.write_all(fd, t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data.cast("B"))
+        fs.fsync(fd)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
-def torch_save_fsync(state: Any, path: str) -> None:
-    """``torch.save(state)`` into a new file at ``path``, flushed and fsynced."""
-    with open(_fresh(path), "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+def torch_save_fsync(state: Any, path: str, fs: FileSystem = OS_FS) -> None:
+    """``torch.save(state)`` into a new file at ``path``, flushed and fsynced (through ``fs``, see :func:`write_raw_fsync`)."""
+    fd = fs.open(_fresh(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            torch.save(state, f)
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
 
 
 def _best(repeats: int, fn: Callable[[], object]) -> float:

@@ -41,6 +41,7 @@ from ._render import (
 )
 
 if TYPE_CHECKING:
+    from ._bench_engine import syncs_floor_ms, syncs_per_checkpoint
     from ._bench_journal import bench_prealloc_fdatasync, frame_bytes, make_event
     from ._dcp_ranks import RankResult, read_acks, run_ranks
     from ._demo import DemoError, make_inbox, run_demo
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 _LAZY = {
+    "syncs_floor_ms": "._bench_engine",
+    "syncs_per_checkpoint": "._bench_engine",
     "bench_prealloc_fdatasync": "._bench_journal",
     "frame_bytes": "._bench_journal",
     "make_event": "._bench_journal",
@@ -130,6 +133,8 @@ __all__ = [
     "run_ranks",
     "run_training_torture",
     "shipslog_command",
+    "syncs_floor_ms",
+    "syncs_per_checkpoint",
     "use_rich",
     "workload_processes",
 ]

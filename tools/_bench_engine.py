@@ -57,12 +57,12 @@ from shipslog.engine import (
     replay,
     write_manifest,
 )
-from shipslog.journal import FileSystem, Journal, RecordingFileSystem
+from shipslog.journal import OS_FS, FileSystem, Journal, RecordingFileSystem
 
 from ._bench_targets import Target, judge
 from ._inspect import open_view
 
-__all__ = ["MIXES", "history_mix", "lifecycle_history", "materialize_history", "run_engine_bench", "syncs_per_checkpoint", "write_history"]
+__all__ = ["MIXES", "history_mix", "lifecycle_history", "materialize_history", "run_engine_bench", "syncs_floor_ms", "syncs_per_checkpoint", "write_history"]
 
 _log = logging.getLogger("shipslog.tools.bench")
 
@@ -220,21 +220,21 @@ def syncs_per_checkpoint(root: str) -> int:
         return sum(fs.count(op) for op in _SYNC_OPS) - before
 
 
-def _syncs_ms(folder: str, syncs: int, repeats: int) -> float:
-    """Median ms of ``syncs`` back-to-back 4 KiB appends + ``fdatasync`` to one file."""
+def syncs_floor_ms(folder: str, syncs: int, repeats: int, fs: FileSystem = OS_FS) -> float:
+    """Median ms of ``syncs`` back-to-back 4 KiB appends + ``fdatasync`` to one file (through ``fs``)."""
     path = os.path.join(folder, "syncs-probe")
     block = os.urandom(4096)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     samples = []
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(syncs):
-                os.write(fd, block)
-                os.fdatasync(fd)
+                fs.write_all(fd, block)
+                fs.fdatasync(fd)
             samples.append(time.perf_counter() - t0)
     finally:
-        os.close(fd)
+        fs.close(fd)
     return _median_ms(samples)
 
 
@@ -283,7 +283,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         ck_ms = _checkpoint_empty_ms(os.path.join(work, "ck"), repeats)
         fsync_ms = _fsync_ms(work, repeats)
         syncs = syncs_per_checkpoint(os.path.join(work, "count"))
-        syncs_ms = _syncs_ms(work, syncs, repeats)
+        syncs_ms = syncs_floor_ms(work, syncs, repeats)
         replay_rate = int(big_seq / replay_s)
         return judge(TARGETS, {
             "replay_events": big_seq,
