@@ -27,13 +27,12 @@ import errno
 import logging
 import os
 import stat
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shipslog.journal import InsufficientSpaceError, crash_point, register_crash_point
+from shipslog.journal import InsufficientSpaceError, crash_point, crc32, register_crash_point
 
 from ._context import OperationContext, RecoveryContext
 from ._errors import ConflictError, IntegrityError, InvalidNameError
@@ -331,7 +330,7 @@ class CheckpointWriter:
             fs.fsync(fd)
         finally:
             fs.close(fd)
-        entry = FileEntry(relpath, len(data), zlib.crc32(data))
+        entry = FileEntry(relpath, len(data), crc32(data))
         self._entries[relpath] = entry
         self._synced.add(relpath)
         crash_point(CP_FILE)
@@ -361,7 +360,7 @@ class CheckpointWriter:
                     chunk = view[:n]
                     with _space_errors(self._ctx, full, n):
                         fs.write_all(fd, chunk)
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                     size += n
                 fs.fsync(fd)
             finally:
@@ -404,7 +403,7 @@ class CheckpointWriter:
             self._abort_after_failure(exc)
             raise
         ctx.journal_events(
-            ArtifactDurable(op=self.op, files=len(manifest.files), bytes=manifest.total_bytes, manifest_crc=zlib.crc32(manifest_bytes))
+            ArtifactDurable(op=self.op, files=len(manifest.files), bytes=manifest.total_bytes, manifest_crc=crc32(manifest_bytes))
         )
         crash_point(CP_DURABLE)
         try:
@@ -500,7 +499,7 @@ def verify_problem(ctx: OperationContext, rel: str, manifest_crc: object) -> str
     try:
         verify_folder(path)
         with open(os.path.join(path, MANIFEST_NAME), "rb") as f:
-            crc = zlib.crc32(f.read())
+            crc = crc32(f.read())
     except (IntegrityError, OSError, ValueError) as exc:
         return str(exc)
     if isinstance(manifest_crc, int) and crc != manifest_crc:

@@ -6,7 +6,7 @@ lists is fsynced).  Verifying a folder compares every file on disk with its
 entry: a missing file, a different size, a different checksum or a file the
 manifest does not list raises :class:`IntegrityError` naming the file.
 
-The checksum is CRC-32 (``zlib.crc32``, ~5 GB/s here): it catches torn
+The checksum is CRC-32 (zlib's, computed by ISA-L at ~14 GB/s here when installed): it catches torn
 writes, truncation and bit rot at close to the speed of writing, which is what
 a checkpoint on the critical path of training can afford.  It is not a
 defence against deliberate tampering.
@@ -18,13 +18,12 @@ import errno
 import os
 import stat
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
-from shipslog.journal import FileSystem, UnsupportedFormatError, is_temp_name, read_limited
+from shipslog.journal import FileSystem, UnsupportedFormatError, crc32, is_temp_name, read_limited
 
 from ._errors import IntegrityError, InvalidFieldError, InvalidNameError
 from ._fields import (
@@ -136,7 +135,7 @@ def crc32_file(path: str | os.PathLike[str]) -> tuple[int, int]:
             n = f.readinto(buf)
             if not n:
                 break
-            crc = zlib.crc32(view[:n], crc)
+            crc = crc32(view[:n], crc)
             size += n
     return size, crc
 

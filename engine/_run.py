@@ -17,13 +17,12 @@ from __future__ import annotations
 import enum
 import os
 import stat
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shipslog.journal import crash_point, register_crash_point
+from shipslog.journal import crash_point, crc32, register_crash_point
 
 from ._context import OperationContext
 from ._errors import ConflictError, DataFileError, InvalidTransitionError
@@ -242,7 +241,7 @@ def validate_data_file(
             number += 1
             if len(line) > limit:
                 raise DataFileError(full, number, f"the line is longer than {limit} bytes, the limit (MAX_LINE_BYTES)")
-            crc = zlib.crc32(line, crc)
+            crc = crc32(line, crc)
             size += len(line)
             if on_progress is not None and size - reported >= _PROGRESS_EVERY:
                 on_progress(size - reported)

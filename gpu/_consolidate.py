@@ -12,12 +12,11 @@ tokenizer) beside it, checksumming them in the same pass.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from shipslog.engine import FileEntry
-from shipslog.journal import OS_FS, FileSystem
+from shipslog.journal import OS_FS, FileSystem, crc32
 
 from ._lora import ADAPTER_CONFIG_NAME, DEFAULT_MERGE_BUDGET_BYTES, load_adapter, merge_lora
 from ._tensorfile import load_state_dict, save_state_dict
@@ -44,7 +43,7 @@ def _copy(fs: FileSystem, src: str, dst: str) -> FileEntry:
                 if not chunk:
                     break
                 fs.write_all(fd, chunk)
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
                 size += len(chunk)
             fs.fsync(fd)
         finally:

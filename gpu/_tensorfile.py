@@ -62,7 +62,6 @@ import reprlib
 import sys
 import threading
 import warnings
-import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -72,7 +71,7 @@ import numpy as np
 import torch
 
 from shipslog.engine import FileEntry, IntegrityError, crc32_file, decode_json_within
-from shipslog.journal import OS_FS, FileSystem, open_regular
+from shipslog.journal import OS_FS, FileSystem, crc32, open_regular
 
 from ._errors import PickleRefusedError, StateDictError, TensorFileError, TensorFileNotFoundError
 
@@ -376,9 +375,9 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], path: str, where: st
 
 
 class _CrcPipe:
-    """Computes zlib.crc32 of the blocks fed to it, in order, on a second thread.
+    """Computes the CRC-32 (:func:`shipslog.journal.crc32`) of the blocks fed to it, in order, on a second thread.
 
-    zlib.crc32 and os.write both release the GIL, so checksumming overlaps the
+    The checksum and os.write both release the GIL, so checksumming overlaps the
     writing.  The queue is bounded, so at most a few blocks are held.
     """
 
@@ -394,7 +393,7 @@ class _CrcPipe:
             block = self._queue.get()
             if block is None:
                 break
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
         self._crc = crc
 
     def feed(self, block: memoryview) -> None:
@@ -468,7 +467,7 @@ def _write_file(fs: FileSystem, path: str, blocks: Sequence[bytes | memoryview],
     crc = 0
     try:
         for block in blocks:
-            crc = zlib.crc32(block, crc)
+            crc = crc32(block, crc)
             fs.write_all(fd, block)
             size += len(block)
         if fsync:
@@ -814,7 +813,7 @@ class _FileCrc:
                 n = os.preadv(self._fd, [view[: min(len(buf), self._size - pos)]], pos)
                 if n <= 0:
                     raise TensorFileError(self._path, f"{self._size} bytes", f"the file ending after {pos} bytes", hint="the file shrank while it was read")
-                crc = zlib.crc32(view[:n], crc)
+                crc = crc32(view[:n], crc)
                 pos += n
             self._crc = crc
         except BaseException as exc:  # noqa: BLE001  (not swallowed: finish() re-raises it in the loading thread)
@@ -896,7 +895,7 @@ def _read_small(path: str, entry: FileEntry | None, *, limit: int, what: str) ->
     finally:
         os.close(fd)
     if entry is not None:
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         if crc != entry.crc32:
             raise IntegrityError(path, f"crc32 {entry.crc32:08x} over {entry.size} bytes", f"crc32 {crc:08x} over {size} bytes")
     return bytes(data)

@@ -51,7 +51,6 @@ import os
 import pickle
 import threading
 import uuid
-import zlib
 from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -82,6 +81,8 @@ from shipslog.journal import (
     FileSystem,
     ShipslogError,
     crash_point,
+    crc32,
+    crc32_while,
     open_regular,
     parallel_crc32,
     read_limited,
@@ -110,6 +111,7 @@ DCP_FORMAT = "dcp"
 _METADATA = ".metadata"
 MAX_METADATA_BYTES = 1 << 30
 """The largest ``.metadata`` decoded (a model of millions of tensors stays far below it)."""
+_WRITE_BUFFER = 1 << 20
 _FILES_KEY = "__shipslog_file__/"
 """The fqn prefix of the extra write results that carry each rank's files to the coordinator (never in ``.metadata``)."""
 
@@ -186,8 +188,7 @@ class _ChecksummedFile(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._fs.write_all(self._fd, view)
-        self._crc = zlib.crc32(view, self._crc)
+        self._crc = crc32_while(view, self._crc, lambda: self._fs.write_all(self._fd, view))
         self._pos += len(view)
         return len(view)
 
@@ -224,7 +225,8 @@ class _RankFiles(DcpFileSystem):
         full = os.path.abspath(os.fspath(path))
         if os.path.dirname(full) != self._staging:
             raise IntegrityError(full, f"a file directly in the operation's staging folder {self._staging}", "a path elsewhere")
-        stream = _ChecksummedFile(self._fs, full, self._record)
+        # buffered like DCP's own streams: torch's zip writer makes many writes of a few bytes
+        stream = io.BufferedWriter(_ChecksummedFile(self._fs, full, self._record), buffer_size=_WRITE_BUFFER)
         try:
             yield stream
         finally:
@@ -426,10 +428,11 @@ class _MappedReader(io.RawIOBase):
 class _VerifiedFiles(DcpFileSystem):
     """DCP's file system for reads: each file mapped, its size and CRC-32 checked against the MANIFEST first."""
 
-    def __init__(self, folder: str, entries: Mapping[str, FileEntry]) -> None:
+    def __init__(self, folder: str, entries: Mapping[str, FileEntry], crc_threads: int | None = None) -> None:
         super().__init__()
         self._folder = folder
         self._entries = dict(entries)
+        self._crc_threads = crc_threads
 
     def _entry(self, path: str | os.PathLike[str]) -> tuple[str, FileEntry]:
         full = os.path.abspath(os.fspath(path))
@@ -449,7 +452,7 @@ class _VerifiedFiles(DcpFileSystem):
         if data is None or len(data) != entry.size:
             found = "more bytes" if data is None else f"{len(data)} bytes"
             raise IntegrityError(full, f"{entry.size} bytes", found)
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         if crc != entry.crc32:
             raise IntegrityError(full, f"CRC-32 {entry.crc32:#010x}", f"{crc:#010x}")
         return data
@@ -465,11 +468,12 @@ class _VerifiedFiles(DcpFileSystem):
             size = os.fstat(fd).st_size
             if size != entry.size:
                 raise IntegrityError(full, f"{entry.size} bytes", f"{size} bytes")
-            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+            # MAP_POPULATE: the pages are mapped in one go rather than one fault at a time
+            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ) if size else None
         finally:
             os.close(fd)
         reader = _MappedReader(mapped if mapped is not None else b"", mapped)
-        crc = parallel_crc32(reader.view)
+        crc = parallel_crc32(reader.view, threads=self._crc_threads)
         if crc != entry.crc32:
             reader.close()
             raise IntegrityError(full, f"CRC-32 {entry.crc32:#010x}", f"{crc:#010x}")
@@ -493,10 +497,10 @@ class ShipslogStorageReader(FileSystemReader):
     coordinator, so a rank never trusts a MANIFEST it did not see verified).
     """
 
-    def __init__(self, folder: str, entries: Iterable[FileEntry]) -> None:
+    def __init__(self, folder: str, entries: Iterable[FileEntry], *, crc_threads: int | None = None) -> None:
         super().__init__(folder)
         self.folder = os.path.abspath(folder)
-        self.fs = self._files = _VerifiedFiles(self.folder, {e.path: e for e in entries})
+        self.fs = self._files = _VerifiedFiles(self.folder, {e.path: e for e in entries}, crc_threads)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if kwargs.get("rank") is not None:
@@ -794,7 +798,9 @@ def load_distributed(
     if found is None:
         return None
     entries = [FileEntry(p, s, c) for p, s, c in found["files"]]
-    reader = ShipslogStorageReader(found["folder"], entries)
+    # this host's CPUs shared by its ranks (torchrun's LOCAL_WORLD_SIZE; else every rank counted as local)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", _world))
+    reader = ShipslogStorageReader(found["folder"], entries, crc_threads=max(1, (os.cpu_count() or 1) // max(1, local_ranks)))
     try:
         dcp_load(state_dict, storage_reader=reader, process_group=process_group, no_dist=not distributed)
     except (Exception, CheckpointException) as exc:  # DCP's per-rank failures derive from BaseException

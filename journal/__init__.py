@@ -17,7 +17,7 @@ from ._crashpoints import (
     registered_crash_points,
     set_crash_hook,
 )
-from ._crc import crc32_combine, parallel_crc32
+from ._crc import CRC32_IMPLEMENTATION, crc32, crc32_combine, crc32_while, parallel_crc32
 from ._errors import (
     CorruptJournalError,
     CorruptRecordError,
@@ -81,6 +81,7 @@ __all__ = [
     "CRASH_EXIT_CODE",
     "CRASH_MODE_ENV",
     "CRASH_TRACE_ENV",
+    "CRC32_IMPLEMENTATION",
     "DEFAULT_SEGMENT_BYTES",
     "FORMAT_VERSION",
     "HEADER_SIZE",
@@ -126,7 +127,9 @@ __all__ = [
     "TornTail",
     "UnsupportedFormatError",
     "crash_point",
+    "crc32",
     "crc32_combine",
+    "crc32_while",
     "cut_journal",
     "encode_snapshot",
     "find_valid_prefix",

@@ -24,8 +24,8 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-import zlib
 
+from ._crc import crc32
 from ._errors import CorruptJournalError
 from ._format import SegmentHeader, decode_header, is_zero, mapped_segment, scan_payloads
 from ._reader import Position, list_segments
@@ -38,9 +38,9 @@ _FRAMES_PER_SCAN = 4096
 def crc_of(data: bytes | mmap.mmap, start: int, stop: int, seed: int = 0) -> int:
     """The CRC-32 of ``data[start:stop]`` continued from ``seed``, without copying the bytes."""
     if isinstance(data, bytes):
-        return zlib.crc32(memoryview(data)[start:stop], seed)
+        return crc32(memoryview(data)[start:stop], seed)
     with memoryview(data) as view, view[start:stop] as part:
-        return zlib.crc32(part, seed)
+        return crc32(part, seed)
 
 
 def verify_history(journal_dir: str, start: Position, segments: list[tuple[int, str]] | None = None) -> None:
