@@ -24,15 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["CRC32_IMPLEMENTATION", "crc32", "crc32_combine", "crc32_while", "parallel_crc32"]
 
-try:
-    from isal.isal_zlib import crc32 as _isal_crc32
-except ImportError:  # a platform without isal's wheels: zlib's, slower, same values
-    _isal_crc32 = None
-
-crc32: Callable[..., int] = _isal_crc32 if _isal_crc32 is not None else zlib.crc32
+crc32: Callable[..., int]
 """``crc32(data, value=0)``: zlib's CRC-32 of ``data`` continuing from ``value`` (ISA-L's when installed)."""
-CRC32_IMPLEMENTATION = "isal" if _isal_crc32 is not None else "zlib"
-"""Which implementation :func:`crc32` is."""
+CRC32_IMPLEMENTATION: str
+"""Which implementation :func:`crc32` is: ``isal`` or ``zlib``."""
+try:
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without isal's wheels: zlib's, slower, same values
+    crc32 = zlib.crc32
+    CRC32_IMPLEMENTATION = "zlib"
+else:
+    CRC32_IMPLEMENTATION = "isal"
 
 _POLY = 0xEDB88320
 _MIN_PIECE = 8 << 20
