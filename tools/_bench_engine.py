@@ -188,22 +188,6 @@ def _status_ms(root: str, repeats: int) -> float:
     return _median_ms(samples)
 
 
-def _fsync_ms(folder: str, repeats: int) -> float:
-    path = os.path.join(folder, "fsync-probe")
-    block = os.urandom(4096)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    samples = []
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            os.write(fd, block)
-            os.fsync(fd)
-            samples.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-    return _median_ms(samples)
-
-
 _SYNC_OPS = ("fsync", "fdatasync")
 """The recorded primitives that are syncs (a folder's fsync is recorded as ``fsync``)."""
 
@@ -220,18 +204,19 @@ def syncs_per_checkpoint(root: str) -> int:
         return sum(fs.count(op) for op in _SYNC_OPS) - before
 
 
-def syncs_floor_ms(folder: str, syncs: int, repeats: int, fs: FileSystem = OS_FS) -> float:
-    """Median ms of ``syncs`` back-to-back 4 KiB appends + ``fdatasync`` to one file (through ``fs``)."""
-    path = os.path.join(folder, "syncs-probe")
+def syncs_floor_ms(folder: str, syncs: int, repeats: int, fs: FileSystem = OS_FS, *, full: bool = False) -> float:
+    """Median ms of ``syncs`` back-to-back 4 KiB appends + ``fdatasync`` (``full``: ``fsync``) to one file, through ``fs``."""
+    path = os.path.join(folder, "fsync-probe" if full else "syncs-probe")
     block = os.urandom(4096)
     fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sync = fs.fsync if full else fs.fdatasync
     samples = []
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(syncs):
                 fs.write_all(fd, block)
-                fs.fdatasync(fd)
+                sync(fd)
             samples.append(time.perf_counter() - t0)
     finally:
         fs.close(fd)
@@ -281,7 +266,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         status_1m = _status_ms(big, 5)
         _log.info("timing empty checkpoints and fsync")
         ck_ms = _checkpoint_empty_ms(os.path.join(work, "ck"), repeats)
-        fsync_ms = _fsync_ms(work, repeats)
+        fsync_ms = syncs_floor_ms(work, 1, repeats, full=True)
         syncs = syncs_per_checkpoint(os.path.join(work, "count"))
         syncs_ms = syncs_floor_ms(work, syncs, repeats)
         replay_rate = int(big_seq / replay_s)
