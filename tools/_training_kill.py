@@ -344,16 +344,23 @@ def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | 
         if loaded is None:
             torch.manual_seed(7)
         start = loaded.step or 0 if loaded is not None else 0
-        for step in range(start + 1, _STEPS + 1):
-            loss = model(torch.randn(16, 8)).pow(2).mean()
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            if step % _SAVE_EVERY == 0:
-                states.save_state(step=step)
-                _ack(acks, step)
+        _accelerate_steps(accelerator, model, optimizer, scheduler, start, lambda step: states.save_state(step=step), acks)
         return start, newest, _digest(model.parameters())
+
+
+def _accelerate_steps(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, start: int, save: Callable[[int], object], acks: str) -> None:
+    """The Accelerate runs' training from ``start``: ``save(step)`` every few steps, each acknowledged once it returned."""
+    import torch
+
+    for step in range(start + 1, _STEPS + 1):
+        loss = model(torch.randn(16, 8)).pow(2).mean()
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        if step % _SAVE_EVERY == 0:
+            save(step)
+            _ack(acks, step)
 
 
 # -- the same runs without shipslog: each framework's own checkpointing, used as its documentation shows --------
@@ -483,15 +490,7 @@ def _baseline_accelerate(root: str, acks: str) -> tuple[int, int | None, str]:
         start = (saved[-1] + 1) * _SAVE_EVERY
     else:
         torch.manual_seed(7)
-    for step in range(start + 1, _STEPS + 1):
-        loss = model(torch.randn(16, 8)).pow(2).mean()
-        optimizer.zero_grad()
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        if step % _SAVE_EVERY == 0:
-            accelerator.save_state()
-            _ack(acks, step)
+    _accelerate_steps(accelerator, model, optimizer, scheduler, start, lambda _step: accelerator.save_state(), acks)
     return start, None, _digest(model.parameters())
 
 
