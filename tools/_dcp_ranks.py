@@ -292,8 +292,13 @@ def _child(argv: list[str]) -> int:
         report["error"] = f"{type(exc).__name__}: {exc}"
     with open(args.report, "w", encoding="utf-8") as f:
         json.dump(report, f)
-    dist.destroy_process_group()
-    return 0
+    if "error" not in report:
+        dist.destroy_process_group()
+    # After a failed collective, torch's gloo threads can abort the interpreter's teardown ("terminate called
+    # without an active exception"); the report is written, so this rank ends here, without a teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
