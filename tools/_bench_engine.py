@@ -196,11 +196,9 @@ def syncs_per_checkpoint(root: str) -> int:
     """The file and folder syncs of one empty checkpoint, begun to committed (after a first one), counted."""
     fs = RecordingFileSystem()
     with Engine.open(root, fs=fs) as engine:
-        with engine.checkpoint("count-warm", step=0):
-            pass
+        engine.checkpoint("count-warm", step=0).commit()  # an empty checkpoint, begun and committed
         before = sum(fs.count(op) for op in _SYNC_OPS)
-        with engine.checkpoint("count", step=1):
-            pass
+        engine.checkpoint("count", step=1).commit()
         return sum(fs.count(op) for op in _SYNC_OPS) - before
 
 
