@@ -66,6 +66,7 @@ __all__ = [
     "checkpoints_newest_first",
     "free_checkpoint_name",
     "load_checkpoint",
+    "load_checkpoint_folder",
     "restore_rng",
     "restore_training",
     "rotate_checkpoints",
@@ -266,7 +267,12 @@ def load_checkpoint(
     """
     engine.check_usable()
     art = resolve_target(engine.state, target)
-    folder = engine.path(*art.path.split("/"))
+    return load_checkpoint_folder(engine.path(*art.path.split("/")), prefix=prefix, device=device)
+
+
+def load_checkpoint_folder(folder: str, *, prefix: str = TRAINING_PREFIX, device: str | torch.device = "cpu") -> dict[Any, Any]:
+    """:func:`load_checkpoint` of a committed folder named by path (where no engine is open: the processes other
+    than rank 0 of a distributed run), verified in full against its own MANIFEST as it is read."""
     manifest = read_manifest(folder)
     verify_folder(folder, manifest, deep=False)  # every listed file present, of its size, and nothing else
     return load_state_dict(folder, entries=manifest.files, device=device, prefix=prefix)

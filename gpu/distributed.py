@@ -34,6 +34,14 @@ Guarantees (on top of DCP's planning, sharding and resharding):
   saved by N ranks loads into M.
 * without an initialized process group the same calls run in one process.
 
+For files a framework writes itself on several ranks (the HF Trainer's
+per-rank RNG states), :func:`shared_checkpoint` is the same commit without
+DCP: every rank writes into the coordinator's staging folder and records
+its files, the coordinator commits once all ranks reported; and
+:func:`choose_verified` picks, for a resume, the newest checkpoint that
+verifies on every rank.  The integrations in :mod:`shipslog.gpu.hf` and
+:mod:`shipslog.gpu.lightning` use them under DDP.
+
 Non-tensor values in a state dict are stored by DCP as ``torch.save`` bytes
 and loaded back with ``torch.load``; they are read only after their file's
 checksum matched what was written at save time, which guards against damage,
@@ -50,12 +58,10 @@ import mmap
 import os
 import pickle
 import threading
-import uuid
 from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem as DcpFileSystem
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
@@ -79,7 +85,6 @@ from shipslog.engine import (
 from shipslog.journal import (
     OS_FS,
     FileSystem,
-    ShipslogError,
     crash_point,
     crc32,
     crc32_while,
@@ -87,6 +92,26 @@ from shipslog.journal import (
     parallel_crc32,
     read_limited,
     register_crash_point,
+)
+
+from ._collective import (
+    CP_GATHERED,
+    CP_OFFERED,
+    CP_RANK_BEFORE,
+    CP_RANK_FILES,
+    DistributedCheckpoint,
+    DistributedCheckpointError,
+    RankFile,
+    SharedCheckpoint,
+    abort_open,
+    agree,
+    begin_offer,
+    choose_verified,
+    engine_problem,
+    failure,
+    from_coordinator,
+    group_view,
+    shared_checkpoint,
 )
 
 if TYPE_CHECKING:
@@ -97,11 +122,14 @@ __all__ = [
     "DistributedCheckpoint",
     "DistributedCheckpointError",
     "DistributedCheckpointer",
+    "SharedCheckpoint",
     "ShipslogStorageReader",
     "ShipslogStorageWriter",
+    "choose_verified",
     "decode_dcp_metadata",
     "load_distributed",
     "save_distributed",
+    "shared_checkpoint",
 ]
 
 _log = logging.getLogger("shipslog.gpu.distributed")
@@ -116,47 +144,9 @@ _FILES_KEY = "__shipslog_file__/"
 """The fqn prefix of the extra write results that carry each rank's files to the coordinator (never in ``.metadata``)."""
 
 
-CP_OFFERED = register_crash_point(
-    "distributed.after_offer", "checkpoint.begun is durable and every rank has the staging folder; no rank has written a file"
-)
-CP_RANK_BEFORE = register_crash_point(
-    "distributed.before_rank_files", "this rank has the staging folder and its plan; it has written no file"
-)
-CP_RANK_FILES = register_crash_point(
-    "distributed.after_rank_files", "this rank's files are written and fsynced in staging; its write results are not sent"
-)
-CP_GATHERED = register_crash_point(
-    "distributed.after_gather", "the coordinator has every rank's write results; .metadata is not written, no MANIFEST"
-)
 CP_METADATA = register_crash_point(
     "distributed.after_metadata", ".metadata is written and fsynced in staging; no MANIFEST, checkpoint.durable not journaled"
 )
-
-
-class DistributedCheckpointError(ShipslogError, RuntimeError):
-    """A distributed save or load failed; raised on every rank alike, naming the rank and the cause."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DistributedCheckpoint:
-    """A committed DCP checkpoint, as every rank sees it after a save or a load."""
-
-    name: str
-    step: int | None
-    path: str
-    """Relative to the root: ``checkpoints/<name>``."""
-    world_size: int
-    """The number of ranks that saved it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RankFile:
-    """One file a rank wrote, as reported to the coordinator in DCP's write results (see the module)."""
-
-    generation: str
-    path: str
-    size: int
-    crc32: int
 
 
 # -- the rank side: files checksummed as written ----------------------------------------------
@@ -516,74 +506,6 @@ class ShipslogStorageReader(FileSystemReader):
 # -- one call each way ---------------------------------------------------------------------------
 
 
-def _group_view(process_group: Any) -> tuple[bool, int, int]:
-    """(distributed, rank in the group, world size)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return False, 0, 1
-    return True, dist.get_rank(process_group), dist.get_world_size(process_group)
-
-
-def _agree(distributed: bool, rank: int, problem: str | None, process_group: Any) -> None:
-    """Every rank's precondition problem gathered; the same error raised on every rank when any has one."""
-    problems: list[str | None] = [problem]
-    if distributed:
-        problems = [None] * dist.get_world_size(process_group)
-        dist.all_gather_object(problems, problem, group=process_group)
-    found = [f"rank {r}: {p}" for r, p in enumerate(problems) if p]
-    if found:
-        raise DistributedCheckpointError("; ".join(found))
-
-
-def _from_coordinator(distributed: bool, offer: dict[str, Any] | None, process_group: Any) -> dict[str, Any]:
-    """The coordinator's ``offer`` on every rank (broadcast from group rank 0)."""
-    box: list[Any] = [offer]
-    if distributed:
-        src = 0 if process_group is None else dist.get_global_rank(process_group, 0)
-        dist.broadcast_object_list(box, src=src, group=process_group)
-    result = box[0]
-    if not isinstance(result, dict):
-        raise DistributedCheckpointError(f"the coordinator sent {type(result).__name__}, not its offer")
-    if result.get("error"):
-        raise DistributedCheckpointError(f"on the coordinator (rank 0): {result['error']}")
-    return result
-
-
-def _engine_problem(engine: EngineCore | None, rank: int) -> str | None:
-    if rank == 0 and engine is None:
-        return "the coordinator (rank 0 of the group) needs the engine; pass the open Engine there"
-    if rank != 0 and engine is not None:
-        return "only the coordinator (rank 0 of the group) opens the engine; pass None on the other ranks"
-    return None
-
-
-_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
-_TIMED_OUT = ("Timed out", "timed out", "Timeout")
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` on one line, with what a collective's failure means said first."""
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:300] + "..."
-    if isinstance(exc, RuntimeError) and any(s in text for s in _LOST_PEER):
-        return f"a rank left the job (its process died or its connection broke): {text}"
-    if isinstance(exc, RuntimeError) and any(s in text for s in _TIMED_OUT):
-        return f"a rank did not take part within the process group's timeout (hung or stopped): {text}"
-    return f"{type(exc).__name__}: {text}"
-
-
-def _failure(exc: BaseException, what: str) -> DistributedCheckpointError:
-    """One line for DCP's per-rank failures (``CheckpointException``), or for any other error."""
-    failures = getattr(exc, "failures", None)
-    if isinstance(failures, dict) and failures:
-        parts = []
-        for rank, wrapped in sorted(failures.items()):
-            inner = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped  # (exception, its stack summary)
-            parts.append(f"rank {rank}: {_describe(inner)}")
-        return DistributedCheckpointError(f"{what} failed on {len(failures)} rank(s): {'; '.join(parts)}")
-    return DistributedCheckpointError(f"{what} failed: {_describe(exc)}")
-
-
 @dataclasses.dataclass
 class _Begun:
     """A save every rank agreed on: the coordinator's writer (None elsewhere) and this rank's storage writer."""
@@ -597,8 +519,8 @@ class _Begun:
 
     def failed(self, exc: BaseException) -> DistributedCheckpointError:
         """Abort the operation (on the coordinator) and describe the failure, the same way on every rank."""
-        _abort(self.writer, f"the distributed save failed: {type(exc).__name__}: {exc}")
-        return _failure(exc, f"save of checkpoint {self.name!r} (op {self.op})")
+        abort_open(self.writer, f"the distributed save failed: {type(exc).__name__}: {exc}")
+        return failure(exc, f"save of checkpoint {self.name!r} (op {self.op})")
 
     def result(self) -> DistributedCheckpoint:
         return DistributedCheckpoint(self.name, self.step, f"checkpoints/{self.name}", self.world)
@@ -615,22 +537,21 @@ def _begin(
     fs: FileSystem | None,
 ) -> tuple[bool, _Begun]:
     """Every rank's preconditions agreed, the operation begun on the coordinator and its staging folder sent to all."""
-    distributed, rank, world = _group_view(process_group)
+    distributed, rank, world = group_view(process_group)
     name = name if name is not None else f"step-{step}"
-    _agree(distributed, rank, _engine_problem(engine, rank), process_group)
+    agree(distributed, rank, engine_problem(engine, rank), process_group)
     writer: CheckpointWriter | None = None
     offer: dict[str, Any] | None = None
     if rank == 0:
         assert engine is not None
         try:
-            writer = engine.checkpoint(name, step=step, meta={**dict(meta or {}), "format": DCP_FORMAT, "world_size": world})
-            offer = {"staging": writer.path, "generation": f"{writer.op}/{uuid.uuid4().hex}", "op": writer.op}
+            writer, offer = begin_offer(engine, name, step, {**dict(meta or {}), "format": DCP_FORMAT}, world)
         except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
             offer = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        got = _from_coordinator(distributed, offer, process_group)
+        got = from_coordinator(distributed, offer, process_group)
     except BaseException as exc:
-        _abort(writer, f"the other ranks could not be told about the save: {type(exc).__name__}: {exc}")
+        abort_open(writer, f"the other ranks could not be told about the save: {type(exc).__name__}: {exc}")
         raise
     rank_fs = fs if fs is not None else engine.fs if engine is not None else OS_FS
     storage = ShipslogStorageWriter(got["staging"], generation=got["generation"], commit=writer, fs=rank_fs, thread_count=thread_count)
@@ -735,17 +656,6 @@ class DistributedCheckpointer:
             _log.error("the save in flight failed too: %s", failed)
 
 
-def _abort(writer: CheckpointWriter | None, reason: str) -> None:
-    """On the coordinator: abort the operation if it is still open (staging removed, ``aborted`` journaled)."""
-    if writer is None or writer.state != "open":
-        return
-    try:
-        writer.abort(reason)
-    except (ShipslogError, OSError) as exc:
-        _log.error("could not abort %s after a failed save (%s): %s; the engine's recovery finishes it on the next open",
-                   writer.op, reason, exc)
-
-
 def _choose(engine: EngineCore, name: str | None) -> dict[str, Any] | None:
     """The coordinator's pick: ``name``, or the newest committed DCP checkpoint by step; None when there is none."""
     state = engine.state
@@ -785,8 +695,8 @@ def load_distributed(
     rank, naming the file.  Returns None (nothing loaded) on every rank when
     the root has no DCP checkpoint and no ``name`` was given.
     """
-    distributed, rank, _world = _group_view(process_group)
-    _agree(distributed, rank, _engine_problem(engine, rank), process_group)
+    distributed, rank, _world = group_view(process_group)
+    agree(distributed, rank, engine_problem(engine, rank), process_group)
     offer: dict[str, Any] | None = None
     if rank == 0:
         assert engine is not None
@@ -794,7 +704,7 @@ def load_distributed(
             offer = {"found": _choose(engine, name)}
         except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
             offer = {"error": f"{type(exc).__name__}: {exc}"}
-    found = _from_coordinator(distributed, offer, process_group)["found"]
+    found = from_coordinator(distributed, offer, process_group)["found"]
     if found is None:
         return None
     entries = [FileEntry(p, s, c) for p, s, c in found["files"]]
@@ -804,5 +714,5 @@ def load_distributed(
     try:
         dcp_load(state_dict, storage_reader=reader, process_group=process_group, no_dist=not distributed)
     except (Exception, CheckpointException) as exc:  # DCP's per-rank failures derive from BaseException
-        raise _failure(exc, f"load of {found['path']}") from exc
+        raise failure(exc, f"load of {found['path']}") from exc
     return DistributedCheckpoint(found["name"], found["step"], found["path"], found["world_size"])

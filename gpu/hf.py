@@ -24,6 +24,21 @@ Guarantees (on top of the Trainer's own):
   commit (journaled first): never the newest checkpoint, never the best one
   (the ``best`` pointer follows ``state.best_model_checkpoint``).
 
+Distributed (DDP, one process per rank, ``torchrun`` or the same environment
+variables): pass the open engine on process 0 only and ``None`` on the
+others.  A checkpoint is then one operation of every process
+(:func:`shipslog.gpu.distributed.shared_checkpoint`): process 0 begins it and
+sends the staging folder to all; each process writes what the Trainer writes
+there (process 0 the weights, optimizer, scheduler and trainer state, every
+process its ``rng_state_<i>.pth``, fsynced and checksummed where it was
+written); process 0 commits once every process reported, and a failure or a
+dead process fails the save on every process with the same
+:class:`~shipslog.gpu.distributed.DistributedCheckpointError` (the operation
+aborted).  ``resume_from_checkpoint=True`` picks the newest checkpoint that
+verifies on every process (each checks the files it reads: the shared ones
+and its own RNG file) with :func:`~shipslog.gpu.distributed.choose_verified`.
+Retention and the ``best`` pointer run on process 0.
+
 Preemption: ``ShipslogTrainer(engine, ..., preemption=Preemption(grace_s=...))``
 (entered around the training) saves at the end of the step a SIGTERM arrived
 in, when it fits in the grace period (estimated from the last save), and
@@ -39,6 +54,8 @@ import logging
 import os
 from typing import Any
 
+import torch.distributed as dist
+
 from shipslog.engine import (
     ArtifactInfo,
     EngineCore,
@@ -52,8 +69,15 @@ try:
 except ImportError as _exc:
     raise MissingDependencyError("transformers", "hf") from _exc
 
+from ._collective import (
+    DistributedCheckpoint,
+    agree,
+    choose_verified,
+    engine_problem,
+    shared_checkpoint,
+)
 from ._preemption import Preemption
-from ._training import free_checkpoint_name, rotate_checkpoints
+from ._training import checkpoints_newest_first, free_checkpoint_name, rotate_checkpoints
 
 __all__ = ["BEST_POINTER", "ShipslogTrainer"]
 
@@ -83,27 +107,48 @@ class ShipslogTrainer(Trainer):
     """A ``transformers.Trainer`` whose checkpoints are committed through ``engine`` (see the module).
 
     Takes every ``Trainer`` argument after ``engine``.  The engine stays open
-    for the trainer's life; the caller closes it.
+    for the trainer's life; the caller closes it.  In a distributed run
+    ``engine`` is given on process 0 only (``None`` elsewhere); this is
+    checked on every process when the trainer is made.
     """
 
-    def __init__(self, engine: EngineCore, *args: Any, preemption: Preemption | None = None, **kwargs: Any) -> None:
+    def __init__(self, engine: EngineCore | None, *args: Any, preemption: Preemption | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.distributed = self.args.world_size > 1 and dist.is_available() and dist.is_initialized()
+        if self.distributed:
+            agree(True, dist.get_rank(), engine_problem(engine, dist.get_rank()), None)
+        elif engine is None:
+            raise ValueError("ShipslogTrainer needs the open Engine (None is only for processes other than 0 of a distributed run)")
         self.engine = engine
         self.preemption = preemption
         if preemption is not None:
             self.add_callback(_PreemptionCallback(preemption))
-        self.resumed_from: ArtifactInfo | None = None
+        self.resumed_from: ArtifactInfo | DistributedCheckpoint | None = None
         """The committed checkpoint the last ``train(resume_from_checkpoint=True)`` resumed from (None: from scratch)."""
+
+    def _reads(self, relpath: str) -> bool:
+        """Whether this process reads ``relpath`` of a checkpoint when it resumes (another process's RNG file: no)."""
+        return not relpath.startswith("rng_state") or relpath == f"rng_state_{self.args.process_index}.pth"
+
+    def _choose_resume(self) -> tuple[ArtifactInfo | DistributedCheckpoint, str] | None:
+        """The newest committed checkpoint that verifies (on every process, when distributed), with its folder."""
+        if not self.distributed:
+            assert self.engine is not None
+            art = self.engine.latest_checkpoint(deep=True)
+            return (art, self.engine.path(*art.path.split("/"))) if art is not None else None
+        candidates = [a.path for a in checkpoints_newest_first(self.engine)] if self.engine is not None else []
+        return choose_verified(self.engine, candidates, reads=self._reads)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` is the newest committed checkpoint that verifies."""
         if resume_from_checkpoint is True:
-            art = self.resumed_from = self.engine.latest_checkpoint(deep=True)
-            if art is None:
-                _log.info("no committed checkpoint in %s: training starts from scratch", self.engine.root)
+            chosen = self._choose_resume()
+            self.resumed_from = chosen[0] if chosen is not None else None
+            if chosen is None:
+                _log.info("no committed checkpoint to resume from: training starts from scratch")
                 resume_from_checkpoint = None
             else:
-                resume_from_checkpoint = self.engine.path(*art.path.split("/"))
+                art, resume_from_checkpoint = chosen
                 _log.info("resuming from %s (step %s)", art.path, art.step)
                 if self.args.max_steps > 0 and (art.step or 0) >= self.args.max_steps:
                     # The run was complete: the Trainer itself would train one step past max_steps here.
@@ -122,32 +167,47 @@ class ShipslogTrainer(Trainer):
     def _commit_checkpoint(self, model: Any, trial: Any) -> None:
         step = int(self.state.global_step)
         if self.hp_search_backend is None and trial is None:
-            self.store_flos()
-        name = free_checkpoint_name(self.engine, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        with self.engine.checkpoint(name, step=step, meta={"framework": "transformers"}) as ck:
-            out = ck.path
-            self.save_model(out, _internal_call=True)
-            if self.state.best_global_step:
-                best = self.engine.path("checkpoints", f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-                if os.path.isdir(best) or self.state.best_global_step == step:
-                    self.state.best_model_checkpoint = self.engine.path("checkpoints", f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-            if not self.args.save_only_model:
-                self._save_optimizer_and_scheduler(out)
-                save_scaler = getattr(self, "_save_scaler", None)
-                if save_scaler is not None:
-                    save_scaler(out)
-                self._save_rng_state(out)
-            if self.args.should_save:
-                stateful: Any = self.state.stateful_callbacks  # a dict by the time a checkpoint is saved
-                for cb in [c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)]:
-                    key = cb.__class__.__name__
-                    if isinstance(stateful.get(key), list):
-                        stateful[key].append(cb.state())
-                    else:
-                        stateful[key] = cb.state()
-                self.state.save_to_json(os.path.join(out, _TRAINER_STATE))
-        self._point_best()
-        self._rotate()
+            self.store_flos()  # a collective when distributed: every process is here
+        base = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        meta = {"framework": "transformers"}
+        if self.distributed:
+            name = free_checkpoint_name(self.engine, base) if self.engine is not None else base  # process 0's counts
+            with shared_checkpoint(self.engine, name, step=step, meta=meta) as shared:
+                self._write_checkpoint(shared.path, os.path.dirname(shared.final_path), step)
+                rng_file = f"rng_state_{self.args.process_index}.pth"
+                if os.path.isfile(os.path.join(shared.path, rng_file)):
+                    shared.record(rng_file)
+        else:
+            assert self.engine is not None
+            with self.engine.checkpoint(free_checkpoint_name(self.engine, base), step=step, meta=meta) as ck:
+                self._write_checkpoint(ck.path, self.engine.path("checkpoints"), step)
+        if self.engine is not None:
+            self._point_best()
+            self._rotate()
+
+    def _write_checkpoint(self, out: str, checkpoints: str, step: int) -> None:
+        """What the Trainer writes into a checkpoint folder (on this process), into ``out``; ``checkpoints`` is
+        the folder committed checkpoints are in."""
+        self.save_model(out, _internal_call=True)
+        if self.state.best_global_step:
+            best = os.path.join(checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if os.path.isdir(best) or self.state.best_global_step == step:
+                self.state.best_model_checkpoint = best
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(out)
+            save_scaler = getattr(self, "_save_scaler", None)
+            if save_scaler is not None:
+                save_scaler(out)
+            self._save_rng_state(out)
+        if self.args.should_save:
+            stateful: Any = self.state.stateful_callbacks  # a dict by the time a checkpoint is saved
+            for cb in [c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)]:
+                key = cb.__class__.__name__
+                if isinstance(stateful.get(key), list):
+                    stateful[key].append(cb.state())
+                else:
+                    stateful[key] = cb.state()
+            self.state.save_to_json(os.path.join(out, _TRAINER_STATE))
 
     def _point_best(self) -> None:
         """Move the ``best`` pointer to the Trainer's best checkpoint, when it is a committed one."""

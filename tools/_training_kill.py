@@ -26,6 +26,14 @@ newest committed checkpoint (after recovery) and no older than the newest
 save the killed child saw acknowledged, and its final weights equal those of
 an uninterrupted run bit for bit.  ``--quick`` tries a seeded sample of the
 points.  Imports torch (in the children only).
+
+With ``ranks=2`` (the HF Trainer and Lightning) each child is a DDP job of
+two processes on gloo (the engine on rank 0 only; Lightning through
+:class:`~shipslog.gpu.lightning.ShipslogDDPStrategy`): the file events of
+each rank are counted separately, and every event of every rank is a kill
+point.  When one rank is killed the others are given a few seconds to fail
+on their own and are then killed too, as a job scheduler tears a job down;
+the job is then started again on both ranks.
 """
 
 from __future__ import annotations
@@ -62,6 +70,10 @@ _STEPS = 12
 _SAVE_EVERY = 4
 _QUICK_POINTS = 6
 _CHILD_TIMEOUT_S = 300
+DISTRIBUTED_FRAMEWORKS = ("hf", "lightning")
+"""The frameworks ``ranks=2`` runs (DDP on gloo)."""
+_TEARDOWN_S = 20.0
+"""How long the other ranks of a job get to end on their own after one was killed, before they are killed too."""
 
 
 class KillingFileSystem(DelegatingFileSystem):
@@ -158,6 +170,7 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--baseline", action="store_true", help="the framework's own checkpointing, without shipslog")
     parser.add_argument("--intercept", choices=["libc", "python"], default="python",
                         help="libc: counted and killed by the preloaded library; python: by the Python-level killers")
+    parser.add_argument("--rank", type=int, default=0, help="this process's rank in a DDP job (RANK and WORLD_SIZE are set)")
     args = parser.parse_args(argv)
     python_counter: Callable[[], int] | None = None
     if args.baseline:
@@ -171,7 +184,7 @@ def _child(argv: list[str]) -> int:
             killing = fs = KillingFileSystem(OS_FS, mode=args.mode, kill_at=args.kill_at)
             python_counter = lambda: killing.events  # noqa: E731
         train = {"plain": _train_plain, "lightning": _train_lightning, "hf": _train_hf, "accelerate": _train_accelerate}[args.framework]
-        start, newest, digest = train(args.root, fs, args.acks)
+        start, newest, digest = train(args.root, fs, args.acks, args.rank)
     counted = python_counter() if python_counter is not None else _libc_kill.kill_library_events()
     if counted is None:
         raise RuntimeError("--intercept libc: the kill library is not preloaded (LD_PRELOAD)")
@@ -200,7 +213,20 @@ def _newest(engine: Any) -> int | None:
     return max(steps) if steps else None
 
 
-def _train_plain(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _open_engine(root: str, fs: FileSystem, rank: int) -> Any:
+    """The engine on rank 0 (a context manager); on the other ranks of a DDP job, None."""
+    import contextlib
+
+    from shipslog import Engine
+
+    return Engine.open(root, fs=fs, segment_bytes=1 << 20) if rank == 0 else contextlib.nullcontext()
+
+
+def _train_plain(root: str, fs: FileSystem, acks: str, rank: int = 0) -> tuple[int, int | None, str]:
 
     from shipslog import Engine
     from shipslog.gpu import restore_training, save_training
@@ -262,23 +288,29 @@ def _lightning_parts(acks: str) -> tuple[Any, Any]:
     return Regression(), Acks()
 
 
-def _train_lightning(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+def _train_lightning(root: str, fs: FileSystem, acks: str, rank: int = 0) -> tuple[int, int | None, str]:
     import warnings
 
     import lightning.pytorch as pl
 
-    from shipslog import Engine
-    from shipslog.gpu.lightning import ShipslogCheckpointIO, ShipslogModelCheckpoint
+    from shipslog.gpu.lightning import (
+        ShipslogCheckpointIO,
+        ShipslogDDPStrategy,
+        ShipslogModelCheckpoint,
+    )
 
     model, ack_callback = _lightning_parts(acks)
-    with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine, warnings.catch_warnings():
+    world = _world()
+    ddp: dict[str, Any] = {"devices": world, "strategy": ShipslogDDPStrategy()} if world > 1 else {}
+    with _open_engine(root, fs, rank) as engine, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        newest = _newest(engine)
+        newest = _newest(engine) if engine is not None else None
         trainer = pl.Trainer(
             max_steps=_STEPS, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=os.path.dirname(root), plugins=[ShipslogCheckpointIO(engine)],
             callbacks=[ShipslogModelCheckpoint(engine, every_n_train_steps=_SAVE_EVERY, save_top_k=2, monitor="step",
                                                mode="max", save_last=True), ack_callback],
+            **ddp,
         )
         trainer.fit(model, ckpt_path="last")
         # the step it resumed at: its first step's, or (a finished run resumed: nothing trained) where it ended
@@ -307,23 +339,22 @@ def _hf_parts(root: str, acks: str, *, output_dir: str) -> tuple[Any, Any, Any, 
     return model, data, args, Acks()
 
 
-def _train_hf(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+def _train_hf(root: str, fs: FileSystem, acks: str, rank: int = 0) -> tuple[int, int | None, str]:
     import warnings
 
-    from shipslog import Engine
     from shipslog.gpu.hf import ShipslogTrainer
 
     model, data, args, ack_callback = _hf_parts(root, acks, output_dir=os.path.join(os.path.dirname(root), "hf-output"))
-    with Engine.open(root, fs=fs, segment_bytes=1 << 20) as engine, warnings.catch_warnings():
+    with _open_engine(root, fs, rank) as engine, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        newest = _newest(engine)
+        newest = _newest(engine) if engine is not None else None
         trainer = ShipslogTrainer(engine, model=model, args=args, train_dataset=data, callbacks=[ack_callback])
         trainer.train(resume_from_checkpoint=True)
         start = trainer.resumed_from.step or 0 if trainer.resumed_from is not None else 0
         return start, newest, _digest(model.parameters())
 
 
-def _train_accelerate(root: str, fs: FileSystem, acks: str) -> tuple[int, int | None, str]:
+def _train_accelerate(root: str, fs: FileSystem, acks: str, rank: int = 0) -> tuple[int, int | None, str]:
     import warnings
 
     import accelerate  # type: ignore[import-untyped]
@@ -504,6 +535,7 @@ _BASELINES = {"plain": _baseline_plain, "lightning": _baseline_lightning, "hf": 
 class _Outcome:
     mode: str
     point: int
+    rank: int
     killed: bool
     start: int | None
     newest: int | None
@@ -525,18 +557,21 @@ def run_training_torture(
     keep: bool = False,
     baseline: bool = False,
     intercept: str = "auto",
+    ranks: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep for ``framework`` (see the module) in a temporary folder; return the result object.
 
-    ``quick`` tries ``sample`` seeded points of each mode instead of every
-    one; ``jobs`` kill points run at a time.  ``baseline`` runs the
+    ``quick`` tries ``sample`` seeded points of each mode (and rank) instead
+    of every one; ``jobs`` kill points run at a time.  ``baseline`` runs the
     framework's own checkpointing without shipslog.  ``intercept``: ``libc``
     counts and kills in the preloaded library (every file event, native
     writes included; RuntimeError when it cannot be built), ``python`` with
     the Python-level killers (the baselines then have no writes cut in half),
     ``auto`` the library when a C compiler is found (``intercept`` in the
-    result says which ran).
+    result says which ran).  ``ranks=2`` runs each child as a DDP job of two
+    processes (``hf`` and ``lightning``, shipslog only): the events of each
+    rank are kill points (``events`` then lists the counts by rank).
     ``violations`` lists every kill point whose resume failed a requirement;
     ``verdicts`` counts the outcomes.  ``log`` (optional) gets one line per
     kill point as it finishes, so a long sweep shows its progress.
@@ -545,6 +580,11 @@ def run_training_torture(
         raise ValueError(f"framework is one of {FRAMEWORKS}, got {framework!r}")
     if intercept not in INTERCEPTS:
         raise ValueError(f"intercept is one of {INTERCEPTS}, got {intercept!r}")
+    if ranks not in (1, 2):
+        raise ValueError(f"ranks is 1 or 2, got {ranks!r}")
+    if ranks > 1 and (framework not in DISTRIBUTED_FRAMEWORKS or baseline):
+        raise ValueError(f"ranks=2 runs shipslog's DDP path of {DISTRIBUTED_FRAMEWORKS}, not {framework!r}"
+                         f"{' (baseline)' if baseline else ''}")
     # the real path: the library compares the paths it sees (some through /proc/self/fd) with the roots it is given
     work = os.path.realpath(tempfile.mkdtemp(prefix="shipslog-torture-training-", dir=folder))
     t0 = time.monotonic()
@@ -554,29 +594,36 @@ def run_training_torture(
             raise RuntimeError("intercept='libc': the kill library could not be built (no working C compiler: cc or gcc)")
         if library is None and intercept == "auto":
             _log.warning("no C compiler found: killing through Python-level hooks; native writes are not cut")
-        run = _Runner(work, framework, baseline, library)
+        run = _Runner(work, framework, baseline, library, ranks)
         clean = run.child("clean", "before", 0)
         if clean.get("error"):
             raise RuntimeError(f"the uninterrupted training run failed: {clean['error']}")
-        counts = {"before": clean["events"]}
+        by_rank = {"before": clean["events_by_rank"]}
         if not baseline or library is not None:
-            counts["half"] = run.child("count-writes", "half", 0)["events"]
-        if not all(counts.values()):
-            raise RuntimeError(f"the uninterrupted training run counted no file events ({counts}): the killer is not working")
+            writes = run.child("count-writes", "half", 0)
+            if writes.get("error"):
+                raise RuntimeError(f"the uninterrupted training run (counting writes) failed: {writes['error']}")
+            by_rank["half"] = writes["events_by_rank"]
+        if not all(sum(v) for v in by_rank.values()):
+            raise RuntimeError(f"the uninterrupted training run counted no file events ({by_rank}): the killer is not working")
         rng = random.Random(seed)
-        planned: list[tuple[str, int]] = []
-        for mode, total in counts.items():
-            points = list(range(1, total + 1))
-            if quick:
-                points = sorted(rng.sample(points, min(sample, len(points))))
-            planned += [(mode, point) for point in points]
+        planned: list[tuple[str, int, int]] = []
+        for mode, totals in by_rank.items():
+            points = []
+            for rank, total in enumerate(totals):  # a quick run samples every rank's events
+                of_rank = list(range(1, total + 1))
+                if quick:
+                    of_rank = sorted(rng.sample(of_rank, min(sample, total)))
+                points += [(rank, point) for point in of_rank]
+            planned += [(mode, rank, point) for rank, point in points]
         side = "its own checkpointing" if baseline else "shipslog"
         done = iter(range(1, len(planned) + 1))
 
-        def one(job: tuple[str, int]) -> _Outcome:
-            outcome = run.kill_and_resume(job[0], job[1], clean["digest"])
+        def one(job: tuple[str, int, int]) -> _Outcome:
+            outcome = run.kill_and_resume(job[0], job[1], job[2], clean["digest"])
             if log is not None:
-                log(f"{framework} ({side}): {next(done)}/{len(planned)} {job[0]} #{job[1]}: {outcome.verdict}")
+                where = f" rank {job[1]}" if ranks > 1 else ""
+                log(f"{framework} ({side}):{where} {next(done)}/{len(planned)} {job[0]} #{job[2]}: {outcome.verdict}")
             return outcome
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -586,11 +633,12 @@ def run_training_torture(
             "framework": framework,
             "shipslog": not baseline,
             "intercept": "libc" if library is not None else "python",
+            "ranks": ranks,
             "quick": quick,
             "seed": seed,
             "steps": _STEPS,
             "save_every": _SAVE_EVERY,
-            "events": counts,
+            "events": {mode: totals[0] if ranks == 1 else totals for mode, totals in by_rank.items()},
             "points": len(outcomes),
             "killed": sum(o.killed for o in outcomes),
             "resumed_from_newest": verdicts["resumed"],
@@ -609,11 +657,12 @@ class _Runner:
     framework: str
     baseline: bool
     library: str | None
+    ranks: int = 1
 
-    def kill_and_resume(self, mode: str, point: int, digest: str) -> _Outcome:
-        slot = f"{mode}-{point:04d}"
-        first = self.child(slot, mode, point, expect_kill=True)
-        acked = max((int(line) for line in _lines(os.path.join(self.work, slot, "acks"))), default=0)
+    def kill_and_resume(self, mode: str, rank: int, point: int, digest: str) -> _Outcome:
+        slot = f"{mode}-{point:04d}" if self.ranks == 1 else f"{mode}-r{rank}-{point:04d}"
+        first = self.child(slot, mode, point, kill_rank=rank, expect_kill=True)
+        acked = max((int(line) for name in self._acks(slot) for line in _lines(name)), default=0)
         second = self.child(slot, mode, 0)
         start, newest = second.get("start"), second.get("newest_at_open")
         problems: list[str] = []
@@ -627,42 +676,95 @@ class _Runner:
             if (start or 0) < acked:
                 problems.append(f"resumed at step {start}, older than the save at step {acked} that had returned")
                 verdict = "lost-work"
-            if second.get("digest") != digest:
+            if second.get("digest") != digest or len(set(second.get("digests", [digest]))) != 1:
                 problems.append("the final weights differ from an uninterrupted run")
                 verdict = "wrong-weights" if verdict == "resumed" else verdict
             if problems and verdict == "resumed":
                 verdict = "wrong-weights"
-        return _Outcome(mode, point, bool(first.get("killed")), start, newest, acked, verdict, "; ".join(problems))
+        return _Outcome(mode, point, rank, bool(first.get("killed")), start, newest, acked, verdict, "; ".join(problems))
 
-    def child(self, slot: str, mode: str, kill_at: int, *, expect_kill: bool = False) -> dict[str, Any]:
+    def _acks(self, slot: str) -> list[str]:
+        return [os.path.join(self.work, slot, "acks" if r == 0 else f"acks-{r}") for r in range(self.ranks)]
+
+    def child(self, slot: str, mode: str, kill_at: int, *, kill_rank: int = 0, expect_kill: bool = False) -> dict[str, Any]:
+        """Run the training job once (``ranks`` processes), killed at event ``kill_at`` of rank ``kill_rank`` (0: not
+        killed); rank 0's result with ``events_by_rank`` and ``digests``, ``{"killed": True}``, or ``{"error": ...}``."""
         folder = os.path.join(self.work, slot)
         os.makedirs(folder, exist_ok=True)
-        result = os.path.join(folder, f"result-{kill_at}.json")
-        args = [sys.executable, "-m", _MODULE, os.path.join(folder, "root"), "--framework", self.framework, "--mode", mode,
-                "--kill-at", str(kill_at), "--result", result, "--acks", os.path.join(folder, "acks")]
-        if self.baseline:
-            args.append("--baseline")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPSLOG_CRASH", "SHIPSLOG_KILL"))}
-        if self.library is not None:
-            # the child's temporary files too (Lightning writes each checkpoint to one, then moves it into place)
-            env["TMPDIR"] = os.path.join(folder, "tmp")
-            os.makedirs(env["TMPDIR"], exist_ok=True)
-            args += ["--intercept", "libc"]
-            roots = [os.path.join(folder, "root"), os.path.join(folder, "hf-output"), env["TMPDIR"]]
-            env = _libc_kill.kill_library_env(env, self.library, roots, mode, kill_at)
-        # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
-        done = subprocess.run(args, cwd=self.work, env=env, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
-        if done.returncode == -signal.SIGKILL:
+        port = _free_port() if self.ranks > 1 else 0
+        procs: list[subprocess.Popen[bytes]] = []
+        results: list[str] = []
+        for rank, acks in enumerate(self._acks(slot)):
+            result = os.path.join(folder, f"result-{kill_at}-{rank}.json")
+            results.append(result)
+            args = [sys.executable, "-m", _MODULE, os.path.join(folder, "root"), "--framework", self.framework, "--mode", mode,
+                    "--kill-at", str(kill_at if rank == kill_rank else 0), "--result", result, "--acks", acks, "--rank", str(rank)]
+            if self.baseline:
+                args.append("--baseline")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPSLOG_CRASH", "SHIPSLOG_KILL"))}
+            if self.ranks > 1:
+                env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(self.ranks), LOCAL_WORLD_SIZE=str(self.ranks),
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
+            if self.library is not None:
+                # the child's temporary files too (Lightning writes each checkpoint to one, then moves it into place)
+                env["TMPDIR"] = os.path.join(folder, "tmp" if rank == 0 else f"tmp-{rank}")
+                os.makedirs(env["TMPDIR"], exist_ok=True)
+                args += ["--intercept", "libc"]
+                roots = [os.path.join(folder, "root"), os.path.join(folder, "hf-output"), env["TMPDIR"]]
+                env = _libc_kill.kill_library_env(env, self.library, roots, mode, kill_at if rank == kill_rank else 0)
+            # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
+            with open(os.path.join(folder, f"stderr-{kill_at}-{rank}.txt"), "w", encoding="utf-8") as err:
+                procs.append(subprocess.Popen(args, cwd=self.work, env=env, stdout=subprocess.DEVNULL, stderr=err))
+        codes = _wait_job(procs)
+        stderr = [_tail(os.path.join(folder, f"stderr-{kill_at}-{rank}.txt")) for rank in range(self.ranks)]
+        if codes[kill_rank] == -signal.SIGKILL and expect_kill:
             return {"killed": True}
-        if done.returncode != 0 or not os.path.exists(result):
-            tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        if any(code != 0 for code in codes) or not all(os.path.exists(r) for r in results):
+            bad = next((r for r, code in enumerate(codes) if code != 0), 0)
+            tail = stderr[bad].strip().splitlines()[-1:] or ["(no output)"]
+            where = f"rank {bad}: " if self.ranks > 1 else ""
             if expect_kill:
-                return {"killed": False, "error": tail[0]}
-            return {"error": f"exit {done.returncode}: {tail[0]}"}
-        with open(result, encoding="utf-8") as f:
-            found: dict[str, Any] = json.load(f)
-        found["killed"] = False
+                return {"killed": False, "error": f"{where}{tail[0]}"}
+            return {"error": f"{where}exit {codes[bad]}: {tail[0]}"}
+        reports = []
+        for result in results:
+            with open(result, encoding="utf-8") as f:
+                reports.append(json.load(f))
+        found: dict[str, Any] = dict(reports[0])
+        found.update(killed=False, events_by_rank=[r["events"] for r in reports], digests=[r["digest"] for r in reports])
         return found
+
+
+def _free_port() -> int:
+    """A TCP port free on this host now (the rendezvous of a DDP job)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_job(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """Wait for a job's processes; their exit codes.  Once any process ends killed by a signal, or failed, the
+    others get :data:`_TEARDOWN_S` to end, then are killed (a scheduler tearing the job down)."""
+    deadline = time.monotonic() + _CHILD_TIMEOUT_S
+    teardown: float | None = None
+    while None in [p.poll() for p in procs]:  # every process polled, each time
+        now = time.monotonic()
+        if teardown is None and any(p.returncode not in (None, 0) for p in procs):
+            teardown = now + _TEARDOWN_S
+        if now > deadline or (teardown is not None and now > teardown):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.05)
+    return [p.wait() for p in procs]
+
+
+def _tail(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()[-4000:]
 
 
 def _lines(path: str) -> list[str]:
