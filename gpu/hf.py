@@ -181,9 +181,9 @@ class ShipslogTrainer(Trainer):
             assert self.engine is not None
             with self.engine.checkpoint(free_checkpoint_name(self.engine, base), step=step, meta=meta) as ck:
                 self._write_checkpoint(ck.path, self.engine.path("checkpoints"), step)
-        if self.engine is not None:
-            self._point_best()
-            self._rotate()
+        if self.engine is not None:  # process 0's
+            self._point_best(self.engine)
+            self._rotate(self.engine)
 
     def _write_checkpoint(self, out: str, checkpoints: str, step: int) -> None:
         """What the Trainer writes into a checkpoint folder (on this process), into ``out``; ``checkpoints`` is
@@ -209,19 +209,19 @@ class ShipslogTrainer(Trainer):
                     stateful[key] = cb.state()
             self.state.save_to_json(os.path.join(out, _TRAINER_STATE))
 
-    def _point_best(self) -> None:
+    def _point_best(self, engine: EngineCore) -> None:
         """Move the ``best`` pointer to the Trainer's best checkpoint, when it is a committed one."""
         best = self.state.best_model_checkpoint
         name = os.path.basename(best) if best else None
-        if name is None or name not in self.engine.state.checkpoints:
+        if name is None or name not in engine.state.checkpoints:
             return
         target = f"checkpoints/{name}"
-        current = self.engine.state.pointers.get(BEST_POINTER)
+        current = engine.state.pointers.get(BEST_POINTER)
         if current is None or current.target != target:
-            self.engine.set_pointer(BEST_POINTER, target)
+            engine.set_pointer(BEST_POINTER, target)
 
-    def _rotate(self) -> None:
+    def _rotate(self, engine: EngineCore) -> None:
         """``save_total_limit`` through the engine's retention: the newest N by step stay, and the best."""
         limit = self.args.save_total_limit
         if limit and limit >= 1:
-            rotate_checkpoints(self.engine, limit, reason=f"save_total_limit={limit}")
+            rotate_checkpoints(engine, limit, reason=f"save_total_limit={limit}")

@@ -139,7 +139,7 @@ class ShipslogCheckpointIO(CheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """Commit ``checkpoint`` as ``checkpoints/<file name>``; a ``last`` file moves the ``last`` pointer instead."""
-        self._engine()
+        engine = self._engine()
         name = _name_of(path)
         step = checkpoint.get("global_step")
         step = step if isinstance(step, int) and step >= 0 else None
@@ -147,7 +147,7 @@ class ShipslogCheckpointIO(CheckpointIO):
             target = self._committed_at(step)
             if target is None:  # nothing else was saved at this step: save it under its step
                 target = self._commit(f"last-step={step}.ckpt" if step is not None else "last-unnumbered.ckpt", checkpoint, step)
-            self.engine.set_pointer(LAST_POINTER, target.path)
+            engine.set_pointer(LAST_POINTER, target.path)
             self._retry_deferred()
             return
         self._commit(name, checkpoint, step)

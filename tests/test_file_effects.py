@@ -56,7 +56,8 @@ ALLOWED: dict[str, dict[str, str]] = {
     ),
     "tools/_dcp_ranks.py": dict.fromkeys(
         ("open(w)", "os.makedirs", "os.remove", "os.fsync"),
-        "the rank harness's rendezvous folder, each rank's report, stderr file and acknowledgements, outside the roots",
+        "the rank harness's rendezvous folder, each rank's report, stderr file and acknowledgements, outside the roots, "
+        "and the file rank 0 puts into a shared checkpoint's staging as another writer would (checksummed at commit)",
     ),
     "tools/_bench_distributed.py": dict.fromkeys(
         ("open(w)", "shutil.rmtree"), "a benchmark's report from rank 0 and its scratch folder, removed afterwards"

@@ -43,7 +43,7 @@ from ._render import (
 if TYPE_CHECKING:
     from ._bench_engine import syncs_floor_ms, syncs_per_checkpoint
     from ._bench_journal import bench_prealloc_fdatasync, frame_bytes, make_event
-    from ._dcp_ranks import RankResult, read_acks, run_ranks
+    from ._dcp_ranks import RankResult, read_acks, run_ranks, shared_bytes
     from ._demo import DemoError, make_inbox, run_demo
     from ._demo_host import DemoDataError, prepare_inbox
     from ._libc_kill import build_kill_library, kill_library_env, kill_library_events
@@ -77,6 +77,7 @@ _LAZY = {
     "run_distributed_torture": "._torture_distributed",
     "read_acks": "._dcp_ranks",
     "run_ranks": "._dcp_ranks",
+    "shared_bytes": "._dcp_ranks",
     "run_training_torture": "._training_kill",
     "workload_processes": "._torture",
 }
@@ -132,6 +133,7 @@ __all__ = [
     "run_distributed_torture",
     "run_ranks",
     "run_training_torture",
+    "shared_bytes",
     "shipslog_command",
     "syncs_floor_ms",
     "syncs_per_checkpoint",

@@ -291,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --training: run with shipslog and without, and print one row each (the README's table)",
     )
+    torture.add_argument(
+        "--ranks",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="with --training hf, lightning or all: 2 runs each child as a DDP job of two gloo processes on CPU and kills "
+        "it at every file event of either rank (shipslog only; all = hf and lightning)",
+    )
     torture.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the workload's data (default: 0)")
     torture.add_argument(
         "--quick",
@@ -597,22 +605,27 @@ def _format_training_torture(result: dict[str, Any]) -> str:
     if "runs" in result:
         headers = ["framework", "checkpoints", "kill points", "resumed correctly", "failed to resume", "lost work", "wrong weights"]
         rows = [
-            [r["framework"], "shipslog" if r["shipslog"] else "its own", str(r["points"]), str(r["verdicts"]["resumed"]),
+            [r["framework"], ("shipslog" if r["shipslog"] else "its own") + (f", {r['ranks']} ranks" if r.get("ranks", 1) > 1 else ""),
+             str(r["points"]), str(r["verdicts"]["resumed"]),
              str(r["verdicts"]["failed"]), str(r["verdicts"]["lost-work"]), str(r["verdicts"]["wrong-weights"])]
             for r in result["runs"]
         ]
         return plain_table(headers, rows)
-    writes = f", {result['events']['half']} writes cut in half" if "half" in result["events"] else ""
+    def count(n: int | list[int]) -> str:
+        return str(n) if isinstance(n, int) else " + ".join(f"{k} (rank {r})" for r, k in enumerate(n))
+
+    writes = f", {count(result['events']['half'])} writes cut in half" if "half" in result["events"] else ""
     counted = "in libc" if result["intercept"] == "libc" else "in Python"
+    ranks = f" --ranks {result['ranks']}" if result.get("ranks", 1) > 1 else ""
     head = (
-        f"shipslog torture --training {result['framework']}{'' if result['shipslog'] else ' --baseline'} "
+        f"shipslog torture --training {result['framework']}{ranks}{'' if result['shipslog'] else ' --baseline'} "
         f"({'quick' if result['quick'] else 'full'}, seed {result['seed']}): "
-        f"{result['points']} kill points ({result['events']['before']} creates/renames/removes{writes} in a clean run, "
+        f"{result['points']} kill points ({count(result['events']['before'])} creates/renames/removes{writes} in a clean run, "
         f"counted {counted}), "
         f"{result['killed']} killed, {result['resumed_from_newest']} resumed from the newest checkpoint with the "
         f"uninterrupted run's weights, {len(result['violations'])} violation(s) in {result['seconds']} s"
     )
-    lines = [head] + [f"  {v['mode']} #{v['point']}: {v['problem']}" for v in result["violations"]]
+    lines = [head] + [f"  {v['mode']} rank {v['rank']} #{v['point']}: {v['problem']}" for v in result["violations"]]
     return "\n".join(lines)
 
 
@@ -709,14 +722,20 @@ def _cmd_torture(args: argparse.Namespace) -> int:
     if args.training is not None:
         if args.power_loss or args.operations is not None or args.ops is not None:
             args.parser.error("--training runs its own training workload; it takes no --power-loss, --ops or --operations")
-        from ._training_kill import FRAMEWORKS, run_training_torture
+        from ._training_kill import DISTRIBUTED_FRAMEWORKS, FRAMEWORKS, run_training_torture
 
         frameworks = list(FRAMEWORKS) if args.training == "all" else [args.training]
+        if args.ranks > 1:
+            if args.baseline or args.compare:
+                args.parser.error("--ranks 2 runs shipslog's DDP path only; it takes no --baseline or --compare")
+            if args.training != "all" and args.training not in DISTRIBUTED_FRAMEWORKS:
+                args.parser.error(f"--ranks 2 runs {', '.join(DISTRIBUTED_FRAMEWORKS)} (or all), not {args.training}")
+            frameworks = [fw for fw in frameworks if fw in DISTRIBUTED_FRAMEWORKS]
         sides = [False, True] if args.compare else [args.baseline]
         runs = [
             run_training_torture(
                 fw, folder=args.dir, quick=args.quick, seed=args.seed, jobs=args.jobs, keep=args.keep, baseline=side,
-                intercept=args.intercept, log=log,
+                intercept=args.intercept, ranks=args.ranks, log=log,
             )
             for fw in frameworks
             for side in sides

@@ -26,10 +26,10 @@ from typing import Any
 
 from shipslog.journal import CRASH_AT_ENV, CRASH_TRACE_ENV, OS_FS, DelegatingFileSystem, FileSystem
 
-__all__ = ["RankResult", "read_acks", "read_trace", "run_ranks"]
+__all__ = ["RankResult", "read_acks", "read_trace", "run_ranks", "shared_bytes"]
 
 _MODULE = "shipslog.tools._dcp_ranks"
-SCENARIOS = ("save", "save-async", "load")
+SCENARIOS = ("save", "save-async", "load", "shared", "choose")
 _ROWS, _COLS = 48, 8
 
 
@@ -66,6 +66,11 @@ def run_ranks(
     ``save`` saves each step with ``save_distributed``; ``save-async`` with a
     ``DistributedCheckpointer`` (a step is acknowledged when the next save,
     or the final close, returned); ``load`` loads the newest (or ``name``).
+    ``shared`` saves each step with ``shared_checkpoint``: every rank writes
+    ``rank-<r>.bin`` (:func:`shared_bytes`) through its file system and
+    records it, rank 0 also ``common.bin`` unrecorded; ``choose`` runs
+    ``choose_verified`` over the committed checkpoints, newest first, each
+    rank reading the common file and its own (reported as ``chosen``).
 
     ``step``: the step saved, or several saved one after the other.
     ``fail_rank`` (save only): that rank's file system fails its first write
@@ -188,6 +193,19 @@ def _state(seed: int, step: int, mesh: Any, *, zeros: bool = False) -> dict[str,
     return {"model": {"rows": distribute_tensor(rows, mesh, [Shard(0)]), "whole": whole}, "extra": {"step": -1 if zeros else step}}
 
 
+def shared_bytes(seed: int, step: int, rank: int) -> bytes:
+    """What rank ``rank`` writes into ``rank-<rank>.bin`` at ``step`` in the ``shared`` scenario."""
+    return f"seed {seed} step {step} rank {rank}\n".encode() * (1000 + 37 * rank)
+
+
+def _write_new(fs: FileSystem, path: str, data: bytes) -> None:
+    fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fs.write_all(fd, data)
+    finally:
+        fs.close(fd)
+
+
 def _ack(path: str, step: int) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"{step}\n")
@@ -239,7 +257,14 @@ def _child(argv: list[str]) -> int:
     from torch.distributed.device_mesh import init_device_mesh
 
     from shipslog import Engine
-    from shipslog.gpu.distributed import DistributedCheckpointer, load_distributed, save_distributed
+    from shipslog.gpu import checkpoints_newest_first
+    from shipslog.gpu.distributed import (
+        DistributedCheckpointer,
+        choose_verified,
+        load_distributed,
+        save_distributed,
+        shared_checkpoint,
+    )
 
     warnings.simplefilter("ignore")
     timeout = datetime.timedelta(seconds=args.pg_timeout)
@@ -249,18 +274,35 @@ def _child(argv: list[str]) -> int:
         mesh = init_device_mesh("cpu", (args.world,))
         engine = Engine.open(args.root) if args.rank == 0 else None
         try:
-            if args.scenario == "save":
-                fs: FileSystem = OS_FS
+            fs: FileSystem = OS_FS
+            if args.scenario in ("save", "shared"):
                 if args.fail_rank == args.rank:
                     fs = _FailingWrites(OS_FS)
                 elif args.stall_rank == args.rank:
                     fs = _StallingWrites(OS_FS, 3 * args.pg_timeout)
                 elif args.die_rank == args.rank:
                     fs = _DyingWrites(OS_FS)
+            if args.scenario == "save":
                 for step in (int(s) for s in args.steps.split(",")):
                     saved = save_distributed(engine, _state(args.seed, step, mesh), step=step, name=args.name, fs=fs)
                     _ack(args.acks, step)
                     report["checkpoint"] = vars(saved)
+            elif args.scenario == "shared":
+                for step in (int(s) for s in args.steps.split(",")):
+                    with shared_checkpoint(engine, args.name or f"step-{step}", step=step, fs=fs) as ck:
+                        _write_new(fs, os.path.join(ck.path, f"rank-{args.rank}.bin"), shared_bytes(args.seed, step, args.rank))
+                        ck.record(f"rank-{args.rank}.bin")
+                        if args.rank == 0:
+                            with open(os.path.join(ck.path, "common.bin"), "wb") as common:
+                                common.write(b"common %d\n" % step)
+                    assert ck.info is not None
+                    _ack(args.acks, step)
+                    report["checkpoint"] = vars(ck.info)
+            elif args.scenario == "choose":
+                candidates = [a.path for a in checkpoints_newest_first(engine)] if engine is not None else []
+                mine = f"rank-{args.rank}.bin"
+                chosen = choose_verified(engine, candidates, reads=lambda rel: not rel.startswith("rank-") or rel == mine)
+                report["chosen"] = None if chosen is None else vars(chosen[0])
             elif args.scenario == "save-async":
                 fs = _FailingWrites(OS_FS) if args.fail_rank == args.rank else OS_FS
                 # a group of its own: the background saves' collectives never interleave with the main thread's

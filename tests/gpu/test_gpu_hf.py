@@ -125,3 +125,9 @@ def test_sigterm_during_train_commits_a_final_checkpoint_and_exits_143(root: str
         assert e.violations == []
     _, ran = _train(root, os.path.join(str(tmp_path), "out"))
     assert ran == STEPS - 6
+
+
+def test_a_trainer_without_an_engine_outside_a_distributed_run_is_refused(tmp_path: Any) -> None:
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=1, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="needs the open Engine"):
+        ShipslogTrainer(None, model=_model(), args=args, train_dataset=_dataset())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from _engine_helpers import open_engine
 
+from shipslog.engine import IntegrityError
 from shipslog.gpu.lightning import LAST_POINTER, ShipslogCheckpointIO, ShipslogModelCheckpoint
 
 BATCHES_PER_EPOCH = 4
@@ -118,3 +120,27 @@ def test_sigterm_during_fit_commits_a_final_checkpoint_and_exits_143(root: str, 
         assert e.violations == []
     _, ran = _fit(root, str(tmp_path), 3 * BATCHES_PER_EPOCH, ckpt_path="last")
     assert ran == 3 * BATCHES_PER_EPOCH - 6
+
+
+def test_a_checkpoint_io_without_an_engine_refuses_to_save_and_writes_nothing(tmp_path: Any) -> None:
+    io = ShipslogCheckpointIO(None)
+    with pytest.raises(ValueError, match="has no engine"):
+        io.save_checkpoint({"state_dict": {}}, str(tmp_path / "epoch=0-step=1.ckpt"))
+    with pytest.raises(ValueError, match="has no engine"):
+        io.remove_checkpoint(str(tmp_path / "epoch=0-step=1.ckpt"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_process_without_an_engine_loads_the_folder_it_was_sent_verified_against_its_manifest(root: str, tmp_path: Any) -> None:
+    with open_engine(root) as engine:
+        ShipslogCheckpointIO(engine).save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 2}, "x/epoch=0-step=2.ckpt")
+        folder = engine.path("checkpoints", "epoch=0-step=2.ckpt")
+    loaded = ShipslogCheckpointIO(None).load_checkpoint(folder)
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(3)) and loaded["global_step"] == 2
+    tensors = [n for n in os.listdir(folder) if n.endswith(".safetensors")]
+    path = Path(folder) / tensors[0]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        ShipslogCheckpointIO(None).load_checkpoint(folder)

@@ -57,6 +57,33 @@ def test_a_framework_killed_at_file_events_resumes_from_the_newest_checkpoint_bi
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize(("framework", "module"), [("hf", "transformers"), ("lightning", "lightning")])
+def test_a_two_rank_ddp_job_killed_at_either_ranks_file_events_resumes_from_the_newest_checkpoint_bit_for_bit(
+    tmp_path: Any, framework: str, module: str
+) -> None:
+    pytest.importorskip(module)
+    lines: list[str] = []
+    result = run_training_torture(framework, folder=str(tmp_path), quick=True, sample=1, seed=11, ranks=2, log=lines.append)
+    assert result["violations"] == []
+    assert result["ranks"] == 2
+    before, half = result["events"]["before"], result["events"]["half"]
+    assert len(before) == 2 and all(n > 0 for n in before) and before[0] > before[1]  # rank 0 writes the shared state
+    assert len(half) == 2 and all(n > 0 for n in half)
+    assert result["points"] == 4 and result["killed"] == 4 and result["verdicts"]["resumed"] == 4
+    assert sorted(line.split(":")[1].split()[1] for line in lines) == ["0", "0", "1", "1"]  # both ranks were killed
+
+
+def test_two_ranks_are_refused_for_a_baseline_and_for_frameworks_without_a_ddp_path(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="ranks=2 runs shipslog's DDP path"):
+        run_training_torture("plain", folder=str(tmp_path), ranks=2)
+    with pytest.raises(ValueError, match="ranks=2 runs shipslog's DDP path"):
+        run_training_torture("hf", folder=str(tmp_path), ranks=2, baseline=True)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
 def test_without_a_compiler_the_python_level_killers_still_cut_the_engine_s_own_file_events(tmp_path: Any) -> None:
     result = run_training_torture("plain", folder=str(tmp_path), quick=True, sample=1, seed=11, intercept="python")
     assert result["violations"] == []
