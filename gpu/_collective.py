@@ -49,11 +49,11 @@ __all__ = [
     "CP_RANK_FILES",
     "DistributedCheckpoint",
     "DistributedCheckpointError",
+    "Offered",
     "RankFile",
     "SharedCheckpoint",
     "abort_open",
     "agree",
-    "begin_offer",
     "choose_verified",
     "describe",
     "engine_problem",
@@ -61,6 +61,7 @@ __all__ = [
     "from_coordinator",
     "gather",
     "group_view",
+    "offer_everywhere",
     "shared_checkpoint",
 ]
 
@@ -247,11 +248,55 @@ class SharedCheckpoint:
         return found
 
 
-def begin_offer(engine: EngineCore, name: str, step: int | None, meta: Mapping[str, Any], world: int) -> tuple[CheckpointWriter, dict[str, Any]]:
-    writer = engine.checkpoint(name, step=step, meta={**dict(meta), "world_size": world})
-    offer = {"name": name, "staging": writer.path, "final": writer.final_path, "op": writer.op,
-             "generation": f"{writer.op}/{uuid.uuid4().hex}"}
-    return writer, offer
+@dataclasses.dataclass(frozen=True)
+class Offered:
+    """A save every rank agreed on: what the coordinator sent, as this rank holds it."""
+
+    distributed: bool
+    rank: int
+    world: int
+    name: str
+    staging: str
+    final: str
+    op: str
+    generation: str
+    writer: CheckpointWriter | None
+    """The engine's writer, on the coordinator only."""
+    fs: FileSystem
+    """The file system this rank writes through."""
+
+
+def offer_everywhere(
+    engine: EngineCore | None,
+    name: str,
+    *,
+    step: int | None,
+    meta: Mapping[str, Any],
+    process_group: Any,
+    fs: FileSystem | None,
+) -> Offered:
+    """Every rank's preconditions agreed, the operation begun on the coordinator (``checkpoint.begun``, with the
+    world size in its meta) and its staging folder, final folder and a generation token sent to every rank."""
+    distributed, rank, world = group_view(process_group)
+    agree(distributed, rank, engine_problem(engine, rank), process_group)
+    writer: CheckpointWriter | None = None
+    offer: dict[str, Any] | None = None
+    if rank == 0:
+        assert engine is not None
+        try:
+            writer = engine.checkpoint(name, step=step, meta={**dict(meta), "world_size": world})
+            offer = {"name": name, "staging": writer.path, "final": writer.final_path, "op": writer.op,
+                     "generation": f"{writer.op}/{uuid.uuid4().hex}"}
+        except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
+            offer = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        got = from_coordinator(distributed, offer, process_group)
+    except BaseException as exc:
+        abort_open(writer, f"the other ranks could not be told about the save: {type(exc).__name__}: {exc}")
+        raise
+    rank_fs = fs if fs is not None else engine.fs if engine is not None else OS_FS
+    return Offered(distributed, rank, world, got["name"], got["staging"], got["final"], got["op"], got["generation"],
+                   writer, rank_fs)
 
 
 @contextlib.contextmanager
@@ -279,24 +324,10 @@ def shared_checkpoint(
     :class:`DistributedCheckpointError`.  ``fs``: this rank's file system
     (default: the engine's on the coordinator, the operating system's elsewhere).
     """
-    distributed, rank, world = group_view(process_group)
-    agree(distributed, rank, engine_problem(engine, rank), process_group)
-    writer: CheckpointWriter | None = None
-    offer: dict[str, Any] | None = None
-    if rank == 0:
-        assert engine is not None
-        try:
-            writer, offer = begin_offer(engine, name, step, meta or {}, world)
-        except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
-            offer = {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        got = from_coordinator(distributed, offer, process_group)
-    except BaseException as exc:
-        abort_open(writer, f"the other ranks could not be told about the save: {type(exc).__name__}: {exc}")
-        raise
-    rank_fs = fs if fs is not None else engine.fs if engine is not None else OS_FS
-    ck = SharedCheckpoint(name=got["name"], step=step, path=got["staging"], final_path=got["final"], op=got["op"],
-                          generation=got["generation"], rank=rank, world=world, writer=writer, fs=rank_fs)
+    offered = offer_everywhere(engine, name, step=step, meta=meta or {}, process_group=process_group, fs=fs)
+    distributed, rank, world, writer = offered.distributed, offered.rank, offered.world, offered.writer
+    ck = SharedCheckpoint(name=offered.name, step=step, path=offered.staging, final_path=offered.final, op=offered.op,
+                          generation=offered.generation, rank=rank, world=world, writer=writer, fs=offered.fs)
     what = f"save of checkpoint {ck.name!r} (op {ck.op})"
     if rank == 0:
         crash_point(CP_OFFERED)

@@ -105,12 +105,12 @@ from ._collective import (
     SharedCheckpoint,
     abort_open,
     agree,
-    begin_offer,
     choose_verified,
     engine_problem,
     failure,
     from_coordinator,
     group_view,
+    offer_everywhere,
     shared_checkpoint,
 )
 
@@ -537,27 +537,14 @@ def _begin(
     fs: FileSystem | None,
 ) -> tuple[bool, _Begun]:
     """Every rank's preconditions agreed, the operation begun on the coordinator and its staging folder sent to all."""
-    distributed, rank, world = group_view(process_group)
     name = name if name is not None else f"step-{step}"
-    agree(distributed, rank, engine_problem(engine, rank), process_group)
-    writer: CheckpointWriter | None = None
-    offer: dict[str, Any] | None = None
-    if rank == 0:
-        assert engine is not None
-        try:
-            writer, offer = begin_offer(engine, name, step, {**dict(meta or {}), "format": DCP_FORMAT}, world)
-        except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
-            offer = {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        got = from_coordinator(distributed, offer, process_group)
-    except BaseException as exc:
-        abort_open(writer, f"the other ranks could not be told about the save: {type(exc).__name__}: {exc}")
-        raise
-    rank_fs = fs if fs is not None else engine.fs if engine is not None else OS_FS
-    storage = ShipslogStorageWriter(got["staging"], generation=got["generation"], commit=writer, fs=rank_fs, thread_count=thread_count)
-    if rank == 0:
+    offered = offer_everywhere(engine, name, step=step, meta={**dict(meta or {}), "format": DCP_FORMAT},
+                               process_group=process_group, fs=fs)
+    storage = ShipslogStorageWriter(offered.staging, generation=offered.generation, commit=offered.writer, fs=offered.fs,
+                                    thread_count=thread_count)
+    if offered.rank == 0:
         crash_point(CP_OFFERED)
-    return distributed, _Begun(name, step, world, got["op"], writer, storage)
+    return offered.distributed, _Begun(name, step, offered.world, offered.op, offered.writer, storage)
 
 
 def save_distributed(
