@@ -29,6 +29,8 @@ MAX_NAME_LENGTH = 200
 MAX_RELPATH_PARTS = 32
 """The most components of a file's path inside a checkpoint (``a/b/c.bin`` has 3)."""
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""A control character (C0, DEL or C1): never part of a file's name inside a checkpoint."""
 
 
 def is_plain_name(name: str) -> bool:
@@ -84,7 +86,7 @@ def check_file_name(what: str, name: object) -> str:
         raise InvalidNameError(what, name, "it is a name the engine gives work in progress (.<name>.tmp-*, .<name>.deleting)")
     if "/" in name or "\\" in name:
         raise InvalidNameError(what, name, "it contains a path separator")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+    if _CONTROL.search(name) is not None:
         raise InvalidNameError(what, name, "it contains a control character")
     try:
         size = len(name.encode("utf-8"))

@@ -15,7 +15,7 @@ from shipslog.engine import MAX_NAME_LENGTH, FileEntry, InvalidNameError, check_
 
 BAD_NAMES: list[Any] = ["../x", "/abs", "a/b", "a\\b", "a\x00b", "", ".", "..", ".hidden", "x\n", "tab\there", "a" * (MAX_NAME_LENGTH + 1), 5, None, b"x", ["x"]]
 BAD_FILES: list[Any] = ["../x", "/abs", "a//b", "a/../b", "./a", "sub/.w.tmp-1a2b", "a\x00b", "", ".", "..", ".x.deleting", "MANIFEST", "a\\b",
-                        "x\x1b[2J", "\ud800", "a" * 256, 5, None, b"x"]
+                        "x\x1b[2J", "del\x7f", "c1\x85x", "c1\x9f", "\ud800", "a" * 256, 5, None, b"x"]
 GOOD_NAMES = ["step-100", "checkpoint-500", "a", "A.b_c-d+e=f@g", "v1.2.3", "x" * MAX_NAME_LENGTH]
 
 
