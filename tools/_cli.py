@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OP,...",
         help="only these operations (checkpoint, pointer, retention, run, session, workers, consolidation) and their crash "
         "points (the journal's and recovery's always count); default: all.  'distributed' (alone) runs the multi-rank "
-        "harness instead: 2 and 4 gloo ranks on CPU, the coordinator or another rank killed at every point of a save",
+        "harness instead: 2 and 4 gloo ranks on CPU, the coordinator or another rank killed at every point of a save (through DCP and through a shared checkpoint)",
     )
     torture.add_argument(
         "--operations",
@@ -672,6 +672,7 @@ def _format_distributed_torture(result: dict[str, Any]) -> str:
     lines = [
         (
             f"shipslog torture --ops distributed ({'quick' if result['quick'] else 'full'}, ranks {ranks}, "
+            f"{' and '.join(result.get('scenarios', ['save']))}, "
             f"seed {result['seed']}): {result['runs']} kill run(s), {result['seconds']} s"
         ),
         f"  crash points: {len(result['covered'])} of {len(result['crash_points'])} covered",
