@@ -336,11 +336,11 @@ def shared_checkpoint(
     raised: BaseException | None = None
     try:
         yield ck
-    except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised there as the same error
-        problem, raised = describe(exc), exc
-    except BaseException:
-        abort_open(writer, "the save was interrupted on the coordinator")
+    except GeneratorExit:  # the generator closed without its block running: nothing to report
+        abort_open(writer, "the save was abandoned")
         raise
+    except BaseException as exc:  # noqa: BLE001 - sent to every rank (an interrupt too), then raised
+        problem, raised = describe(exc), exc
     crash_point(CP_RANK_FILES)
     try:
         reports = gather(distributed, (problem, ck.files), process_group)
@@ -350,18 +350,25 @@ def shared_checkpoint(
     problems = [f"rank {r}: {p}" for r, (p, _files) in enumerate(reports) if p]
     if problems:
         abort_open(writer, f"failed on {len(problems)} rank(s): {'; '.join(problems)}")
+        if raised is not None and not isinstance(raised, Exception):
+            raise raised  # this rank's interrupt stays an interrupt here; the other ranks get the error below
         raise DistributedCheckpointError(f"{what} failed on {len(problems)} rank(s): {'; '.join(problems)}") from raised
     outcome: dict[str, Any] | None = None
     if rank == 0:
         assert writer is not None
         crash_point(CP_GATHERED)
         try:
+            reported: dict[str, int] = {}
             for r, (_p, files) in enumerate(reports):
                 for f in files:
                     if not isinstance(f, RankFile) or f.generation != ck.generation:
                         raise DistributedCheckpointError(
                             f"rank {r} reported a file of another operation ({getattr(f, 'generation', f)!r}, "
                             f"not {ck.generation!r}): refused")
+                    if f.path in reported:
+                        raise DistributedCheckpointError(
+                            f"ranks {reported[f.path]} and {r} both reported {f.path!r}: one file has one writer")
+                    reported[f.path] = r
                     writer.add_file(FileEntry(f.path, f.size, f.crc32), synced=True)
             writer.commit()
             outcome = {"committed": True}
@@ -412,7 +419,7 @@ def _verify_here(found: Mapping[str, Any], reads: Callable[[str], bool] | None) 
             if on_disk.crc32 != entry.crc32:
                 raise IntegrityError(os.path.join(folder, entry.path), f"CRC-32 {entry.crc32:08x} (MANIFEST)",
                                      f"{on_disk.crc32:08x}")
-    except (IntegrityError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - this rank's problem, sent to every rank (never a skipped collective)
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -74,6 +74,7 @@ from ._collective import (
     agree,
     choose_verified,
     engine_problem,
+    from_coordinator,
     shared_checkpoint,
 )
 from ._preemption import Preemption
@@ -116,7 +117,10 @@ class ShipslogTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.distributed = self.args.world_size > 1 and dist.is_available() and dist.is_initialized()
         if self.distributed:
-            agree(True, dist.get_rank(), engine_problem(engine, dist.get_rank()), None)
+            problem = engine_problem(engine, dist.get_rank())
+            if preemption is not None:
+                problem = "preemption runs in one process only: under DDP the processes would decide to save at different steps"
+            agree(True, dist.get_rank(), problem, None)
         elif engine is None:
             raise ValueError("ShipslogTrainer needs the open Engine (None is only for processes other than 0 of a distributed run)")
         self.engine = engine
@@ -181,9 +185,20 @@ class ShipslogTrainer(Trainer):
             assert self.engine is not None
             with self.engine.checkpoint(free_checkpoint_name(self.engine, base), step=step, meta=meta) as ck:
                 self._write_checkpoint(ck.path, self.engine.path("checkpoints"), step)
-        if self.engine is not None:  # process 0's
+        if not self.distributed:
+            assert self.engine is not None
             self._point_best(self.engine)
             self._rotate(self.engine)
+            return
+        outcome: dict[str, Any] | None = None
+        if self.engine is not None:  # process 0's, its outcome sent to every process
+            try:
+                self._point_best(self.engine)
+                self._rotate(self.engine)
+                outcome = {"done": True}
+            except Exception as exc:  # noqa: BLE001 - sent to every process, then raised there as the same error
+                outcome = {"error": f"after checkpoint-{step} was committed: {type(exc).__name__}: {exc}"}
+        from_coordinator(True, outcome, None)
 
     def _write_checkpoint(self, out: str, checkpoints: str, step: int) -> None:
         """What the Trainer writes into a checkpoint folder (on this process), into ``out``; ``checkpoints`` is

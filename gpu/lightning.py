@@ -198,18 +198,26 @@ class ShipslogCheckpointIO(CheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         """The checkpoint ``path`` names (``last``: the pointer's target), verified in full as it is read.
 
-        Without an engine (a process other than rank 0) ``path`` is the folder
-        rank 0 chose, loaded and verified against its own MANIFEST.
+        In a distributed run (call it on every process: Lightning does) rank 0
+        resolves the folder and sends it to all; every process then loads it,
+        verified against its MANIFEST.
         """
         name = _name_of(path)
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
-        if self.engine is None:
-            folder = os.fspath(path)
+        distributed, rank, world = group_view(None)
+        if distributed and world > 1:
+            resolved: dict[str, Any] | None = None
+            if rank == 0:
+                try:
+                    resolved = {"folder": self._engine().path(*self._target(name).split("/"))}
+                except Exception as exc:  # noqa: BLE001 - sent to every process, then raised there as the same error
+                    resolved = {"error": f"{type(exc).__name__}: {exc}"}
+            folder = from_coordinator(True, resolved, None)["folder"]
             state = load_checkpoint_folder(folder, prefix=LIGHTNING_PREFIX, device=device)
         else:
-            target = self._last_target() if _is_last(name) else f"checkpoints/{name}"
-            folder = self.engine.path(*target.split("/"))
-            state = load_checkpoint(self.engine, target, prefix=LIGHTNING_PREFIX, device=device)
+            target = self._target(name)
+            folder = self._engine().path(*target.split("/"))
+            state = load_checkpoint(self._engine(), target, prefix=LIGHTNING_PREFIX, device=device)
         if not isinstance(state, dict):
             raise IntegrityError(folder, "a Lightning checkpoint (a dict)", type(state).__name__)
         return state
@@ -221,6 +229,10 @@ class ShipslogCheckpointIO(CheckpointIO):
             return
         self._deferred.append(name)
         self._retry_deferred()
+
+    def _target(self, name: str) -> str:
+        """The root-relative checkpoint a file name Lightning passes stands for."""
+        return self._last_target() if _is_last(name) else f"checkpoints/{name}"
 
     def _last_target(self) -> str:
         pointer = self._engine().state.pointers.get(LAST_POINTER)
@@ -274,6 +286,11 @@ class ShipslogPreemption(Callback):
     def __init__(self, preemption: Preemption) -> None:
         self.preemption = preemption
 
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if trainer.world_size > 1:
+            raise ValueError("ShipslogPreemption runs in one process only: under DDP the ranks would decide to save "
+                             "at different steps; leave it out of a distributed run")
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not (self.preemption.requested or getattr(trainer, "received_sigterm", False)) or self.preemption.final_saved:
             return
@@ -304,8 +321,9 @@ class ShipslogModelCheckpoint(ModelCheckpoint):
         # between a commit and the pointer's move leaves the pointer one save behind).  Distributed: the newest
         # that verifies on every process, chosen by all of them together.
         if trainer.world_size > 1 and not group_view(None)[0] and hasattr(trainer.strategy, "setup_distributed"):
-            # Lightning resolves ckpt_path before it joins the process group; joining is idempotent, so join now
-            trainer.strategy.setup_distributed()
+            # Lightning resolves ckpt_path before it sets up the device and joins the process group; both are
+            # idempotent, so do them now (the device first: NCCL's collectives run on the current device)
+            trainer.strategy.setup_environment()
         if group_view(None)[0] and trainer.world_size > 1:
             candidates = [a.path for a in checkpoints_newest_first(self.engine)] if self.engine is not None else []
             chosen = choose_verified(self.engine, candidates)

@@ -188,7 +188,12 @@ def _check_shared(root: str, folder: str, world: int, newest: int | None, seed: 
     if newest is not None:
         for rank in range(world):
             path = os.path.join(root, "checkpoints", f"step-{newest}", f"rank-{rank}.bin")
-            with open(path, "rb") as f:
-                if f.read() != shared_bytes(seed, newest, rank):
-                    problems.append(f"{path} does not hold what rank {rank} wrote at step {newest}")
+            try:
+                with open(path, "rb") as f:
+                    held = f.read()
+            except OSError as exc:
+                problems.append(f"{path} cannot be read: {exc}")
+                continue
+            if held != shared_bytes(seed, newest, rank):
+                problems.append(f"{path} does not hold what rank {rank} wrote at step {newest}")
     return problems

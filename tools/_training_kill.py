@@ -592,6 +592,9 @@ def run_training_torture(
         library = _libc_kill.build_kill_library(work) if intercept != "python" else None
         if library is None and intercept == "libc":
             raise RuntimeError("intercept='libc': the kill library could not be built (no working C compiler: cc or gcc)")
+        if library is None and ranks > 1:
+            raise RuntimeError("ranks=2 counts every rank's file events in libc: the kill library could not be built "
+                               "(no working C compiler: cc or gcc)")
         if library is None and intercept == "auto":
             _log.warning("no C compiler found: killing through Python-level hooks; native writes are not cut")
         run = _Runner(work, framework, baseline, library, ranks)
@@ -604,7 +607,7 @@ def run_training_torture(
             if writes.get("error"):
                 raise RuntimeError(f"the uninterrupted training run (counting writes) failed: {writes['error']}")
             by_rank["half"] = writes["events_by_rank"]
-        if not all(sum(v) for v in by_rank.values()):
+        if not all(all(v) for v in by_rank.values()):
             raise RuntimeError(f"the uninterrupted training run counted no file events ({by_rank}): the killer is not working")
         rng = random.Random(seed)
         planned: list[tuple[str, int, int]] = []
@@ -667,6 +670,9 @@ class _Runner:
         start, newest = second.get("start"), second.get("newest_at_open")
         problems: list[str] = []
         verdict = "resumed"
+        if first.get("error"):
+            problems.append(f"the run to be killed failed on its own: {first['error']}")
+            verdict = "failed"
         if second.get("error"):
             problems.append(f"the resume failed: {second['error']}")
             verdict = "failed"
@@ -686,11 +692,17 @@ class _Runner:
     def _acks(self, slot: str) -> list[str]:
         return [os.path.join(self.work, slot, "acks" if r == 0 else f"acks-{r}") for r in range(self.ranks)]
 
-    def child(self, slot: str, mode: str, kill_at: int, *, kill_rank: int = 0, expect_kill: bool = False) -> dict[str, Any]:
+    def child(self, slot: str, mode: str, kill_at: int, *, kill_rank: int = 0, expect_kill: bool = False,
+              attempt: int = 1) -> dict[str, Any]:
         """Run the training job once (``ranks`` processes), killed at event ``kill_at`` of rank ``kill_rank`` (0: not
-        killed); rank 0's result with ``events_by_rank`` and ``digests``, ``{"killed": True}``, or ``{"error": ...}``."""
+        killed); rank 0's result with ``events_by_rank`` and ``digests``, ``{"killed": True}``, or ``{"error": ...}``.
+
+        A DDP job whose rendezvous port was taken meanwhile (another job's
+        socket got it first) runs again on another port, from a fresh root
+        when it started from one."""
         folder = os.path.join(self.work, slot)
         os.makedirs(folder, exist_ok=True)
+        fresh = not os.path.exists(os.path.join(folder, "root"))
         port = _free_port() if self.ranks > 1 else 0
         procs: list[subprocess.Popen[bytes]] = []
         results: list[str] = []
@@ -715,10 +727,25 @@ class _Runner:
             # cwd: never the caller's folder, where a folder named shipslog would shadow the installed package
             with open(os.path.join(folder, f"stderr-{kill_at}-{rank}.txt"), "w", encoding="utf-8") as err:
                 procs.append(subprocess.Popen(args, cwd=self.work, env=env, stdout=subprocess.DEVNULL, stderr=err))
-        codes = _wait_job(procs)
+        codes, torn_down = _wait_job(procs)
         stderr = [_tail(os.path.join(folder, f"stderr-{kill_at}-{rank}.txt")) for rank in range(self.ranks)]
-        if codes[kill_rank] == -signal.SIGKILL and expect_kill:
+        if codes[kill_rank] == -signal.SIGKILL and expect_kill and kill_rank not in torn_down:
             return {"killed": True}
+        if self.ranks > 1 and attempt < 3 and any("address already in use" in e.lower() for e in stderr):
+            _log.warning("%s: the rendezvous port was taken; running the job again on another port", slot)
+            if fresh:
+                for name in os.listdir(folder):
+                    path = os.path.join(folder, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
+            return self.child(slot, mode, kill_at, kill_rank=kill_rank, expect_kill=expect_kill, attempt=attempt + 1)
+        if torn_down:  # a rank hung (or outlived a failed one) and was killed by the harness: never a planned kill
+            others = "; ".join(f"rank {r}: {(stderr[r].strip().splitlines() or ['(no output)'])[-1]}"
+                               for r, code in enumerate(codes) if r not in torn_down and code != 0)
+            why = f"rank(s) {sorted(torn_down)} did not end by themselves and were killed by the harness"
+            return {"killed": False, "error": f"{why}{' after ' + others if others else ''}"}
         if any(code != 0 for code in codes) or not all(os.path.exists(r) for r in results):
             bad = next((r for r, code in enumerate(codes) if code != 0), 0)
             tail = stderr[bad].strip().splitlines()[-1:] or ["(no output)"]
@@ -744,9 +771,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_job(procs: list[subprocess.Popen[bytes]]) -> list[int]:
-    """Wait for a job's processes; their exit codes.  Once any process ends killed by a signal, or failed, the
-    others get :data:`_TEARDOWN_S` to end, then are killed (a scheduler tearing the job down)."""
+def _wait_job(procs: list[subprocess.Popen[bytes]]) -> tuple[list[int], set[int]]:
+    """Wait for a job's processes: their exit codes, and the ranks the harness killed.  Once any process ends
+    killed by a signal, or failed, the others get :data:`_TEARDOWN_S` to end, then are killed (a scheduler
+    tearing the job down); every process still running at the harness's deadline is killed too."""
+    killed: set[int] = set()
     deadline = time.monotonic() + _CHILD_TIMEOUT_S
     teardown: float | None = None
     while None in [p.poll() for p in procs]:  # every process polled, each time
@@ -754,12 +783,13 @@ def _wait_job(procs: list[subprocess.Popen[bytes]]) -> list[int]:
         if teardown is None and any(p.returncode not in (None, 0) for p in procs):
             teardown = now + _TEARDOWN_S
         if now > deadline or (teardown is not None and now > teardown):
-            for p in procs:
+            for rank, p in enumerate(procs):
                 if p.poll() is None:
                     p.kill()
+                    killed.add(rank)
             break
         time.sleep(0.05)
-    return [p.wait() for p in procs]
+    return [p.wait() for p in procs], killed
 
 
 def _tail(path: str) -> str:
