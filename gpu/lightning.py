@@ -200,7 +200,8 @@ class ShipslogCheckpointIO(CheckpointIO):
 
         In a distributed run (call it on every process: Lightning does) rank 0
         resolves the folder and sends it to all; every process then loads it,
-        verified against its MANIFEST.
+        verified against its MANIFEST.  Without an engine outside a
+        distributed run, ``path`` is a committed folder, loaded the same way.
         """
         name = _name_of(path)
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
@@ -214,10 +215,13 @@ class ShipslogCheckpointIO(CheckpointIO):
                     resolved = {"error": f"{type(exc).__name__}: {exc}"}
             folder = from_coordinator(True, resolved, None)["folder"]
             state = load_checkpoint_folder(folder, prefix=LIGHTNING_PREFIX, device=device)
+        elif self.engine is None:  # no engine and no group: ``path`` is a committed folder, verified as it is read
+            folder = os.fspath(path)
+            state = load_checkpoint_folder(folder, prefix=LIGHTNING_PREFIX, device=device)
         else:
             target = self._target(name)
-            folder = self._engine().path(*target.split("/"))
-            state = load_checkpoint(self._engine(), target, prefix=LIGHTNING_PREFIX, device=device)
+            folder = self.engine.path(*target.split("/"))
+            state = load_checkpoint(self.engine, target, prefix=LIGHTNING_PREFIX, device=device)
         if not isinstance(state, dict):
             raise IntegrityError(folder, "a Lightning checkpoint (a dict)", type(state).__name__)
         return state

@@ -134,3 +134,23 @@ def test_choose_verified_in_one_process_falls_back_past_a_damaged_checkpoint(tmp
         assert chosen[0].name == "step-1" and chosen[1] == engine.path("checkpoints", "step-1")
         assert "checkpoints/step-2 does not verify" in caplog.text
         assert choose_verified(engine, ["checkpoints/step-2"]) is None
+
+
+def test_a_shared_checkpoint_refuses_one_file_reported_twice(tmp_path: Path) -> None:
+    with Engine.open(tmp_path / "root") as engine:
+        with (pytest.raises(DistributedCheckpointError, match=r"both reported 'a\.bin'"),
+              shared_checkpoint(engine, "step-1", step=1) as ck):
+            (Path(ck.path) / "a.bin").write_bytes(b"a")
+            ck.files.append(ck.record("a.bin"))
+        assert "step-1" not in engine.state.checkpoints
+    assert _kinds(tmp_path / "root") == ["checkpoint.begun", "checkpoint.aborted"]
+
+
+def test_an_interrupt_in_a_shared_checkpoint_stays_an_interrupt_and_aborts_it(tmp_path: Path) -> None:
+    with Engine.open(tmp_path / "root") as engine:
+        with pytest.raises(KeyboardInterrupt), shared_checkpoint(engine, "step-1", step=1) as ck:
+            (Path(ck.path) / "a.bin").write_bytes(b"a")
+            raise KeyboardInterrupt
+        assert "step-1" not in engine.state.checkpoints
+    assert _kinds(tmp_path / "root") == ["checkpoint.begun", "checkpoint.aborted"]
+    assert os.listdir(tmp_path / "root" / "staging") == []
