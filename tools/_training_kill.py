@@ -190,6 +190,12 @@ def _child(argv: list[str]) -> int:
         raise RuntimeError("--intercept libc: the kill library is not preloaded (LD_PRELOAD)")
     with open(args.result, "w", encoding="utf-8") as f:
         json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": counted}, f)
+    if _world() > 1:
+        # torch's gloo threads can abort the interpreter's teardown of a DDP process ("terminate called without an
+        # active exception", exit -6) after its work is done; the result is written, so this rank ends here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
@@ -747,12 +753,13 @@ class _Runner:
             why = f"rank(s) {sorted(torn_down)} did not end by themselves and were killed by the harness"
             return {"killed": False, "error": f"{why}{' after ' + others if others else ''}"}
         if any(code != 0 for code in codes) or not all(os.path.exists(r) for r in results):
-            bad = next((r for r, code in enumerate(codes) if code != 0), 0)
+            bad = next((r for r, code in enumerate(codes) if code != 0 or not os.path.exists(results[r])), 0)
             tail = stderr[bad].strip().splitlines()[-1:] or ["(no output)"]
             where = f"rank {bad}: " if self.ranks > 1 else ""
             if expect_kill:
                 return {"killed": False, "error": f"{where}{tail[0]}"}
-            return {"error": f"{where}exit {codes[bad]}: {tail[0]}"}
+            wrote = " (its result written)" if os.path.exists(results[bad]) else ""
+            return {"error": f"{where}exit {codes[bad]}{wrote}: {tail[0]}"}
         reports = []
         for result in results:
             with open(result, encoding="utf-8") as f:
