@@ -53,7 +53,7 @@ def run_distributed_bench(folder: str | None = None, *, ranks: int = 2, mib: int
     """Run the benchmark (see the module) in a new folder under ``folder``; return the result object."""
     if ranks < 1 or mib < _TENSOR_MIB or repeats < 1:
         raise ValueError(f"ranks >= 1, mib >= {_TENSOR_MIB} and repeats >= 1 are needed; got {ranks}, {mib}, {repeats}")
-    work = tempfile.mkdtemp(prefix="shipslog-bench-distributed-", dir=folder)
+    work = os.path.abspath(tempfile.mkdtemp(prefix="shipslog-bench-distributed-", dir=folder))  # the ranks run in it
     try:
         store = os.path.join(work, "store")
         report = os.path.join(work, "report.json")

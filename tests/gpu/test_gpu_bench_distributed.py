@@ -20,10 +20,10 @@ KEYS = ("ranks", "mib", "dcp_save_s", "shipslog_save_s", "dcp_load_s", "shipslog
 @pytest.mark.subprocess
 @pytest.mark.timeout(300)
 def test_bench_distributed_prints_its_figures_and_targets_and_removes_its_folder(tmp_path: Path) -> None:
+    # no --dir: the default, the current folder, given as a relative path (the ranks run in the bench's own folder)
     done = subprocess.run(
-        [sys.executable, "-m", "shipslog", "bench", "distributed", "--json", "--ranks", "2", "--mib", "16", "--repeats", "1",
-         "--dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, check=False,
+        [sys.executable, "-m", "shipslog", "bench", "distributed", "--json", "--ranks", "2", "--mib", "16", "--repeats", "1"],
+        capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
