@@ -126,5 +126,7 @@ def expect_relpath(field: str, value: object, folders: tuple[str, ...]) -> str:
 
 def expect_count(field: str, value: object, minimum: int = 0) -> None:
     """``value`` is an integer (not a bool) of at least ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if type(value) is not int or value < minimum:  # type() and not isinstance(): a bool is not a count
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return  # a subclass of int that is not a bool
         raise InvalidFieldError(field, value, f"an integer of at least {minimum}")

@@ -21,7 +21,7 @@ from shipslog.journal import (
 )
 
 from ._errors import ForeignFolderError, RootLayoutError
-from ._names import MAX_NAME_LENGTH, check_name
+from ._names import MAX_NAME_LENGTH, is_plain_name
 
 __all__ = [
     "ADAPTERS_DIR",
@@ -92,11 +92,7 @@ def relpath_name(relpath: object, folders: tuple[str, ...]) -> str | None:
         return None
     # retired/<op>-<adapter> joins two names, each within the limit
     limit = 2 * MAX_NAME_LENGTH + 1 if folder == RETIRED_DIR else MAX_NAME_LENGTH
-    try:
-        check_name("path", name, max_length=limit)
-    except ValueError:
-        return None
-    return name
+    return name if is_plain_name(name, limit) else None
 
 
 def check_root_folders(root: str, *, new_root_is_empty: bool = False) -> None:

@@ -30,12 +30,14 @@ MAX_RELPATH_PARTS = 32
 """The most components of a file's path inside a checkpoint (``a/b/c.bin`` has 3)."""
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_PLAIN_OP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@:, -]*")
+"""Operation ids of printable ASCII that start with a letter or digit: accepted by :func:`check_op_id` at once."""
 """A control character (C0, DEL or C1): never part of a file's name inside a checkpoint."""
 
 
-def is_plain_name(name: str) -> bool:
-    """Whether :func:`check_name` accepts ``name`` (of the default length); the replay's fast test, never raises."""
-    return len(name) <= MAX_NAME_LENGTH and _ALLOWED.fullmatch(name) is not None
+def is_plain_name(name: str, max_length: int = MAX_NAME_LENGTH) -> bool:
+    """Whether :func:`check_name` accepts ``name`` (with the same ``max_length``); the replay's fast test, never raises."""
+    return len(name) <= max_length and _ALLOWED.fullmatch(name) is not None
 
 
 def check_name(what: str, name: object, *, max_length: int = MAX_NAME_LENGTH) -> str:
@@ -105,6 +107,8 @@ def check_op_id(what: str, op_id: object) -> str:
     folder name (``staging/<op>``): a file name (:func:`check_file_name`) of
     at most :data:`MAX_NAME_LENGTH` characters that does not start with ``.``.
     """
+    if type(op_id) is str and len(op_id) <= MAX_NAME_LENGTH and _PLAIN_OP_ID.fullmatch(op_id) is not None:
+        return op_id  # the common shape, decided by one match; everything it accepts passes the checks below
     check_file_name(what, op_id)
     assert isinstance(op_id, str)
     if op_id.startswith(".") or len(op_id) > MAX_NAME_LENGTH:

@@ -21,7 +21,7 @@ from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperation
 from ._events import Event, RawEvent
 from ._fields import expect_op_id
 from ._names import is_plain_name
-from ._registry import KindRule, Registry
+from ._registry import Registry
 from ._state import EngineState, OpRecord, StateBuilder
 
 __all__ = ["Reducer", "SequenceGapError", "apply", "replay"]
@@ -158,8 +158,14 @@ class Reducer:
                 if op is None:
                     if rule.begins is None:
                         raise InvalidTransitionError(expected, op_id, rule.op_type, None, rule.kind, "no such operation is in progress: it never began, or it already ended")
-                    if rule.check is not None or not is_plain_name(op_id):
-                        self._check_fields(rule, ev, None, expected)
+                    check = rule.check
+                    try:
+                        if not is_plain_name(op_id):
+                            expect_op_id("op", op_id)
+                        if check is not None:
+                            check(ev, None)
+                    except InvalidFieldError as exc:
+                        raise CorruptRecordError(self.source, expected, rule.kind, exc.field, exc.value, exc.expected) from exc
                     info = _to_builtins(ev)
                     del info["kind"], info["op"]
                     op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)
@@ -170,8 +176,12 @@ class Reducer:
                     nxt = rule.moves.get(state)
                     if nxt is None:
                         raise InvalidTransitionError(expected, op_id, op.type, state, rule.kind)
-                    if rule.check is not None:
-                        self._check_fields(rule, ev, op.info, expected)
+                    check = rule.check
+                    if check is not None:
+                        try:
+                            check(ev, op.info)
+                        except InvalidFieldError as exc:
+                            raise CorruptRecordError(self.source, expected, rule.kind, exc.field, exc.value, exc.expected) from exc
                     if nxt != state:  # a move to itself (progress) changes nothing in the table
                         info = _to_builtins(ev)
                         del info["kind"], info["op"]
@@ -197,20 +207,6 @@ class Reducer:
                 b.seq = fold_rec.seq - 1
                 fold_project(b, fold_record, fold_rec.event, fold_rec.seq, fold_rec.time)
             b.seq = expected - 1
-
-    def _check_fields(self, rule: KindRule, ev: Any, info: dict[str, Any] | None, seq: int) -> None:
-        """Hold a replayed event to its class's field rules (and a beginning one's op id to the name rules).
-
-        Raises :class:`CorruptRecordError` naming the record's seq, the field,
-        the value and what was expected; nothing is applied.
-        """
-        try:
-            if info is None:
-                expect_op_id("op", ev.op)
-            if rule.check is not None:
-                rule.check(ev, info)
-        except InvalidFieldError as exc:
-            raise CorruptRecordError(self.source, seq, rule.kind, exc.field, exc.value, exc.expected) from exc
 
     def replay_journal(
         self, journal_dir: str, *, until: int | None = None, start: Position | None = None, end: tuple[int, int] | None = None

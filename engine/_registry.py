@@ -36,7 +36,7 @@ class EventRecord(msgspec.Struct, array_like=True, gc=False, frozen=True):
     event: Event | RawEvent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KindRule:
     """What the reducer needs for one event kind, precomputed from its operation type."""
 

@@ -78,11 +78,11 @@ def _retention_intended(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time
 def _retention_deleted(b: StateBuilder, op: OpRecord, ev: Event, seq: int, time: float) -> None:
     paths = set(op.info.get("paths", ()))
     lost_latest = False
+    tables = {"checkpoints": b.checkpoints, "models": b.models, "adapters": b.adapters}
     for path in paths:
         b.retiring.pop(path, None)
         b.retired.pop(path, None)
         folder, _, name = path.partition("/")
-        tables = {"checkpoints": b.checkpoints, "models": b.models, "adapters": b.adapters}
         table = tables.get(folder)
         if table is not None and name in table and table[name].path == path:
             del table[name]

@@ -31,9 +31,11 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from threading import get_ident
 from typing import TYPE_CHECKING
 
 import msgspec
+from msgspec import Raw
 
 from ._crashpoints import crash_point, register_crash_point
 from ._errors import (
@@ -118,14 +120,18 @@ class OpenReport:
 
 
 class _Pending:
-    """One append call waiting in the group-commit queue; ``gate`` is held until a leader releases it."""
+    """One append call waiting in the group-commit queue; ``gate`` is held until a leader releases it.
 
-    __slots__ = ("done", "error", "events", "gate", "records", "sync")
+    ``cost`` is what it adds to a frame (its events' bytes plus a bound on each record's envelope).
+    """
 
-    def __init__(self, events: list[msgspec.Raw], sync: bool = True) -> None:
+    __slots__ = ("cost", "done", "error", "events", "gate", "records", "sync")
+
+    def __init__(self, events: list[Raw], cost: int, sync: bool = True) -> None:
         self.gate = threading.Lock()
         self.gate.acquire()
         self.events = events
+        self.cost = cost
         self.sync = sync
         self.records: list[Record] = []
         self.done = False
@@ -160,14 +166,18 @@ class Journal:
         self._idle = threading.Condition(self._mutex)
         self._queue: list[_Pending] = []
         self._leading = False
-        self._gather = threading.Condition(self._mutex)
+        self._syncing = False
+        self._synced = threading.Condition(self._mutex)
+        self._gather_gate = threading.Lock()
+        self._gather_want = 0
         self._gathering = False
         self._seen: dict[int, int] = {}
         self._batches = 0
         self._sync_seconds = 0.0
         self._closed = False
         self._broken: BaseException | None = None
-        self._positions: collections.deque[tuple[int, int, Position]] = collections.deque(maxlen=_POSITIONS_KEPT)
+        # (first seq, last seq, segment, offset, prev crc, segment body crc) of recent frames: a Position each, built on demand.
+        self._positions: collections.deque[tuple[int, int, int, int, int, int]] = collections.deque(maxlen=_POSITIONS_KEPT)
         self._history: HistoryCheck | None = None
         self._history_error: BaseException | None = None
         self._encode = msgspec.msgpack.Encoder().encode
@@ -463,14 +473,17 @@ class Journal:
         """
         if not events:
             return []
-        _check_frame_limits(events)
-        pending = _Pending([msgspec.Raw(e) for e in events], sync)
+        raws = [Raw(e) for e in events]  # a bad event fails its own call here, never a batch
+        pending = _Pending(raws, _frame_cost(raws), sync)
         with self._mutex:
-            self._check_usable()
-            self._queue.append(pending)
-            self._seen[threading.get_ident()] = self._batches
-            if self._gathering:
-                self._gather.notify()
+            if self._closed or self._broken is not None:
+                self._check_usable()
+            queue = self._queue
+            queue.append(pending)
+            self._seen[get_ident()] = self._batches
+            if self._gathering and len(queue) >= self._gather_want:
+                self._gathering = False
+                self._gather_gate.release()
             lead = not self._leading
             if lead:
                 self._leading = True
@@ -486,15 +499,23 @@ class Journal:
         """As the leader, write one batch from the front of the queue and wake its appenders.
 
         A batch is capped in size, so a leader may write the batches queued
-        before its own first.  When its own records are written it hands
-        leadership to the call at the front of the queue, if any.
+        before its own first.  Once its own records are written (before their
+        fdatasync) it hands leadership to the call at the front of the queue,
+        if any: that leader takes every call queued by the time this sync
+        returns, and only then writes, so at most one frame is ever unsynced.
         """
         batch: list[_Pending] = []
+        handed = False
         try:
             with self._mutex:
-                self._gather_more()
-                batch = self._take_batch()
-            self._write(batch)
+                if self._syncing:
+                    # Everything queued while the batch before syncs goes into this one: take it when that sync returns.
+                    while self._syncing:
+                        self._synced.wait()
+                else:
+                    self._gather_more()
+                batch, sync = self._take_batch()
+            handed = self._write(batch, sync, own in batch)
         finally:
             with self._mutex:
                 self._batches += 1
@@ -502,57 +523,77 @@ class Journal:
                     p.done = True
                     if p is not own:
                         p.gate.release()
-                if own.done or not batch:
-                    if self._queue:
-                        self._queue[0].gate.release()
-                    else:
-                        self._leading = False
-                        self._idle.notify_all()
+                if not handed and (own.done or not batch):
+                    self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Make the call at the front of the queue the leader, or end leadership (called holding the mutex)."""
+        if self._queue:
+            self._queue[0].gate.release()
+        else:
+            self._leading = False
+            self._idle.notify_all()
 
     def _gather_more(self) -> None:
-        """Wait briefly, before taking a batch, for appenders that are about to queue.
+        """Wait briefly, before taking a batch, for appenders that are about to queue (called holding the mutex).
 
         Appenders that were just acknowledged come back within microseconds,
         but a new leader would otherwise take the queue at once, and batches
         would settle at half the appending threads.  The leader waits until as
         many calls are queued as there were distinct appending threads in the
         last few batches, for at most the recent fsync time (never more
-        than 2 ms); with one appending thread it never waits.
+        than 2 ms); with one appending thread it never waits.  Only the
+        appender that completes the count wakes the leader.
         """
         horizon = self._batches - 4
-        expected = sum(1 for seen in self._seen.values() if seen >= horizon)
-        if len(self._seen) > 1024:
-            self._seen = {t: b for t, b in self._seen.items() if b >= horizon}
+        seen = self._seen
+        expected = sum(1 for b in seen.values() if b >= horizon)
+        if len(seen) > 1024:
+            self._seen = {t: b for t, b in seen.items() if b >= horizon}
         if len(self._queue) >= expected:
             return
-        deadline = time.monotonic() + min(self._sync_seconds, 0.002)
+        wait = min(self._sync_seconds, 0.002)
+        if wait <= 0:
+            return
+        gate = self._gather_gate = threading.Lock()
+        gate.acquire()
+        self._gather_want = expected
         self._gathering = True
+        self._mutex.release()
         try:
-            while len(self._queue) < expected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._gather.wait(left)
+            gate.acquire(timeout=wait)
         finally:
+            self._mutex.acquire()
             self._gathering = False
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self) -> tuple[list[_Pending], bool]:
+        """The calls at the front of the queue that fit in one frame, and whether any of them asks for a sync."""
         queue = self._queue
         size = 0
         count = 0
         taken = 0
+        sync = False
         for p in queue:
-            cost = sum(len(e) for e in p.events) + _RECORD_OVERHEAD * len(p.events)
-            if taken and (size + cost > _GROUP_BYTES or count + len(p.events) > MAX_RECORDS_PER_FRAME):
+            if taken and (size + p.cost > _GROUP_BYTES or count + len(p.events) > MAX_RECORDS_PER_FRAME):
                 break
-            size += cost
+            size += p.cost
             count += len(p.events)
+            sync = sync or p.sync
             taken += 1
         batch = queue[:taken]
         del queue[:taken]
-        return batch
+        return batch, sync
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, batch: list[_Pending], need_sync: bool, hand_on: bool) -> bool:
+        """Write ``batch`` as one frame and, when any call in it asks, fdatasync it.
+
+        Called only once the frame before is durable or was written without a
+        sync (which is then synced first), so at most one frame is ever unsynced.  With ``hand_on`` leadership passes on between the write
+        and the fdatasync, and True is returned; the batch's errors are in its
+        calls.
+        """
+        handed = False
+        syncing = False
         try:
             self._check_not_broken()
             self.wait_verified()
@@ -563,7 +604,7 @@ class Journal:
             for p in batch:
                 p.records = [Record(seq + i, now, session, e) for i, e in enumerate(p.events)]
                 seq += len(p.events)
-                records.extend(p.records)
+                records += p.records
             payload = self._encode(records)
             if len(payload) > MAX_FRAME_BYTES:
                 raise ValueError(
@@ -586,32 +627,40 @@ class Journal:
                 self._cut_back(start, len(frame))
                 raise self._write_error(exc, len(frame)) from exc
             crash_point(CP_AFTER_WRITE)
-            need_sync = any(p.sync for p in batch)
-            if need_sync:
-                synced = time.monotonic()
-                self._sync_segment(self._fd)
-                crash_point(CP_AFTER_FSYNC)
-                self._sync_seconds = 0.8 * self._sync_seconds + 0.2 * (time.monotonic() - synced)
-            self._positions.append(
-                (records[0].seq, records[-1].seq, Position(self._seg_seq, start, self._crc, records[0].seq, self._body_crc))
-            )
+            self._positions.append((records[0].seq, seq - 1, self._seg_seq, start, self._crc, self._body_crc))
             self._offset = start + len(frame)
             self._file_size = max(self._file_size, self._offset)
             self._crc = crc
             self._body_crc = zlib.crc32(frame, self._body_crc)
             self._next_seq = seq
             if need_sync:
+                with self._mutex:
+                    self._syncing = syncing = True
+                    if hand_on:
+                        self._hand_on()
+                        handed = True
+                synced = time.monotonic()
+                self._sync_segment(self._fd)
+                crash_point(CP_AFTER_FSYNC)
+                self._sync_seconds = 0.8 * self._sync_seconds + 0.2 * (time.monotonic() - synced)
                 self._durable_seq = seq - 1
         except BaseException as exc:  # noqa: BLE001  (not swallowed: each appender in the batch re-raises it)
             for p in batch:
                 p.error = exc
                 p.records = []
+        finally:
+            if syncing:
+                with self._mutex:
+                    self._syncing = False
+                    self._synced.notify_all()
+                    self._idle.notify_all()
+        return handed
 
     def sync(self) -> None:
         """Make every record written so far durable (those appended with ``sync=False``); a no-op when they are."""
         self._check_usable()
         with self._mutex:
-            while self._leading:
+            while self._leading or self._syncing:
                 self._idle.wait()
             if self._durable_seq < self._next_seq - 1:
                 self._sync_segment(self._fd)
@@ -731,9 +780,9 @@ class Journal:
         snap = self.report.snapshot
         if snap is not None and snap.position.first_seq <= seq:
             best = snap.position
-        for first, last, pos in reversed(self._positions):
+        for first, last, segment, offset, prev_crc, body_crc in reversed(self._positions):
             if first <= seq <= last:
-                return pos
+                return Position(segment, offset, prev_crc, first, body_crc)
             if last < seq:
                 break
         return best
@@ -784,7 +833,7 @@ class Journal:
             if self._closed:
                 return
             self._closed = True
-            while self._leading or self._queue:
+            while self._leading or self._queue or self._syncing:
                 self._idle.wait()
         self._join_history()
         try:
@@ -812,14 +861,21 @@ class Journal:
 _OPEN_TOKEN = object()
 
 
-def _check_frame_limits(events: Sequence[bytes]) -> None:
-    """Refuse, before anything is queued, an append that cannot fit in one frame (it would be all or none)."""
-    size = sum(len(e) for e in events) + _RECORD_OVERHEAD * len(events)
-    if len(events) > MAX_RECORDS_PER_FRAME or size > MAX_FRAME_BYTES:
+def _frame_cost(events: Sequence[Raw]) -> int:
+    """What ``events`` add to a frame, in bytes (with a bound on each record's envelope).
+
+    Refuses, before anything is queued, an append that cannot fit in one frame (it would be all or none).
+    """
+    if len(events) == 1:
+        size = len(events[0]) + _RECORD_OVERHEAD
+    else:
+        size = sum(map(len, events)) + _RECORD_OVERHEAD * len(events)
+    if size > MAX_FRAME_BYTES or len(events) > MAX_RECORDS_PER_FRAME:
         raise ValueError(
             f"one append of {len(events)} records (about {size} bytes) exceeds the frame limits "
             f"({MAX_RECORDS_PER_FRAME} records, {MAX_FRAME_BYTES} bytes); append fewer or smaller events"
         )
+    return size
 
 
 def _last_seq(last_payload: tuple[str, int, bytes] | None, segment_first_seq: int) -> int:
