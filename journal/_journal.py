@@ -168,6 +168,7 @@ class Journal:
         self._leading = False
         self._syncing = False
         self._synced = threading.Condition(self._mutex)
+        self._waiting = 0  # threads waiting on _idle or _synced: notified only when there are some
         self._gather_gate = threading.Lock()
         self._gather_want = 0
         self._gathering = False
@@ -510,8 +511,12 @@ class Journal:
             with self._mutex:
                 if self._syncing:
                     # Everything queued while the batch before syncs goes into this one: take it when that sync returns.
-                    while self._syncing:
-                        self._synced.wait()
+                    self._waiting += 1
+                    try:
+                        while self._syncing:
+                            self._synced.wait()
+                    finally:
+                        self._waiting -= 1
                 else:
                     self._gather_more()
                 batch, sync = self._take_batch()
@@ -532,7 +537,8 @@ class Journal:
             self._queue[0].gate.release()
         else:
             self._leading = False
-            self._idle.notify_all()
+            if self._waiting:
+                self._idle.notify_all()
 
     def _gather_more(self) -> None:
         """Wait briefly, before taking a batch, for appenders that are about to queue (called holding the mutex).
@@ -545,8 +551,10 @@ class Journal:
         than 2 ms); with one appending thread it never waits.  Only the
         appender that completes the count wakes the leader.
         """
-        horizon = self._batches - 4
         seen = self._seen
+        if len(self._queue) >= len(seen):
+            return  # every thread that ever appended is queued (one appending thread: always)
+        horizon = self._batches - 4
         expected = sum(1 for b in seen.values() if b >= horizon)
         if len(seen) > 1024:
             self._seen = {t: b for t, b in seen.items() if b >= horizon}
@@ -652,16 +660,21 @@ class Journal:
             if syncing:
                 with self._mutex:
                     self._syncing = False
-                    self._synced.notify_all()
-                    self._idle.notify_all()
+                    if self._waiting:
+                        self._synced.notify_all()
+                        self._idle.notify_all()
         return handed
 
     def sync(self) -> None:
         """Make every record written so far durable (those appended with ``sync=False``); a no-op when they are."""
         self._check_usable()
         with self._mutex:
-            while self._leading or self._syncing:
-                self._idle.wait()
+            self._waiting += 1
+            try:
+                while self._leading or self._syncing:
+                    self._idle.wait()
+            finally:
+                self._waiting -= 1
             if self._durable_seq < self._next_seq - 1:
                 self._sync_segment(self._fd)
                 self._durable_seq = self._next_seq - 1
@@ -833,8 +846,12 @@ class Journal:
             if self._closed:
                 return
             self._closed = True
-            while self._leading or self._queue or self._syncing:
-                self._idle.wait()
+            self._waiting += 1
+            try:
+                while self._leading or self._queue or self._syncing:
+                    self._idle.wait()
+            finally:
+                self._waiting -= 1
         self._join_history()
         try:
             if self._fd >= 0 and self._broken is None and self._durable_seq < self._next_seq - 1:

@@ -142,11 +142,14 @@ def test_group_commit_shares_one_write_and_one_fsync(root: str) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.001)
     before = fs.count("fdatasync")
+    start = len(fs.ops)
     fs.release.set()
     for t in [leader, *followers]:
         t.join(30)
     assert sorted(results.values()) == list(range(1, 9))
     assert fs.count("fdatasync") - before == 2, "the leader's fsync, then one shared by all seven followers"
+    # The followers' frame is written only after the leader's fdatasync returned: never two unsynced frames.
+    assert fs.names()[start:] == ["fdatasync", "write", "fdatasync"]
     j.close()
     assert len(frames(segments(root)[0])) == 2
 
