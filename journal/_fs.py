@@ -420,8 +420,10 @@ class RootedFileSystem(DelegatingFileSystem):
         normalization would check another path than the one acted on.
         """
         raw = os.fspath(path)
-        if any(part in (".", "..") for part in raw.split(os.sep)):
-            raise PathEscapeError(self.root, raw, what, "it has a '.' or '..' component")
+        if "." in raw:
+            parts = raw.split(os.sep)
+            if "." in parts or ".." in parts:
+                raise PathEscapeError(self.root, raw, what, "it has a '.' or '..' component")
         return os.path.abspath(raw)
 
     def _inside(self, path: PathLike, what: str) -> str:
@@ -465,9 +467,15 @@ class RootedFileSystem(DelegatingFileSystem):
 
     def mkdir(self, path: PathLike) -> None:
         full = self._absolute(path, "create the folder")
-        if not self._at_or_above_root(full):
-            full = self._inside(full, "create the folder")
+        if self._at_or_above_root(full):
+            self.inner.mkdir(full)
+            return
+        full = self._inside(full, "create the folder")
         self.inner.mkdir(full)
+        with self._real_lock:  # a folder made here, below folders found real, is real: no need to look at it again
+            if len(self._real) >= self._REMEMBERED:
+                self._real = set()
+            self._real.add(full)
 
     def unlink(self, path: PathLike) -> None:
         full = self._inside(path, "remove")
