@@ -22,7 +22,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def _journal_argv(folder: str) -> list[str]:
-    return ["bench", "journal", "--dir", folder, "--records", "20", "--replay-events", "200", "--threads", "2"]
+    return ["bench", "journal", "--dir", folder, "--records", "20", "--replay-events", "200", "--threads", "2", "--rounds", "2"]
 
 
 def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_behind(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,9 +31,14 @@ def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_b
     result = json.loads(out)
     for key in ("prealloc_fdatasync_per_s", "raw_fdatasync_per_s", "sqlite_wal_full_per_s", "journal_append_per_s", "group_commit_per_s", "replay_events_per_s"):
         assert result[key] > 0
-    assert set(result["ratios"]) >= {"journal_vs_prealloc", "journal_vs_raw", "journal_vs_sqlite", "group_vs_single", "damage_1m_vs_128k"}
-    assert set(result["targets"]) >= {"journal_vs_prealloc_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "replay_ge_1m",
-                                      "damage_1m_le_10x_128k"}
+    assert set(result["ratios"]) >= {"journal_vs_prealloc", "journal_vs_raw", "journal_vs_sqlite", "group_vs_single", "group_32_vs_8",
+                                     "damage_1m_vs_128k"}
+    assert set(result["targets"]) >= {"journal_vs_prealloc_ge_0_9", "journal_vs_sqlite_ge_1_3", "group_vs_single_ge_5", "group_32_not_below_8",
+                                      "replay_ge_1m", "damage_1m_le_10x_128k"}
+    by_threads = result["group_commit_per_s_by_threads"]
+    assert set(by_threads) == {"2", "8", "32"} and all(rate > 0 for rate in by_threads.values())
+    assert result["group_commit_per_s"] == by_threads["2"] and result["rounds"] == 2
+    assert result["ratios"]["group_32_vs_8"] == pytest.approx(by_threads["32"] / by_threads["8"], abs=0.002)
     assert result["damage_scan_s_128k"] > 0 and result["damage_scan_s_1m"] > 0
     assert result["replay_events"] >= 200
     assert os.listdir(tmp_path) == []
@@ -43,11 +48,12 @@ def test_bench_journal_table_shows_each_measure_and_a_verdict_per_target(tmp_pat
     code, out, _ = _run(capsys, *_journal_argv(str(tmp_path)))
     assert code == 0
     assert out.startswith(f"shipslog bench journal in {tmp_path}: 20 records, 2 threads, 200 replay events")
-    for label in ("raw write + fdatasync", "sqlite WAL synchronous=FULL", "journal append", "group commit (2 threads)"):
+    for label in ("raw write + fdatasync", "sqlite WAL synchronous=FULL", "journal append", "group commit (2 threads)",
+                  "group commit (8 threads)", "group commit (32 threads)"):
         assert label in out
     verdicts = [line.split()[-1] for line in out.splitlines()
-                if line.strip().startswith(("journal append /", "group commit /", "journal replay", "damage scan"))]
-    assert len(verdicts) == 5 and set(verdicts) <= {"PASS", "MISS"}
+                if line.strip().startswith(("journal append /", "group commit /", "group commit 32", "journal replay", "damage scan"))]
+    assert len(verdicts) == 6 and set(verdicts) <= {"PASS", "MISS"}
 
 
 def test_bench_engine_json_has_replay_open_and_checkpoint_figures(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,7 @@ def _runners(quick: bool) -> dict[str, Callable[[str], dict[str, Any]]]:
     def journal(folder: str) -> dict[str, Any]:
         from ._bench_journal import run_journal_bench
 
-        return run_journal_bench(folder, **({"records": 40, "replay_events": 2000, "threads": 2} if quick else {}))
+        return run_journal_bench(folder, **({"records": 40, "replay_events": 2000, "threads": 2, "rounds": 1} if quick else {}))
 
     def engine(folder: str) -> dict[str, Any]:
         from ._bench_engine import run_engine_bench

@@ -16,7 +16,11 @@ the same ~60-byte msgpack events:
   record (the usual alternative);
 * :meth:`Journal.append <shipslog.journal.Journal.append>` from one thread, each
   record durable before the call returns;
-* the same from several threads at once (group commit shares writes and fsyncs);
+* the same from 2, 8 and 32 threads at once (and ``threads``; group commit
+  shares writes and fsyncs): 8 threads must reach 5 x one, 32 no less than 8.
+  The floor, the single appender and group commit run side by side in each of
+  ``rounds`` rounds, and the medians are reported (a ratio: the median of the
+  rounds' ratios), so a disk whose fsync time drifts moves them together;
 * replay: reading, crc-checking and decoding every record of a journal with one
   record per frame, through :class:`shipslog.journal.JournalReader`;
 * the damage scan: reading a journal whose last frame is bad and followed by
@@ -36,6 +40,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import statistics
 import struct
 import tempfile
 import threading
@@ -87,11 +92,14 @@ TARGETS = (
     Target("journal_vs_prealloc_ge_0_9", "ratios.journal_vs_prealloc", ">=", 0.9, "journal append / its preallocated floor"),
     Target("journal_vs_sqlite_ge_1_3", "ratios.journal_vs_sqlite", ">=", 1.3, "journal append / SQLite WAL FULL"),
     Target("group_vs_single_ge_5", "ratios.group_vs_single", ">=", 5.0, "group commit / single appender"),
+    Target("group_32_not_below_8", "ratios.group_32_vs_8", ">=", 1.0, "group commit 32 threads / 8 threads"),
     Target("replay_ge_1m", "replay_events_per_s", ">=", REPLAY_TARGET_PER_S, "journal replay, records per second"),
     Target("damage_1m_le_10x_128k", "ratios.damage_1m_vs_128k", "<=", DAMAGE_SCAN_MAX_RATIO, "damage scan 1 MiB / 128 KiB"),
 )
 """What ``shipslog bench journal`` must show."""
 _DAMAGE_SIZES = (128 << 10, 1 << 20)
+GROUP_THREADS = (2, 8, 32)
+"""The thread counts group commit is always measured at (and ``threads``): 32 must not do worse than 8."""
 _FRAME_HEAD = struct.Struct("<II")
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -333,6 +341,19 @@ def _bench_damage_scan(root: str, size: int, repeats: int = 3) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
+def _bench_round(
+    here: str, frames: list[bytes], events: list[bytes], group_events: list[bytes], warmup: int, counts: list[int]
+) -> tuple[float, float, dict[int, float]]:
+    """One round: the preallocated floor, the single appender and group commit at each of ``counts`` threads, in ``here``."""
+    floor = _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(here, frames, warmup))
+    single = _timed("journal append", lambda: _bench_journal_append(os.path.join(here, "append"), events, warmup))
+    groups = {}
+    for c in counts:
+        groups[c] = _timed(f"group commit ({c} threads)",
+                           lambda c=c: _bench_group_commit(os.path.join(here, f"group-{c}"), group_events, warmup, c))  # type: ignore[misc]
+    return floor, single, groups
+
+
 def _timed(label: str, fn: Callable[[], float]) -> float:
     _log.info("measuring %s", label)
     rate = fn()
@@ -349,6 +370,7 @@ def run_journal_bench(
     records: int = 2000,
     replay_events: int = 1_000_000,
     threads: int = 8,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Measure durable appends and replay in a fresh temporary folder under ``directory``.
 
@@ -358,9 +380,10 @@ def run_journal_bench(
     and then replayed.  The folder is removed at the end, also on failure.
 
     Returns a dict with the rates (``prealloc_fdatasync_per_s``, ``raw_fdatasync_per_s``,
-    ``sqlite_wal_full_per_s``, ``journal_append_per_s``, ``group_commit_per_s``,
+    ``sqlite_wal_full_per_s``, ``journal_append_per_s``, ``group_commit_per_s``
+    (at ``threads``), ``group_commit_per_s_by_threads`` (``"2"``, ``"8"``, ``"32"``),
     ``replay_events_per_s``, rounded to integers), the damage scan's median
-    seconds (``damage_scan_s_128k``, ``damage_scan_s_1m``), ``group_commit_threads``,
+    seconds (``damage_scan_s_128k``, ``damage_scan_s_1m``), ``group_commit_threads``, ``rounds``,
     ``replay_events``, ``ratios`` (3 decimals), ``targets`` (booleans),
     ``records`` and ``dir`` (the absolute ``directory``).  Raises ``ValueError``
     for a count below 1 or fewer records than threads, and ``RuntimeError`` when
@@ -372,6 +395,8 @@ def run_journal_bench(
         raise ValueError(f"replay_events must be at least 1, got {replay_events}")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     if records < threads:
         raise ValueError(
             f"records ({records}) must be at least threads ({threads}): each thread appends records/threads"
@@ -387,21 +412,27 @@ def run_journal_bench(
         len(events[0]),
         warmup,
     )
+    counts = sorted({*GROUP_THREADS, threads})
+    group_events = events if records >= counts[-1] else [make_event(i) for i in range(counts[-1])]  # one record a thread at least
     try:
         frames = [bytes(frame_bytes(events[0]))] * (records + warmup)
-        prealloc = _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(folder, frames[warmup:], warmup))
         raw = _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(folder, events, warmup))
         sqlite = _timed(
             "sqlite WAL synchronous=FULL", lambda: _bench_sqlite(folder, events, warmup)
         )
-        single = _timed(
-            "journal append",
-            lambda: _bench_journal_append(os.path.join(folder, "append"), events, warmup),
-        )
-        group = _timed(
-            f"group commit ({threads} threads)",
-            lambda: _bench_group_commit(os.path.join(folder, "group"), events, warmup, threads),
-        )
+        # The journal and what it is compared with run side by side, round after round, so that a
+        # disk that drifts (its fdatasync time varies by tens of percent within minutes) moves both.
+        floors: list[float] = []
+        singles: list[float] = []
+        groups: dict[int, list[float]] = {c: [] for c in counts}
+        for r in range(rounds):
+            here = tempfile.mkdtemp(prefix=f"round-{r}-", dir=folder)
+            floor, single_rate, by_count = _bench_round(here, frames[warmup:], events, group_events, warmup, counts)
+            shutil.rmtree(here)
+            floors.append(floor)
+            singles.append(single_rate)
+            for c, rate in by_count.items():
+                groups[c].append(rate)
         replay = _timed(
             "replay", lambda: _bench_replay(os.path.join(folder, "replay"), replay_events)
         )
@@ -412,21 +443,27 @@ def run_journal_bench(
         if os.path.exists(folder):
             _log.warning("could not remove the benchmark folder %s", folder)
 
+    prealloc, single = statistics.median(floors), statistics.median(singles)
+    group_rates = {c: statistics.median(rates) for c, rates in groups.items()}
     ratios = {
-        "journal_vs_prealloc": _ratio(single, prealloc),
+        "journal_vs_prealloc": round(statistics.median(s / f for s, f in zip(singles, floors)), 3),
         "journal_vs_raw": _ratio(single, raw),
         "journal_vs_sqlite": _ratio(single, sqlite),
-        "group_vs_single": _ratio(group, single),
+        "group_vs_single": round(statistics.median(g / s for g, s in zip(groups[threads], singles)), 3),
         "damage_1m_vs_128k": _ratio(damage[1], damage[0]),
     }
+    ratios["group_32_vs_8"] = _ratio(group_rates[32], group_rates[8])
     return judge(TARGETS, {
         "prealloc_fdatasync_per_s": round(prealloc),
         "frame_bytes": len(frames[0]),
         "raw_fdatasync_per_s": round(raw),
         "sqlite_wal_full_per_s": round(sqlite),
         "journal_append_per_s": round(single),
-        "group_commit_per_s": round(group),
+        "group_commit_per_s": round(group_rates[threads]),
         "group_commit_threads": threads,
+        "group_commit_per_s_by_threads": {str(c): round(rate) for c, rate in group_rates.items()},
+        "rounds": rounds,
+        "statistic": f"median of {rounds} rounds, each measuring the floor, the journal and group commit side by side",
         "replay_events": replay_events,
         "replay_events_per_s": round(replay),
         "damage_scan_s_128k": round(damage[0], 4),
