@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+import threading
+import time
 import zlib
+from collections.abc import Callable
 
 import msgspec
 
-from shipslog.journal import HEADER_SIZE, Journal, list_segments
+from shipslog.journal import HEADER_SIZE, Journal, RecordingFileSystem, list_segments
 
 _FRAME = struct.Struct("<II")
 
@@ -118,3 +122,41 @@ def write_version_1_snapshot(path: str, seq: int, position: tuple[int, int, int,
     body = head + payload
     with open(path, "wb") as f:
         f.write(body + struct.pack("<I", zlib.crc32(body)))
+
+
+class GatedSyncFs(RecordingFileSystem):
+    """Holds the first fdatasync after ``armed`` is set until ``release`` is set, so that other appenders
+    queue up behind it; with ``fail`` that fdatasync then fails with EIO instead of syncing."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.armed = False
+        self.fail = fail
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+            if self.fail:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().fdatasync(fd)
+
+
+def queue_behind_held_sync(journal: Journal, fs: GatedSyncFs, append: Callable[[int], None], first: int, more: range) -> list[threading.Thread]:
+    """Start ``append(first)`` and hold its fdatasync; then start ``append(i)`` for each of ``more`` and wait
+    until all of them are queued behind it.  Returns every thread started (the first one first)."""
+    fs.armed = True
+    threads = [threading.Thread(target=append, args=(first,))]
+    threads[0].start()
+    assert fs.entered.wait(30)
+    threads += [threading.Thread(target=append, args=(i,)) for i in more]
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(journal._queue) < len(more):
+        assert time.monotonic() < deadline, f"{len(journal._queue)} of {len(more)} appends queued behind the held sync"
+        time.sleep(0.001)
+    return threads

@@ -9,7 +9,15 @@ import threading
 import time
 
 import pytest
-from _helpers import event, event_index, frames, segments, write_records
+from _helpers import (
+    GatedSyncFs,
+    event,
+    event_index,
+    frames,
+    queue_behind_held_sync,
+    segments,
+    write_records,
+)
 
 from shipslog.journal import (
     HEADER_SIZE,
@@ -105,46 +113,19 @@ def test_append_is_written_then_fsynced_before_it_returns(root: str) -> None:
         assert fs.names()[n:] == ["write", "fdatasync"]
 
 
-class _GatedFs(RecordingFileSystem):
-    """Holds the first fdatasync until released, so that other appenders queue up behind it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.armed = False
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            assert self.release.wait(30)
-        super().fdatasync(fd)
-
-
 def test_group_commit_shares_one_write_and_one_fsync(root: str) -> None:
-    fs = _GatedFs()
+    fs = GatedSyncFs()
     j = Journal.open(root, fs=fs)
     results: dict[int, int] = {}
 
     def append(i: int) -> None:
         results[i] = j.append(event(i)).seq
 
-    fs.armed = True
-    leader = threading.Thread(target=append, args=(0,))
-    leader.start()
-    assert fs.entered.wait(30)
-    followers = [threading.Thread(target=append, args=(i,)) for i in range(1, 8)]
-    for t in followers:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(j._queue) < 7:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    threads = queue_behind_held_sync(j, fs, append, 0, range(1, 8))
     before = fs.count("fdatasync")
     start = len(fs.ops)
     fs.release.set()
-    for t in [leader, *followers]:
+    for t in threads:
         t.join(30)
     assert sorted(results.values()) == list(range(1, 9))
     assert fs.count("fdatasync") - before == 2, "the leader's fsync, then one shared by all seven followers"
@@ -297,7 +278,7 @@ def test_snapshot_beyond_the_end_of_the_journal_is_refused(root: str) -> None:
 
 def test_a_leader_writes_the_capped_batches_queued_before_its_own(root: str) -> None:
     """Batches are capped in size; a leader queued behind large appends must still get its own records written."""
-    fs = _GatedFs()
+    fs = GatedSyncFs()
     j = Journal.open(root, fs=fs, preallocate=False)
     results: dict[str, list[int]] = {}
     big = event(0, size=3 * 1024 * 1024)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _helpers import event, event_index, frames, segments
+from _helpers import GatedSyncFs, event, event_index, frames, queue_behind_held_sync, segments
 
 from shipslog.journal import (
     InsufficientSpaceError,
@@ -22,7 +20,6 @@ from shipslog.journal import (
     JournalBrokenError,
     JournalClosedError,
     JournalWriteError,
-    RecordingFileSystem,
     ShipslogError,
 )
 
@@ -200,26 +197,8 @@ def test_folder_fsync_eio_after_a_new_segment_is_in_place_breaks_the_journal(
         assert [event_index(r.event) for r in again.records()] == [*range(1, acknowledged + 1), 500]
 
 
-class _SyncFailsOnRelease(RecordingFileSystem):
-    """Holds the first armed fdatasync until released, then fails it with EIO."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.armed = False
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            assert self.release.wait(30)
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        super().fdatasync(fd)
-
-
 def test_fsync_eio_while_the_next_batch_waits_writes_nothing_more(root: str) -> None:
-    fs = _SyncFailsOnRelease()
+    fs = GatedSyncFs(fail=True)
     j = Journal.open(root, fs=fs)
     assert j.append(event(0)).seq == 1
     errors: dict[int, BaseException] = {}
@@ -230,20 +209,10 @@ def test_fsync_eio_while_the_next_batch_waits_writes_nothing_more(root: str) -> 
         except ShipslogError as exc:
             errors[i] = exc
 
-    fs.armed = True
-    leader = threading.Thread(target=append, args=(1,))
-    leader.start()
-    assert fs.entered.wait(30)
-    followers = [threading.Thread(target=append, args=(i,)) for i in range(2, 5)]
-    for t in followers:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(j._queue) < 3:  # the next leader and two more, waiting for the held sync
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    threads = queue_behind_held_sync(j, fs, append, 1, range(2, 5))  # the next leader and two more
     mark = len(fs.ops)
     fs.release.set()
-    for t in [leader, *followers]:
+    for t in threads:
         t.join(30)
     assert sorted(errors) == [1, 2, 3, 4]
     assert all(isinstance(e, JournalBrokenError) for e in errors.values())
