@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from shipslog.journal import (
     JournalBrokenError,
     JournalClosedError,
     JournalWriteError,
+    RecordingFileSystem,
     ShipslogError,
 )
 
@@ -221,3 +223,47 @@ def test_fsync_eio_while_the_next_batch_waits_writes_nothing_more(root: str) -> 
     with Journal.open(root) as again:
         indices = [event_index(r.event) for r in again.records()]
     assert indices[0] == 0 and not {2, 3, 4} & set(indices)
+
+
+class _FailsAtSync(RecordingFileSystem):
+    """Fails the ``at``-th fdatasync with EIO (appenders keep queuing around it)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.syncs = 0
+        self.count_lock = threading.Lock()
+
+    def fdatasync(self, fd: int) -> None:
+        with self.count_lock:
+            self.syncs += 1
+            failing = self.syncs == self.at
+        if failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().fdatasync(fd)
+
+
+def test_fsync_eio_among_many_appending_threads_loses_no_acknowledged_record(root: str) -> None:
+    j = Journal.open(root, fs=_FailsAtSync(at=12), segment_bytes=8192)
+    acknowledged: dict[int, int] = {}
+    refused: list[int] = []
+
+    def worker(t: int) -> None:
+        for k in range(40):
+            try:
+                acknowledged[j.append(event(t * 1000 + k)).seq] = t * 1000 + k
+            except JournalBrokenError:
+                refused.append(t)
+                return
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(refused) == list(range(8)), "every thread sees the broken journal"
+    assert acknowledged and j.broken is not None
+    j.close()
+    with Journal.open(root, segment_bytes=8192) as again:
+        found = {r.seq: event_index(r.event) for r in again.records()}
+    assert {seq: found.get(seq) for seq in acknowledged} == acknowledged
