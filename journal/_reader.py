@@ -9,6 +9,7 @@ before any record after it is.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import zlib
@@ -338,20 +339,29 @@ class JournalReader:
             offset, payloads = item
             decoded: list[list[Any]] | None = None
             if decode_chunk is not None and len(payloads) > 1:
+                fast: list[Any] | None = None
+                # A chunk decodes into one list per frame, freed together right below and holding no cycles:
+                # the cyclic collector would only walk them (about a tenth of the replay), so it pauses here.
+                collecting = gc.isenabled()
+                gc.disable()
                 try:
                     decoded = decode_chunk(_ARRAY32.pack(0xDD, len(payloads)) + b"".join(payloads))
-                except (msgspec.DecodeError, RecursionError):
-                    decoded = None  # one of them is bad or needs the slow path: decode them one by one
-                else:
                     # The fast path: no frame is empty and the records' seqs run on without a gap from
                     # ``expected``, so every frame's check below would pass; otherwise the loop finds the frame.
                     if expected >= from_seq and all(decoded):
                         out = list(chain.from_iterable(decoded))
                         last = expected + len(out) - 1
                         if (until is None or last < until) and list(map(seq_of, out)) == list(range(expected, last + 1)):
-                            expected = last + 1
-                            yield out
-                            continue
+                            fast, decoded = out, None
+                except (msgspec.DecodeError, RecursionError):
+                    decoded = None  # one of them is bad or needs the slow path: decode them one by one
+                finally:
+                    if collecting:
+                        gc.enable()
+                if fast is not None:
+                    expected += len(fast)
+                    yield fast
+                    continue
             out = []
             extend = out.extend
             for index, payload in enumerate(payloads):

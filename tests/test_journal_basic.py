@@ -3,11 +3,14 @@ group commit, snapshots and reopening."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
+from typing import Any
 
+import msgspec
 import pytest
 from _helpers import (
     GatedSyncFs,
@@ -24,6 +27,7 @@ from shipslog.journal import (
     CorruptJournalError,
     Journal,
     JournalReader,
+    Record,
     RecordingFileSystem,
     list_snapshots,
 )
@@ -400,3 +404,27 @@ def test_a_reader_given_the_writers_end_reads_no_byte_past_it(root: str) -> None
     unbounded = JournalReader(os.path.join(root, "journal"))
     assert [r.seq for batch in unbounded.batches() for r in batch] == [1, 2, 3, 4, 5]
     assert unbounded.tail is not None  # the bytes past the end, seen as a torn write
+
+
+def test_reading_leaves_the_cyclic_collector_as_it_found_it(root: str) -> None:
+    """Decoding a chunk pauses the collector; it is back on afterwards, also when the chunk fails to decode."""
+    write_records(root, 50)
+    journal_dir = os.path.join(root, "journal")
+    assert gc.isenabled()
+    assert [r.seq for r in JournalReader(journal_dir).records()] == list(range(1, 51))
+    assert gc.isenabled()
+
+    def failing_chunk(data: bytes) -> list[list[Any]]:
+        assert not gc.isenabled()
+        raise msgspec.DecodeError("a chunk that does not decode: the frames are decoded one by one")
+
+    decode_one = msgspec.msgpack.Decoder(list[Record]).decode
+    batches = JournalReader(journal_dir).batches(decode=decode_one, decode_chunk=failing_chunk)
+    assert [r.seq for batch in batches for r in batch] == list(range(1, 51))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert len(list(JournalReader(journal_dir).records())) == 50
+        assert not gc.isenabled(), "a collector the caller turned off stays off"
+    finally:
+        gc.enable()
