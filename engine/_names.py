@@ -30,9 +30,9 @@ MAX_RELPATH_PARTS = 32
 """The most components of a file's path inside a checkpoint (``a/b/c.bin`` has 3)."""
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""A control character (C0, DEL or C1): never part of a file's name inside a checkpoint."""
 _PLAIN_OP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@:, -]*")
 """Operation ids of printable ASCII that start with a letter or digit: accepted by :func:`check_op_id` at once."""
-"""A control character (C0, DEL or C1): never part of a file's name inside a checkpoint."""
 
 
 def is_plain_name(name: str, max_length: int = MAX_NAME_LENGTH) -> bool:

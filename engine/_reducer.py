@@ -21,7 +21,7 @@ from ._errors import InvalidFieldError, InvalidTransitionError, UnknownOperation
 from ._events import Event, RawEvent
 from ._fields import expect_op_id
 from ._names import is_plain_name
-from ._registry import Registry
+from ._registry import KindRule, Registry
 from ._state import EngineState, OpRecord, StateBuilder
 
 __all__ = ["Reducer", "SequenceGapError", "apply", "replay"]
@@ -165,7 +165,7 @@ class Reducer:
                         if check is not None:
                             check(ev, None)
                     except InvalidFieldError as exc:
-                        raise CorruptRecordError(self.source, expected, rule.kind, exc.field, exc.value, exc.expected) from exc
+                        raise self._corrupt(rule, expected, exc) from exc
                     info = _to_builtins(ev)
                     del info["kind"], info["op"]
                     op = OpRecord(op_id, rule.op_type, rule.begins, expected, expected, rec.session, rec.time, info)
@@ -181,7 +181,7 @@ class Reducer:
                         try:
                             check(ev, op.info)
                         except InvalidFieldError as exc:
-                            raise CorruptRecordError(self.source, expected, rule.kind, exc.field, exc.value, exc.expected) from exc
+                            raise self._corrupt(rule, expected, exc) from exc
                     if nxt != state:  # a move to itself (progress) changes nothing in the table
                         info = _to_builtins(ev)
                         del info["kind"], info["op"]
@@ -207,6 +207,10 @@ class Reducer:
                 b.seq = fold_rec.seq - 1
                 fold_project(b, fold_record, fold_rec.event, fold_rec.seq, fold_rec.time)
             b.seq = expected - 1
+
+    def _corrupt(self, rule: KindRule, seq: int, exc: InvalidFieldError) -> CorruptRecordError:
+        """The error for record ``seq`` whose field failed its rule: the record, the field, the value and what was expected."""
+        return CorruptRecordError(self.source, seq, rule.kind, exc.field, exc.value, exc.expected)
 
     def replay_journal(
         self, journal_dir: str, *, until: int | None = None, start: Position | None = None, end: tuple[int, int] | None = None

@@ -596,8 +596,9 @@ class Journal:
         """Write ``batch`` as one frame and, when any call in it asks, fdatasync it.
 
         Called only once the frame before is durable or was written without a
-        sync (which is then synced first), so at most one frame is ever unsynced.  With ``hand_on`` leadership passes on between the write
-        and the fdatasync, and True is returned; the batch's errors are in its
+        sync (which is then synced first), so at most one frame is ever
+        unsynced.  With ``hand_on`` leadership passes on between the write and
+        the fdatasync, and True is returned; the batch's errors are in its
         calls.
         """
         handed = False
