@@ -236,8 +236,9 @@ def frame_crc(payload: bytes, prev: int) -> int:
 
 def encode_frame(payload: bytes, prev: int) -> tuple[bytes, int]:
     """The bytes of one frame, and its crc."""
-    crc = frame_crc(payload, prev)
-    return _FRAME.pack(len(payload), crc) + payload, crc
+    size = len(payload)
+    crc = zlib.crc32(payload, zlib.crc32(_CRC.pack(size), prev))  # frame_crc, inline: once per append
+    return _FRAME.pack(size, crc) + payload, crc
 
 
 def is_zero(data: bytes | mmap.mmap, start: int, stop: int) -> bool:

@@ -115,8 +115,14 @@ class FileSystem:
         to the file position.  A write that returns 0 raises ``OSError(EIO)``
         instead of looping forever.
         """
-        view = memoryview(data).cast("B")
         done = 0
+        if offset is not None and type(data) is bytes:
+            done = os.pwrite(fd, data, offset)  # the common case: one call writes it all
+            if done == len(data):
+                return
+            if done <= 0:
+                raise OSError(errno.EIO, f"write made no progress after 0 of {len(data)} bytes")
+        view = memoryview(data).cast("B")
         total = len(view)
         while done < total:
             if offset is None:

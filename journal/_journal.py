@@ -120,22 +120,29 @@ class OpenReport:
 
 
 class _Pending:
-    """One append call waiting in the group-commit queue; ``gate`` is held until a leader releases it.
+    """One append call; ``cost`` is what it adds to a frame (its events' bytes plus a bound on each record's envelope).
 
-    ``cost`` is what it adds to a frame (its events' bytes plus a bound on each record's envelope).
+    A call that joins the group-commit queue is given a ``gate`` (:meth:`queue_gate`),
+    held until a leader releases it; a call written alone (:meth:`Journal.append_many`'s
+    uncontended path) never needs one.
     """
 
     __slots__ = ("cost", "done", "error", "events", "gate", "records", "sync")
+    gate: threading.Lock
 
     def __init__(self, events: list[Raw], cost: int, sync: bool = True) -> None:
-        self.gate = threading.Lock()
-        self.gate.acquire()
         self.events = events
         self.cost = cost
         self.sync = sync
         self.records: list[Record] = []
         self.done = False
         self.error: BaseException | None = None
+
+    def queue_gate(self) -> threading.Lock:
+        """Give this call its gate, held: a leader releases it when the call is written, or to make it the leader."""
+        gate = self.gate = threading.Lock()
+        gate.acquire()
+        return gate
 
 
 class Journal:
@@ -457,7 +464,11 @@ class Journal:
 
     def append(self, event: bytes) -> Record:
         """Append one event (msgpack bytes); return its record once it is durable."""
-        return self.append_many((event,))[0]
+        raws = [Raw(event)]
+        cost = len(raws[0]) + _RECORD_OVERHEAD
+        if cost > MAX_FRAME_BYTES:
+            _frame_cost(raws)  # raises, saying why
+        return self._append(_Pending(raws, cost))[0]
 
     def append_many(self, events: Sequence[bytes], *, sync: bool = True) -> list[Record]:
         """Append events as consecutive records in one frame; return them once durable.
@@ -475,26 +486,61 @@ class Journal:
         if not events:
             return []
         raws = [Raw(e) for e in events]  # a bad event fails its own call here, never a batch
-        pending = _Pending(raws, _frame_cost(raws), sync)
+        return self._append(_Pending(raws, _frame_cost(raws), sync))
+
+    def _append(self, pending: _Pending) -> list[Record]:
+        """Write ``pending`` alone, or through the group-commit queue; return its records once written (and synced when asked)."""
+        me = get_ident()
         with self._mutex:
             if self._closed or self._broken is not None:
                 self._check_usable()
-            queue = self._queue
-            queue.append(pending)
-            self._seen[get_ident()] = self._batches
-            if self._gathering and len(queue) >= self._gather_want:
-                self._gathering = False
-                self._gather_gate.release()
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if not lead:
-            pending.gate.acquire()  # released by a leader: when written, or to make this call the leader
-        while not pending.done:
-            self._lead_one_batch(pending)
+            seen = self._seen
+            if not self._leading and not self._syncing and ((len(seen) == 1 and me in seen) or self._alone(me)):
+                self._leading = alone = True
+            else:
+                alone = False
+                queue = self._queue
+                queue.append(pending)
+                self._seen[me] = self._batches
+                gate = pending.queue_gate()
+                if self._gathering and len(queue) >= self._gather_want:
+                    self._gathering = False
+                    self._gather_gate.release()
+                lead = not self._leading
+                if lead:
+                    self._leading = True
+        if alone:
+            # Written at once, by this thread, holding leadership through the fdatasync so every other write
+            # comes after it (at most one frame is ever unsynced); calls that arrive meanwhile queue, and the
+            # first of them leads their batch once this one is durable.
+            try:
+                self._write([pending], pending.sync, False)
+            finally:
+                with self._mutex:
+                    self._seen[me] = self._batches
+                    self._batches += 1
+                    pending.done = True
+                    self._hand_on()
+        else:
+            if not lead:
+                gate.acquire()  # released by a leader: when written, or to make this call the leader
+            while not pending.done:
+                self._lead_one_batch(pending)
         if pending.error is not None:
             raise pending.error
         return pending.records
+
+    def _alone(self, me: int) -> bool:
+        """Whether no thread but ``me`` appended in the last few batches (called holding the mutex, with no leader).
+
+        Then an append is written at once by its own thread, without the
+        group-commit queue: waiting to gather others would only delay it.
+        """
+        seen = self._seen
+        if not seen:
+            return True
+        horizon = self._batches - 4
+        return not any(b >= horizon for t, b in seen.items() if t != me)
 
     def _lead_one_batch(self, own: _Pending) -> None:
         """As the leader, write one batch from the front of the queue and wake its appenders.
@@ -604,31 +650,39 @@ class Journal:
         handed = False
         syncing = False
         try:
-            self._check_not_broken()
-            self.wait_verified()
-            seq = self._next_seq
+            if self._broken is not None:
+                self._check_not_broken()
+            if self._history is not None or self._history_error is not None:
+                self.wait_verified()
+            first = seq = self._next_seq
             now = time.time()
             session = self.session
-            records: list[Record] = []
-            for p in batch:
-                p.records = [Record(seq + i, now, session, e) for i, e in enumerate(p.events)]
-                seq += len(p.events)
-                records += p.records
+            if len(batch) == 1 and len(batch[0].events) == 1:  # one record: the single appender's frame
+                records = batch[0].records = [Record(seq, now, session, batch[0].events[0])]
+                seq += 1
+            else:
+                records = []
+                for p in batch:
+                    p.records = [Record(seq + i, now, session, e) for i, e in enumerate(p.events)]
+                    seq += len(p.events)
+                    records += p.records
             payload = self._encode(records)
             if len(payload) > MAX_FRAME_BYTES:
                 raise ValueError(
                     f"one append of {len(payload)} bytes exceeds the frame limits ({MAX_FRAME_BYTES} bytes, "
                     f"{MAX_RECORDS_PER_FRAME} records); append fewer or smaller events"
                 )
-            if self._offset > HEADER_SIZE and self._offset + len(payload) + 8 > self._segment_bytes:
+            start = self._offset
+            if start > HEADER_SIZE and start + len(payload) + 8 > self._segment_bytes:
                 self._roll()
-            elif self._durable_seq < self._next_seq - 1:
+                start = self._offset
+            elif self._durable_seq < first - 1:
                 # At most one frame is ever unsynced: a frame written with sync=False becomes durable before the
                 # next one is written, so a power cut tears only the last frame and a reader can tell it from damage.
                 self._sync_segment(self._fd)
-                self._durable_seq = self._next_seq - 1
-            frame, crc = encode_frame(payload, self._crc)
-            start = self._offset
+                self._durable_seq = first - 1
+            prev_crc = self._crc
+            frame, crc = encode_frame(payload, prev_crc)
             crash_point(CP_BEFORE_WRITE)
             try:
                 self._fs.write_all(self._fd, frame, start)
@@ -636,16 +690,17 @@ class Journal:
                 self._cut_back(start, len(frame))
                 raise self._write_error(exc, len(frame)) from exc
             crash_point(CP_AFTER_WRITE)
-            self._positions.append((records[0].seq, seq - 1, self._seg_seq, start, self._crc, self._body_crc))
-            self._offset = start + len(frame)
-            self._file_size = max(self._file_size, self._offset)
+            body_crc = self._body_crc
+            self._positions.append((first, seq - 1, self._seg_seq, start, prev_crc, body_crc))
+            self._offset = end = start + len(frame)
+            self._file_size = max(self._file_size, end)
             self._crc = crc
-            self._body_crc = zlib.crc32(frame, self._body_crc)
+            self._body_crc = zlib.crc32(frame, body_crc)
             self._next_seq = seq
             if need_sync:
-                with self._mutex:
-                    self._syncing = syncing = True
-                    if hand_on:
+                if hand_on:  # a new leader may start once this sync returns: it waits on _syncing
+                    with self._mutex:
+                        self._syncing = syncing = True
                         self._hand_on()
                         handed = True
                 synced = time.monotonic()
