@@ -203,6 +203,31 @@ def test_damage_in_a_sealed_segment_before_the_snapshot_is_found_at_open(root: s
     assert caught.value.offset == HEADER_SIZE  # the bad frame is named, not only the seal
 
 
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_sealed_segment_large_enough_to_be_checksummed_on_several_threads_verifies_or_is_refused(root: str, damaged: bool) -> None:
+    big = msgspec.msgpack.encode({"kind": "blob", "op": "x", "pad": b"\x07" * (1 << 20)})
+    with Journal.open(root, fsync=False, segment_bytes=24 << 20) as j:
+        while len(segments(root)) < 2:
+            j.append(big)
+        j.append(event(1))
+        j.save_snapshot(j.last_seq, b"s")
+    first = segments(root)[0]
+    assert os.path.getsize(first) >= 20 << 20  # spans past the size checksummed on several threads
+    if damaged:
+        with open(first, "r+b") as f:  # one bit, deep in the sealed segment
+            f.seek(17 << 20)
+            byte = f.read(1)[0]
+            f.seek(17 << 20)
+            f.write(bytes([byte ^ 0x10]))
+        with pytest.raises(CorruptJournalError) as caught:
+            Journal.open(root, segment_bytes=24 << 20)
+        assert caught.value.path == first
+    else:
+        with Journal.open(root, segment_bytes=24 << 20) as j:
+            j.wait_verified()
+            assert j.snapshot is not None and j.snapshot.payload == b"s"
+
+
 def test_damage_before_the_snapshot_in_its_own_segment_is_found_at_open(root: str) -> None:
     with Journal.open(root) as j:
         for i in range(1, 40):
