@@ -86,6 +86,8 @@ _GROUP_BYTES = 4 * 1024 * 1024
 _RECORD_OVERHEAD = 64
 """More than the bytes a record adds around its event (array marker, seq, time, session)."""
 _POSITIONS_KEPT = 4096
+_SEEN_KEPT = 16
+"""Beyond this many threads remembered as appenders, an uncontended append forgets those not seen in the last batches."""
 
 JOURNAL_DIR = "journal"
 SNAPSHOT_DIR = "snapshots"
@@ -536,10 +538,10 @@ class Journal:
         Then an append is written at once by its own thread, without the
         group-commit queue: waiting to gather others would only delay it.
         """
-        seen = self._seen
-        if not seen:
-            return True
         horizon = self._batches - 4
+        seen = self._seen
+        if len(seen) > _SEEN_KEPT:  # forget threads that have not appended lately: the scan stays short, the map small
+            seen = self._seen = {t: b for t, b in seen.items() if b >= horizon}
         return not any(b >= horizon for t, b in seen.items() if t != me)
 
     def _lead_one_batch(self, own: _Pending) -> None:

@@ -163,6 +163,33 @@ def test_many_threads_appending_lose_nothing(root: str) -> None:
         assert [by_seq[s] for s in seqs] == [t * 1000 + k for k in range(per_thread)]
 
 
+def test_threads_that_appended_once_are_forgotten_and_their_records_kept(root: str) -> None:
+    j = Journal.open(root, fsync=False)
+    done = threading.Event()
+
+    def append_once(i: int, go: threading.Event, went: threading.Event) -> None:
+        go.wait(30)
+        j.append(event(i))
+        went.set()
+        done.wait(30)  # alive to the end: no two of them share a thread id
+
+    threads = []
+    for i in range(100):  # one thread after another appends once: every append is uncontended
+        go, went = threading.Event(), threading.Event()
+        threads.append(threading.Thread(target=append_once, args=(i, go, went)))
+        threads[-1].start()
+        go.set()
+        assert went.wait(30)
+    j.append(event(100))
+    assert len(j._seen) <= 17, "the appenders remembered stay bounded however many threads came and went"
+    done.set()
+    for t in threads:
+        t.join(30)
+    j.close()
+    with Journal.open(root) as again:
+        assert [event_index(r.event) for r in again.records()] == list(range(101))
+
+
 def test_close_is_idempotent_and_releases_the_lock(root: str) -> None:
     j = Journal.open(root)
     j.close()
