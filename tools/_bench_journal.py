@@ -18,9 +18,9 @@ the same ~60-byte msgpack events:
   record durable before the call returns;
 * the same from 2, 8 and 32 threads at once (and ``threads``; group commit
   shares writes and fsyncs): 8 threads must reach 5 x one, 32 no less than 8.
-  The floor, the single appender and group commit run side by side in each of
-  ``rounds`` rounds, and the medians are reported (a ratio: the median of the
-  rounds' ratios), so a disk whose fsync time drifts moves them together;
+  All of the above run side by side in each of ``rounds`` rounds, and the
+  medians are reported (a ratio: the median of the rounds' ratios), so a disk
+  whose fsync time drifts moves them together;
 * replay: reading, crc-checking and decoding every record of a journal with one
   record per frame, through :class:`shipslog.journal.JournalReader` (the
   median of three passes over the whole journal);
@@ -349,15 +349,21 @@ def _bench_damage_scan(root: str, size: int, repeats: int = 3) -> float:
 
 def _bench_round(
     here: str, frames: list[bytes], events: list[bytes], group_events: list[bytes], warmup: int, counts: list[int]
-) -> tuple[float, float, dict[int, float]]:
-    """One round: the preallocated floor, the single appender and group commit at each of ``counts`` threads, in ``here``."""
-    floor = _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(here, frames, warmup))
-    single = _timed("journal append", lambda: _bench_journal_append(os.path.join(here, "append"), events, warmup))
-    groups = {}
+) -> dict[str, float]:
+    """One round in ``here``: the preallocated floor, the single appender, the ``O_APPEND`` loop, SQLite and group
+    commit at each of ``counts`` threads (keys ``floor``, ``single``, ``raw``, ``sqlite``, ``group-<n>``), per second."""
+    rates = {
+        "floor": _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(here, frames, warmup)),
+        "single": _timed("journal append", lambda: _bench_journal_append(os.path.join(here, "append"), events, warmup)),
+        "raw": _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(here, events, warmup)),
+        "sqlite": _timed("sqlite WAL synchronous=FULL", lambda: _bench_sqlite(here, events, warmup)),
+    }
     for c in counts:
-        groups[c] = _timed(f"group commit ({c} threads)",
-                           lambda c=c: _bench_group_commit(os.path.join(here, f"group-{c}"), group_events, warmup, c))  # type: ignore[misc]
-    return floor, single, groups
+        rates[f"group-{c}"] = _timed(
+            f"group commit ({c} threads)",
+            lambda c=c: _bench_group_commit(os.path.join(here, f"group-{c}"), group_events, warmup, c),  # type: ignore[misc]
+        )
+    return rates
 
 
 def _timed(label: str, fn: Callable[[], float]) -> float:
@@ -422,23 +428,14 @@ def run_journal_bench(
     group_events = events if records >= counts[-1] else [make_event(i) for i in range(counts[-1])]  # one record a thread at least
     try:
         frames = [bytes(frame_bytes(events[0]))] * (records + warmup)
-        raw = _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(folder, events, warmup))
-        sqlite = _timed(
-            "sqlite WAL synchronous=FULL", lambda: _bench_sqlite(folder, events, warmup)
-        )
         # The journal and what it is compared with run side by side, round after round, so that a
         # disk that drifts (its fdatasync time varies by tens of percent within minutes) moves both.
-        floors: list[float] = []
-        singles: list[float] = []
-        groups: dict[int, list[float]] = {c: [] for c in counts}
+        samples: dict[str, list[float]] = collections.defaultdict(list)
         for r in range(rounds):
             here = tempfile.mkdtemp(prefix=f"round-{r}-", dir=folder)
-            floor, single_rate, by_count = _bench_round(here, frames[warmup:], events, group_events, warmup, counts)
+            for key, rate in _bench_round(here, frames[warmup:], events, group_events, warmup, counts).items():
+                samples[key].append(rate)
             shutil.rmtree(here)
-            floors.append(floor)
-            singles.append(single_rate)
-            for c, rate in by_count.items():
-                groups[c].append(rate)
         replay = _timed(
             "replay", lambda: _bench_replay(os.path.join(folder, "replay"), replay_events)
         )
@@ -449,16 +446,22 @@ def run_journal_bench(
         if os.path.exists(folder):
             _log.warning("could not remove the benchmark folder %s", folder)
 
-    prealloc, single = statistics.median(floors), statistics.median(singles)
-    group_rates = {c: statistics.median(rates) for c, rates in groups.items()}
+    medians = {key: statistics.median(rates) for key, rates in samples.items()}
+    prealloc, single, raw, sqlite = medians["floor"], medians["single"], medians["raw"], medians["sqlite"]
+    group_rates = {c: medians[f"group-{c}"] for c in counts}
+
+    def paired(numerator: str, denominator: str) -> float:
+        """The median of the rounds' ratios of two measurements."""
+        return round(statistics.median(n / max(d, 1e-9) for n, d in zip(samples[numerator], samples[denominator])), 3)
+
     ratios = {
-        "journal_vs_prealloc": round(statistics.median(s / f for s, f in zip(singles, floors)), 3),
-        "journal_vs_raw": _ratio(single, raw),
-        "journal_vs_sqlite": _ratio(single, sqlite),
-        "group_vs_single": round(statistics.median(g / s for g, s in zip(groups[threads], singles)), 3),
+        "journal_vs_prealloc": paired("single", "floor"),
+        "journal_vs_raw": paired("single", "raw"),
+        "journal_vs_sqlite": paired("single", "sqlite"),
+        "group_vs_single": paired(f"group-{threads}", "single"),
         "damage_1m_vs_128k": _ratio(damage[1], damage[0]),
+        "group_32_vs_8": paired("group-32", "group-8"),
     }
-    ratios["group_32_vs_8"] = _ratio(group_rates[32], group_rates[8])
     return judge(TARGETS, {
         "prealloc_fdatasync_per_s": round(prealloc),
         "frame_bytes": len(frames[0]),
@@ -469,7 +472,8 @@ def run_journal_bench(
         "group_commit_threads": threads,
         "group_commit_per_s_by_threads": {str(c): round(rate) for c, rate in group_rates.items()},
         "rounds": rounds,
-        "statistic": f"median of {rounds} rounds, each measuring the floor, the journal and group commit side by side",
+        "rounds_per_s": {key: [round(rate, 1) for rate in rates] for key, rates in samples.items()},
+        "statistic": f"median of {rounds} rounds, each measuring the floor, the journal, the O_APPEND loop, SQLite and group commit side by side",
         "replay_events": replay_events,
         "replay_events_per_s": round(replay),
         "damage_scan_s_128k": round(damage[0], 4),
