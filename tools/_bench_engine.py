@@ -8,7 +8,8 @@ One run, in one temporary folder on the disk under test:
   progress, checkpoints, pointer moves and retention (median of three passes);
 * ``open_ms_10k`` / ``open_ms_1m``: ``Engine.open`` (lock, journal verify,
   newest snapshot, replay of the rest, the new session's fsynced record) of a
-  root with 10,000 and with ``--records`` records of history, snapshots on;
+  root with 10,000 and with ``--records`` records of history, snapshots on,
+  one of each in turn (``ratios.open_1m_vs_10k``: the median of the pairs' ratios);
 * ``status_ms_1m``: the view behind ``shipslog status`` (read-only, no lock:
   the root checked, the newest snapshot, the records after it, the status)
   of the root with ``--records`` records of history, beside ``open_ms_1m``;
@@ -183,14 +184,22 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 3)
 
 
-def _open_ms(root: str, repeats: int) -> float:
-    samples = []
+def _open_seconds(root: str) -> float:
+    t0 = time.perf_counter()
+    engine = Engine.open(root)
+    seconds = time.perf_counter() - t0
+    engine.close()
+    return seconds
+
+
+def _opens_side_by_side(big: str, small: str, repeats: int) -> tuple[float, float, float]:
+    """Opens of ``big`` and ``small`` in turn: the median ms of each and the median of the pairs' ratios."""
+    bigs: list[float] = []
+    smalls: list[float] = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine = Engine.open(root)
-        samples.append(time.perf_counter() - t0)
-        engine.close()
-    return _median_ms(samples)
+        bigs.append(_open_seconds(big))
+        smalls.append(_open_seconds(small))
+    return _median_ms(bigs), _median_ms(smalls), round(statistics.median(b / s for b, s in zip(bigs, smalls)), 3)
 
 
 def _status_ms(root: str, repeats: int) -> float:
@@ -277,8 +286,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
         for root in (big, small):  # the first open replays everything and leaves a snapshot
             Engine.open(root).close()
         _log.info("timing opens")
-        open_1m = _open_ms(big, 5)
-        open_10k = _open_ms(small, 5)
+        open_1m, open_10k, open_ratio = _opens_side_by_side(big, small, 5)
         _log.info("timing status (read-only)")
         status_1m = _status_ms(big, 5)
         _log.info("timing empty checkpoints beside their syncs, and fsync")
@@ -299,7 +307,7 @@ def run_engine_bench(folder: str, *, records: int = 1_000_000, repeats: int = 20
             "syncs_ms": syncs_ms,
             "fsync_ms": fsync_ms,
             "ratios": {
-                "open_1m_vs_10k": round(open_1m / open_10k, 3),
+                "open_1m_vs_10k": open_ratio,
                 "status_1m_vs_open_1m": round(status_1m / open_1m, 3),
                 "checkpoint_vs_fsync": round(ck_ms / fsync_ms, 3),
                 "checkpoint_vs_syncs": ck_vs_syncs,
