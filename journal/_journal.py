@@ -125,8 +125,8 @@ class _Pending:
     """One append call; ``cost`` is what it adds to a frame (its events' bytes plus a bound on each record's envelope).
 
     A call that joins the group-commit queue is given a ``gate`` (:meth:`queue_gate`),
-    held until a leader releases it; a call written alone (:meth:`Journal.append_many`'s
-    uncontended path) never needs one.
+    held until a leader releases it; an uncontended call, written at once by its
+    own thread, never needs one.
     """
 
     __slots__ = ("cost", "done", "error", "events", "gate", "records", "sync")

@@ -20,6 +20,22 @@ def test_the_crc_of_two_pieces_combines_into_the_crc_of_both(a: bytes, b: bytes)
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
 
 
+@given(st.binary(max_size=600), st.integers(0, 0xFFFFFFFF))
+def test_combining_onto_a_seed_continues_the_crc_from_it(data: bytes, seed: int) -> None:
+    assert crc32_combine(seed, zlib.crc32(data), len(data)) == zlib.crc32(data, seed)
+
+
+@pytest.mark.parametrize("length", [1 << 20, (1 << 33) + 12345, (1 << 40) - 1])
+def test_combining_over_long_lengths_agrees_with_appending_zeros_in_steps(length: int) -> None:
+    # combine(x, 0, n) advances the register x over n zero bytes, a linear map: in one step, or in two of any split,
+    # which use other bits of the lengths (so other cached operators) and must agree.
+    crc_a = zlib.crc32(b"shipslog")
+    zero_crc = 0
+    split = length // 3
+    two_steps = crc32_combine(crc32_combine(crc_a, zero_crc, split), zero_crc, length - split)
+    assert crc32_combine(crc_a, zero_crc, length) == two_steps
+
+
 @pytest.mark.parametrize("threads", [None, 1, 2, 3, 8])
 @pytest.mark.parametrize("size", [0, 1, (8 << 20) - 1, (24 << 20) + 7])
 def test_a_parallel_crc_equals_zlib_s_over_the_whole_buffer(size: int, threads: int | None) -> None:
