@@ -50,7 +50,7 @@ TARGETS = (
 """What ``shipslog bench distributed`` must show."""
 
 
-def run_distributed_bench(folder: str | None = None, *, ranks: int = 2, mib: int = 256, repeats: int = 3, timeout_s: float = 900.0) -> dict[str, Any]:
+def run_distributed_bench(folder: str | None = None, *, ranks: int = 2, mib: int = 256, repeats: int = 5, timeout_s: float = 900.0) -> dict[str, Any]:
     """Run the benchmark (see the module) in a new folder under ``folder``; return the result object."""
     if ranks < 1 or mib < _TENSOR_MIB or repeats < 1:
         raise ValueError(f"ranks >= 1, mib >= {_TENSOR_MIB} and repeats >= 1 are needed; got {ranks}, {mib}, {repeats}")

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distributed.add_argument("--ranks", type=positive_int, default=2, metavar="N", help="ranks (processes) (default: 2)")
     distributed.add_argument("--mib", type=positive_int, default=256, metavar="M", help="MiB of state over all ranks (default: 256)")
-    distributed.add_argument("--repeats", type=positive_int, default=3, metavar="R", help="rounds; medians are reported (default: 3)")
+    distributed.add_argument("--repeats", type=positive_int, default=5, metavar="R", help="rounds; medians are reported (default: 5)")
 
     workers = bench_parser(
         "workers",
