@@ -47,6 +47,7 @@ def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_b
                                             "group_32_vs_8": ("group-32", "group-8")}.items():
         wanted = statistics.median(n / d for n, d in zip(per_round[numerator], per_round[denominator]))
         assert result["ratios"][ratio] == pytest.approx(wanted, rel=0.01, abs=0.002), ratio
+    assert result["append_cpu_us"] > 0 and result["floor_cpu_us"] > 0
     assert result["damage_scan_s_128k"] > 0 and result["damage_scan_s_1m"] > 0
     assert result["replay_events"] >= 200
     assert os.listdir(tmp_path) == []
@@ -62,6 +63,7 @@ def test_bench_journal_table_shows_each_measure_and_a_verdict_per_target(tmp_pat
     verdicts = [line.split()[-1] for line in out.splitlines()
                 if line.strip().startswith(("journal append /", "group commit /", "group commit 32", "journal replay", "damage scan"))]
     assert len(verdicts) == 6 and set(verdicts) <= {"PASS", "MISS"}
+    assert "CPU of one append, fsync off: journal " in out
 
 
 def test_bench_engine_json_has_replay_open_and_checkpoint_figures(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,9 @@ the same ~60-byte msgpack events:
 * SQLite in WAL mode with ``synchronous=FULL``, one ``INSERT`` + ``COMMIT`` per
   record (the usual alternative);
 * :meth:`Journal.append <shipslog.journal.Journal.append>` from one thread, each
-  record durable before the call returns;
+  record durable before the call returns; beside it, what one append costs the
+  CPU with the fsync off (``append_cpu_us``, and the floor's ``pwrite`` alone,
+  ``floor_cpu_us``);
 * the same from 2, 8 and 32 threads at once (and ``threads``; group commit
   shares writes and fsyncs): 8 threads must reach 5 x one, 32 no less than 8.
   All of the above run side by side in each of ``rounds`` rounds, and the
@@ -200,6 +202,42 @@ def bench_prealloc_fdatasync(folder: str, frames: list[bytes], warmup: int, fs: 
     finally:
         fs.close(fd)
     return _rate(len(frames), elapsed)
+
+
+CPU_APPENDS = 20_000
+"""Appends timed, fsync off, for the CPU cost of one append (best of three passes)."""
+
+
+def append_cpu_us(folder: str, event: bytes, frame: bytes, count: int = CPU_APPENDS) -> tuple[float, float]:
+    """Microseconds of one append with the fsync off: the journal's, and the floor's ``pwrite`` alone (best of three each).
+
+    What a journal append costs beyond the disk: with a ~100 us ``fdatasync``,
+    each microsecond here is about one percent of ``journal_vs_prealloc``.
+    """
+    fs = FileSystem(sync=False)
+    journal_best = floor_best = float("inf")
+    with Journal.open(os.path.join(folder, "cpu"), fs=fs) as journal:
+        append = journal.append
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(count):
+                append(event)
+            journal_best = min(journal_best, time.perf_counter() - start)
+    path = os.path.join(folder, "cpu-floor.log")
+    fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fs.preallocate(fd, 3 * count * len(frame))
+        write = fs.write_all
+        offset = 0
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(count):
+                write(fd, frame, offset)
+                offset += len(frame)
+            floor_best = min(floor_best, time.perf_counter() - start)
+    finally:
+        fs.close(fd)
+    return round(journal_best / count * 1e6, 2), round(floor_best / count * 1e6, 2)
 
 
 def _bench_sqlite(folder: str, events: list[bytes], warmup: int) -> float:
@@ -436,6 +474,8 @@ def run_journal_bench(
             for key, rate in _bench_round(here, frames[warmup:], events, group_events, warmup, counts).items():
                 samples[key].append(rate)
             shutil.rmtree(here)
+        _log.info("measuring the CPU of one append, fsync off")
+        cpu_us, floor_cpu_us = append_cpu_us(folder, events[0], frames[0], min(CPU_APPENDS, 10 * records))
         replay = _timed(
             "replay", lambda: _bench_replay(os.path.join(folder, "replay"), replay_events)
         )
@@ -468,6 +508,8 @@ def run_journal_bench(
         "raw_fdatasync_per_s": round(raw),
         "sqlite_wal_full_per_s": round(sqlite),
         "journal_append_per_s": round(single),
+        "append_cpu_us": cpu_us,
+        "floor_cpu_us": floor_cpu_us,
         "group_commit_per_s": round(group_rates[threads]),
         "group_commit_threads": threads,
         "group_commit_per_s_by_threads": {str(c): round(rate) for c, rate in group_rates.items()},
