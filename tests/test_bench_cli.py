@@ -48,6 +48,8 @@ def test_bench_journal_json_has_every_rate_ratio_and_target_and_leaves_nothing_b
         wanted = statistics.median(n / d for n, d in zip(per_round[numerator], per_round[denominator]))
         assert result["ratios"][ratio] == pytest.approx(wanted, rel=0.01, abs=0.002), ratio
     assert result["append_cpu_us"] > 0 and result["floor_cpu_us"] > 0
+    assert list(result["cpu_us_per_append_by_threads"]) == ["1", "2", "8", "32"]
+    assert all(us > 0 for us in result["cpu_us_per_append_by_threads"].values())
     assert result["damage_scan_s_128k"] > 0 and result["damage_scan_s_1m"] > 0
     assert result["replay_events"] >= 200
     assert os.listdir(tmp_path) == []

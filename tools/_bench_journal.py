@@ -17,7 +17,9 @@ the same ~60-byte msgpack events:
 * :meth:`Journal.append <shipslog.journal.Journal.append>` from one thread, each
   record durable before the call returns; beside it, what one append costs the
   CPU with the fsync off (``append_cpu_us``, and the floor's ``pwrite`` alone,
-  ``floor_cpu_us``);
+  ``floor_cpu_us``), and with it on, from 1, 2, 8 and 32 threads
+  (``cpu_us_per_append_by_threads``: the process's user and system time, every
+  thread's, per durable append: what each waiting and waking appender costs);
 * the same from 2, 8 and 32 threads at once (and ``threads``; group commit
   shares writes and fsyncs): 8 threads must reach 5 x one, 32 no less than 8.
   All of the above run side by side in each of ``rounds`` rounds, and the
@@ -267,23 +269,24 @@ def _bench_sqlite(folder: str, events: list[bytes], warmup: int) -> float:
     return _rate(len(events), elapsed)
 
 
-def _bench_journal_append(root: str, events: list[bytes], warmup: int) -> float:
-    """Durable appends per second to a :class:`Journal` from one thread."""
+def _bench_journal_append(root: str, events: list[bytes], warmup: int) -> tuple[float, float]:
+    """Durable appends per second to a :class:`Journal` from one thread, and the process's CPU us per append."""
     with Journal.open(root) as journal:
         append = journal.append
         for event in events[:warmup]:
             append(event)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for event in events:
             append(event)
-        elapsed = time.perf_counter() - start
-    return _rate(len(events), elapsed)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return _rate(len(events), elapsed), cpu / len(events) * 1e6
 
 
-def _bench_group_commit(root: str, events: list[bytes], warmup: int, threads: int) -> float:
-    """Durable appends per second to one :class:`Journal` from ``threads`` threads started together.
+def _bench_group_commit(root: str, events: list[bytes], warmup: int, threads: int) -> tuple[float, float]:
+    """Durable appends per second to one :class:`Journal` from ``threads`` threads started together, and the
+    process's CPU us per append (every thread's, user and system).
 
-    Each thread appends ``len(events) // threads`` records; the clock runs from
+    Each thread appends ``len(events) // threads`` records; the clocks run from
     the barrier's release to the last thread done.
     """
     per_thread = len(events) // threads
@@ -305,12 +308,12 @@ def _bench_group_commit(root: str, events: list[bytes], warmup: int, threads: in
         ) as pool:
             futures = [pool.submit(worker, chunk) for chunk in chunks]
             barrier.wait()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             concurrent.futures.wait(futures)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         for future in futures:
             future.result()
-    return _rate(per_thread * threads, elapsed)
+    return _rate(per_thread * threads, elapsed), cpu / (per_thread * threads) * 1e6
 
 
 def _bench_replay(root: str, replay_events: int, passes: int = REPLAY_PASSES) -> float:
@@ -389,19 +392,31 @@ def _bench_round(
     here: str, frames: list[bytes], events: list[bytes], group_events: list[bytes], warmup: int, counts: list[int]
 ) -> dict[str, float]:
     """One round in ``here``: the preallocated floor, the single appender, the ``O_APPEND`` loop, SQLite and group
-    commit at each of ``counts`` threads (keys ``floor``, ``single``, ``raw``, ``sqlite``, ``group-<n>``), per second."""
-    rates = {
-        "floor": _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(here, frames, warmup)),
-        "single": _timed("journal append", lambda: _bench_journal_append(os.path.join(here, "append"), events, warmup)),
-        "raw": _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(here, events, warmup)),
-        "sqlite": _timed("sqlite WAL synchronous=FULL", lambda: _bench_sqlite(here, events, warmup)),
-    }
+    commit at each of ``counts`` threads (keys ``floor``, ``single``, ``raw``, ``sqlite``, ``group-<n>``), per second;
+    and the CPU us per append of the single appender (``cpu-1``) and of each group commit (``cpu-<n>``)."""
+    rates = {"floor": _timed("prealloc pwrite+fdatasync", lambda: bench_prealloc_fdatasync(here, frames, warmup))}
+    rates["single"], rates["cpu-1"] = _timed_with_cpu(
+        "journal append", lambda: _bench_journal_append(os.path.join(here, "append"), events, warmup)
+    )
+    rates["raw"] = _timed("raw write+fdatasync", lambda: _bench_raw_fdatasync(here, events, warmup))
+    rates["sqlite"] = _timed("sqlite WAL synchronous=FULL", lambda: _bench_sqlite(here, events, warmup))
     for c in counts:
-        rates[f"group-{c}"] = _timed(
+        rates[f"group-{c}"], rates[f"cpu-{c}"] = _timed_with_cpu(
             f"group commit ({c} threads)",
             lambda c=c: _bench_group_commit(os.path.join(here, f"group-{c}"), group_events, warmup, c),  # type: ignore[misc]
         )
     return rates
+
+
+def _timed_with_cpu(label: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    rate, cpu_us = fn()
+    _log.info("%s: %.0f/s, %.1f us of CPU an append", label, rate, cpu_us)
+    return rate, cpu_us
+
+
+def _cpu_key(key: str) -> int:
+    """Sorts ``cpu-<threads>`` keys by their thread count (anything else first)."""
+    return int(key.removeprefix("cpu-")) if key.startswith("cpu-") else 0
 
 
 def _timed(label: str, fn: Callable[[], float]) -> float:
@@ -509,12 +524,15 @@ def run_journal_bench(
         "sqlite_wal_full_per_s": round(sqlite),
         "journal_append_per_s": round(single),
         "append_cpu_us": cpu_us,
+        "cpu_us_per_append_by_threads": {
+            key.removeprefix("cpu-"): round(medians[key], 1) for key in sorted(medians, key=_cpu_key) if key.startswith("cpu-")
+        },
         "floor_cpu_us": floor_cpu_us,
         "group_commit_per_s": round(group_rates[threads]),
         "group_commit_threads": threads,
         "group_commit_per_s_by_threads": {str(c): round(rate) for c, rate in group_rates.items()},
         "rounds": rounds,
-        "rounds_per_s": {key: [round(rate, 1) for rate in rates] for key, rates in samples.items()},
+        "rounds_per_s": {key: [round(rate, 1) for rate in rates] for key, rates in samples.items() if not key.startswith("cpu-")},
         "statistic": f"median of {rounds} rounds, each measuring the floor, the journal, the O_APPEND loop, SQLite and group commit side by side",
         "replay_events": replay_events,
         "replay_events_per_s": round(replay),
