@@ -36,6 +36,6 @@ def test_bench_distributed_prints_its_figures_and_targets_and_removes_its_folder
 
 def test_bench_distributed_arguments() -> None:
     args = build_parser().parse_args(["bench", "distributed"])
-    assert (args.ranks, args.mib, args.repeats) == (2, 256, 3)
+    assert (args.ranks, args.mib, args.repeats) == (2, 256, 5)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "distributed", "--ranks", "0"])
