@@ -414,11 +414,6 @@ def _timed_with_cpu(label: str, fn: Callable[[], tuple[float, float]]) -> tuple[
     return rate, cpu_us
 
 
-def _cpu_key(key: str) -> int:
-    """Sorts ``cpu-<threads>`` keys by their thread count (anything else first)."""
-    return int(key.removeprefix("cpu-")) if key.startswith("cpu-") else 0
-
-
 def _timed(label: str, fn: Callable[[], float]) -> float:
     _log.info("measuring %s", label)
     rate = fn()
@@ -524,9 +519,7 @@ def run_journal_bench(
         "sqlite_wal_full_per_s": round(sqlite),
         "journal_append_per_s": round(single),
         "append_cpu_us": cpu_us,
-        "cpu_us_per_append_by_threads": {
-            key.removeprefix("cpu-"): round(medians[key], 1) for key in sorted(medians, key=_cpu_key) if key.startswith("cpu-")
-        },
+        "cpu_us_per_append_by_threads": {str(c): round(medians[f"cpu-{c}"], 1) for c in (1, *counts)},
         "floor_cpu_us": floor_cpu_us,
         "group_commit_per_s": round(group_rates[threads]),
         "group_commit_threads": threads,
