@@ -117,11 +117,9 @@ class FileSystem:
         """
         done = 0
         if offset is not None and type(data) is bytes:
-            done = os.pwrite(fd, data, offset)  # the common case: one call writes it all
+            done = os.pwrite(fd, data, offset)  # the common case: one call writes it all; the loop finishes a short one
             if done == len(data):
                 return
-            if done <= 0:
-                raise OSError(errno.EIO, f"write made no progress after 0 of {len(data)} bytes")
         view = memoryview(data).cast("B")
         total = len(view)
         while done < total:
@@ -419,6 +417,13 @@ class RootedFileSystem(DelegatingFileSystem):
                 under = path + os.sep
                 self._real = {f for f in self._real if f != path and not f.startswith(under)}
 
+    def _remember(self, folders: list[str]) -> None:
+        """Remember ``folders`` as real folders (the memory starts afresh when it would pass :attr:`_REMEMBERED`)."""
+        with self._real_lock:
+            if len(self._real) + len(folders) > self._REMEMBERED:
+                self._real = set()
+            self._real.update(folders)
+
     def _absolute(self, path: PathLike, what: str) -> str:
         """``path`` made absolute without resolving anything; a ``.`` or ``..`` component is refused.
 
@@ -451,10 +456,7 @@ class RootedFileSystem(DelegatingFileSystem):
                     seen.append(folder)
             folder = os.path.dirname(folder)  # ends at the root, which is trusted
         if seen:
-            with self._real_lock:
-                if len(self._real) + len(seen) > self._REMEMBERED:
-                    self._real = set()
-                self._real.update(seen)
+            self._remember(seen)
         return full
 
     def _at_or_above_root(self, full: str) -> bool:
@@ -478,10 +480,7 @@ class RootedFileSystem(DelegatingFileSystem):
             return
         full = self._inside(full, "create the folder")
         self.inner.mkdir(full)
-        with self._real_lock:  # a folder made here, below folders found real, is real: no need to look at it again
-            if len(self._real) >= self._REMEMBERED:
-                self._real = set()
-            self._real.add(full)
+        self._remember([full])  # a folder made here, below folders found real, is real: no need to look at it again
 
     def unlink(self, path: PathLike) -> None:
         full = self._inside(path, "remove")

@@ -87,7 +87,7 @@ _RECORD_OVERHEAD = 64
 """More than the bytes a record adds around its event (array marker, seq, time, session)."""
 _POSITIONS_KEPT = 4096
 _SEEN_KEPT = 16
-"""Beyond this many threads remembered as appenders, an uncontended append forgets those not seen in the last batches."""
+"""Beyond this many threads remembered as appenders, those not seen in the last batches are forgotten (:meth:`Journal._recent_appenders`)."""
 
 JOURNAL_DIR = "journal"
 SNAPSHOT_DIR = "snapshots"
@@ -539,10 +539,14 @@ class Journal:
         group-commit queue: waiting to gather others would only delay it.
         """
         horizon = self._batches - 4
-        seen = self._seen
-        if len(seen) > _SEEN_KEPT:  # forget threads that have not appended lately: the scan stays short, the map small
-            seen = self._seen = {t: b for t, b in seen.items() if b >= horizon}
-        return not any(b >= horizon for t, b in seen.items() if t != me)
+        return not any(b >= horizon for t, b in self._recent_appenders(horizon).items() if t != me)
+
+    def _recent_appenders(self, horizon: int) -> dict[int, int]:
+        """The appending threads remembered (called holding the mutex); past :data:`_SEEN_KEPT` of them, those
+        that have not appended since batch ``horizon`` are forgotten first, so the map stays small."""
+        if len(self._seen) > _SEEN_KEPT:
+            self._seen = {t: b for t, b in self._seen.items() if b >= horizon}
+        return self._seen
 
     def _lead_one_batch(self, own: _Pending) -> None:
         """As the leader, write one batch from the front of the queue and wake its appenders.
@@ -603,9 +607,7 @@ class Journal:
         if len(self._queue) >= len(seen):
             return  # every thread that ever appended is queued (one appending thread: always)
         horizon = self._batches - 4
-        expected = sum(1 for b in seen.values() if b >= horizon)
-        if len(seen) > 1024:
-            self._seen = {t: b for t, b in seen.items() if b >= horizon}
+        expected = sum(1 for b in self._recent_appenders(horizon).values() if b >= horizon)
         if len(self._queue) >= expected:
             return
         wait = min(self._sync_seconds, 0.002)
