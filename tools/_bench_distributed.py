@@ -17,9 +17,10 @@ writes ``mib / ranks`` MiB.  Round by round, in alternating order:
 Each time runs from a barrier on every rank to a barrier after the call (the
 slowest rank's time), measured on rank 0; the figure is the median of
 ``repeats`` rounds, each running both sides back to back in alternating
-order, and a ratio is the median of the rounds' ratios.  The page cache is not dropped (that needs root): loads
-read from memory, where a verifier's cost shows most.  Targets: save <=
-1.1x DCP's, load+verify <= 1.25x DCP's load.
+order, and a ratio is the median of the rounds' ratios.  The page cache is
+not dropped (that needs root): loads read from memory, where a verifier's
+cost shows most.  Targets: save <= 1.1x DCP's, load+verify <= 1.25x DCP's
+load.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=5,
         metavar="R",
-        help="rounds of the floor, the single appender and group commit side by side; medians reported (default: 5)",
+        help="rounds of the floor, the single appender, the O_APPEND loop, SQLite and group commit side by side; medians reported (default: 5)",
     )
 
     engine = bench_parser(
