@@ -80,6 +80,64 @@ def test_write_that_makes_no_progress_raises_eio(tmp_path: Any, monkeypatch: pyt
     assert os.listdir(tmp_path) == []
 
 
+def test_pwrite_loops_on_short_writes_at_the_right_offsets(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwrite
+    calls: list[int] = []
+
+    def three_bytes(fd: int, data: Any, offset: int) -> int:
+        calls.append(offset)
+        return real(fd, memoryview(data)[:3], offset)
+
+    target = os.path.join(tmp_path, "f")
+    fd = OS_FS.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        OS_FS.write_all(fd, b"\xff" * 16, 0)
+        monkeypatch.setattr(os, "pwrite", three_bytes)
+        OS_FS.write_all(fd, b"abcdefgh", 4)
+        monkeypatch.undo()
+    finally:
+        OS_FS.close(fd)
+    assert _read(target) == b"\xff" * 4 + b"abcdefgh" + b"\xff" * 4
+    assert calls == [4, 7, 10]
+
+
+def test_pwrite_that_makes_no_progress_raises_eio(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = os.path.join(tmp_path, "f")
+    fd = OS_FS.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
+        with pytest.raises(OSError) as info:
+            OS_FS.write_all(fd, b"abc", 0)
+        monkeypatch.undo()
+    finally:
+        OS_FS.close(fd)
+    assert info.value.errno == errno.EIO
+    assert "no progress after 0 of 3 bytes" in str(info.value)
+    assert _read(target) == b""
+
+
+def test_pwrite_that_stops_part_way_raises_eio_naming_the_bytes_written(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwrite
+    answers = iter([2, 0])
+
+    def two_then_nothing(fd: int, data: Any, offset: int) -> int:
+        n = next(answers)
+        return real(fd, memoryview(data)[:n], offset) if n else 0
+
+    target = os.path.join(tmp_path, "f")
+    fd = OS_FS.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        monkeypatch.setattr(os, "pwrite", two_then_nothing)
+        with pytest.raises(OSError) as info:
+            OS_FS.write_all(fd, b"abcde", 0)
+        monkeypatch.undo()
+    finally:
+        OS_FS.close(fd)
+    assert info.value.errno == errno.EIO
+    assert "no progress after 2 of 5 bytes" in str(info.value)
+    assert _read(target) == b"ab"
+
+
 def test_enospc_during_write_removes_the_temporary_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def enospc(fd: int, data: Any) -> int:
         raise OSError(errno.ENOSPC, "injected")

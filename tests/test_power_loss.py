@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 import pytest
-from _engine_helpers import SimulatedCrash, open_engine
+from _engine_helpers import SEGMENT_BYTES, SimulatedCrash, open_engine
 from _recovery_helpers import DyingFileSystem, dies_at, drop, open_with
 
 from shipslog import Engine
@@ -43,7 +43,7 @@ def _images_of(work: Any, tmp_path: Any) -> list[CrashImage]:
     fs = CrashImageFileSystem(root, sync=False)
     images: list[CrashImage] = []
     fs.on_sync = lambda f, before: None if before else images.append(f.image())
-    with Engine.open(root, fs=fs) as e:
+    with Engine.open(root, fs=fs, segment_bytes=SEGMENT_BYTES) as e:
         work(e)
     fs.on_sync = None
     return images
