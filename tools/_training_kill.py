@@ -188,15 +188,31 @@ def _child(argv: list[str]) -> int:
     counted = python_counter() if python_counter is not None else _libc_kill.kill_library_events()
     if counted is None:
         raise RuntimeError("--intercept libc: the kill library is not preloaded (LD_PRELOAD)")
+    if _world() > 1:
+        _leave_process_group()
     with open(args.result, "w", encoding="utf-8") as f:
         json.dump({"start": start, "newest_at_open": newest, "digest": digest, "events": counted}, f)
     if _world() > 1:
-        # torch's gloo threads can abort the interpreter's teardown of a DDP process ("terminate called without an
-        # active exception", exit -6) after its work is done; the result is written, so this rank ends here.
+        # torch's gloo threads can still abort the interpreter's teardown of a DDP process after its work is done
+        # ("terminate called without an active exception", exit -6); the result is written, so this rank ends here.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _leave_process_group() -> None:
+    """Wait until every rank has finished its work, then tear the process group down.
+
+    A rank that exits while a peer's gloo threads still hold connections to it
+    can abort that peer ("terminate called without an active exception", exit
+    -6) after the peer's work is done; the barrier keeps every rank connected
+    until all are done, and the group is destroyed before any rank exits."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _digest(params: Any) -> str:
