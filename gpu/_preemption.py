@@ -21,6 +21,19 @@ closed cleanly before the process exits with the conventional code.  A final
 save that does not fit is skipped (logged), so the kill never lands in the
 middle of a save that was not going to finish: the resume starts from the
 last complete checkpoint either way.
+
+In a distributed run the ranks must stop, and save or not, at the same step:
+a save is collective, and a rank that stops alone leaves the others waiting
+in the next step's collective.  Every rank calls :meth:`Preemption.agree` at
+every step's end (one small all-reduce) and uses its answer in place of
+``requested``::
+
+    if preemption.agree():          # True on every rank once any rank got the signal
+        preemption.final_save(save)  # saves on every rank, or on none
+        break
+
+A signal on any rank then stops all of them at the same step, and the final
+save runs on every rank only when it fits on every rank.
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ class Preemption:
         self.last_save_s: float | None = None
         """How long the last :meth:`timed` save took."""
         self.final_saved = False
+        self._agreed_fit: bool | None = None
         self._previous: dict[int, Any] = {}
 
     @property
@@ -89,7 +103,45 @@ class Preemption:
 
     def fits(self) -> bool:
         """Whether a save of the last timed duration (times the margin) fits in what is left of the grace period;
-        with no save timed yet, whether any of it is left."""
+        with no save timed yet, whether any of it is left.  After a stop :meth:`agree` answered True: the ranks'
+        common answer, whether it fits on every rank."""
+        if self._agreed_fit is not None:
+            return self._agreed_fit
+        return self._fits_here()
+
+    def agree(self, group: Any = None) -> bool:
+        """In a distributed run: whether any rank of ``group`` (default: the whole job) received a signal.
+
+        Collective: every rank of the group calls it at the same point of
+        every step, and every rank gets the same answer.  Once it is True,
+        :attr:`requested` is True on every rank (a rank that received no
+        signal takes the highest signal a peer received, and its grace period
+        starts now), and :meth:`fits` and :meth:`final_save` give every rank
+        the same decision: the save fits only when it fits on every rank.
+        Raises ``RuntimeError`` when torch.distributed is not initialized.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("Preemption.agree is collective: it needs an initialized torch.distributed process group "
+                               "(outside a distributed run, read preemption.requested)")
+        backend = str(dist.get_backend(group))
+        device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+        # one all-reduce with MAX: the highest signal received anywhere, and whether the save misses anywhere
+        flags = torch.tensor([self.signum or 0, 0 if self._fits_here() else 1], dtype=torch.int64, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        signum, misses = (int(v) for v in flags.tolist())
+        if signum == 0:
+            self._agreed_fit = None
+            return False
+        if self.signum is None:
+            self.signum, self.received_at = signum, time.monotonic()
+            _log.warning("another rank received %s: stopping at this step with every rank", signal.Signals(signum).name)
+        self._agreed_fit = not misses
+        return True
+
+    def _fits_here(self) -> bool:
         left = self.time_left()
         if self.last_save_s is None:
             return left > 0

@@ -42,7 +42,11 @@ Retention and the ``best`` pointer run on process 0.
 Preemption: ``ShipslogTrainer(engine, ..., preemption=Preemption(grace_s=...))``
 (entered around the training) saves at the end of the step a SIGTERM arrived
 in, when it fits in the grace period (estimated from the last save), and
-stops training; leaving the ``Preemption`` block exits with 143.
+stops training; leaving the ``Preemption`` block exits with 143.  In a
+distributed run every process passes its own ``Preemption``: at every step's
+end they agree (:meth:`~shipslog.gpu.Preemption.agree`), so a SIGTERM on any
+process stops all of them at that step, with one final checkpoint when it
+fits on every process.
 
 Import this module only with Transformers installed (``pip install
 'shipslog[hf]'``); without it :class:`MissingDependencyError` says so.
@@ -90,13 +94,17 @@ _TRAINER_STATE = "trainer_state.json"
 
 
 class _PreemptionCallback(TrainerCallback):
-    """On SIGTERM: save at the end of this step when it fits in the grace period, and stop training."""
+    """On SIGTERM: save at the end of this step when it fits in the grace period, and stop training.  In a
+    distributed run every process asks :meth:`Preemption.agree` at every step's end, so a signal on any process
+    stops all of them at the same step, each saving (collectively) or none."""
 
-    def __init__(self, preemption: Preemption) -> None:
+    def __init__(self, preemption: Preemption, *, distributed: bool) -> None:
         self.preemption = preemption
+        self.distributed = distributed
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.preemption.requested and not self.preemption.final_saved:
+        stop = self.preemption.agree() if self.distributed else self.preemption.requested
+        if stop and not self.preemption.final_saved:
             if self.preemption.fits():
                 control.should_save = True
                 self.preemption.final_saved = True
@@ -117,16 +125,13 @@ class ShipslogTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.distributed = self.args.world_size > 1 and dist.is_available() and dist.is_initialized()
         if self.distributed:
-            problem = engine_problem(engine, dist.get_rank())
-            if preemption is not None:
-                problem = "preemption runs in one process only: under DDP the processes would decide to save at different steps"
-            agree(True, dist.get_rank(), problem, None)
+            agree(True, dist.get_rank(), engine_problem(engine, dist.get_rank()), None)
         elif engine is None:
             raise ValueError("ShipslogTrainer needs the open Engine (None is only for processes other than 0 of a distributed run)")
         self.engine = engine
         self.preemption = preemption
         if preemption is not None:
-            self.add_callback(_PreemptionCallback(preemption))
+            self.add_callback(_PreemptionCallback(preemption, distributed=self.distributed))
         self.resumed_from: ArtifactInfo | DistributedCheckpoint | None = None
         """The committed checkpoint the last ``train(resume_from_checkpoint=True)`` resumed from (None: from scratch)."""
 
