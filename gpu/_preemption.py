@@ -169,6 +169,19 @@ class Preemption:
         _log.info("final checkpoint saved %.1f s after the signal", self.grace_s - self.time_left())
         return True
 
+    def reclaim_signals(self) -> None:
+        """Inside the block, on the main thread: make this context's handler the one for its signals again.
+
+        For a framework that installs its own handler after the block was
+        entered (Lightning does when a fit starts); the signals then only set
+        :attr:`requested` again, as the module says."""
+        if not self._previous:
+            raise RuntimeError("Preemption.reclaim_signals works inside the Preemption block only")
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("Preemption.reclaim_signals must run on the main thread (signal handlers can only be set there)")
+        for signum in self.signals:
+            signal.signal(signum, self._handle)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum

@@ -51,7 +51,9 @@ Preemption: with ``Preemption`` (:class:`shipslog.gpu.Preemption`) around the
 fit, ``ShipslogCheckpointIO(engine, preemption=...)`` times the saves and the
 :class:`ShipslogPreemption` callback commits one final checkpoint at the end
 of the batch the SIGTERM arrived in, when it fits in the grace period; then
-Lightning's own SIGTERM handling ends the fit and the process exits with 143.
+the fit ends and the process exits with 143.  Under DDP every process passes
+its own ``Preemption`` and callback, and a SIGTERM to any one of them stops
+all of them at the same batch (see :class:`ShipslogPreemption`).
 
 Checkpoint values are saved as a safetensors state tree, so the checkpoint
 dict may hold tensors, numpy arrays, dicts, lists, tuples and JSON scalars;
@@ -285,18 +287,38 @@ class ShipslogCheckpointIO(CheckpointIO):
 
 class ShipslogPreemption(Callback):
     """On SIGTERM (see :class:`~shipslog.gpu.Preemption`): at the end of the batch, one final checkpoint when it
-    fits in the grace period, then the fit stops (Lightning's own SIGTERM handling ends it)."""
+    fits in the grace period, then the fit stops.
+
+    In one process Lightning's own SIGTERM handling ends the fit.  Under DDP
+    (with :class:`ShipslogDDPStrategy`; every process has its own
+    ``Preemption`` and this callback) the callback takes the signal back from
+    Lightning when training starts, since Lightning's handler runs a
+    broadcast from inside the signal handler, which a peer meets in whatever
+    collective it is in; at every batch's end the processes then agree
+    (:meth:`~shipslog.gpu.Preemption.agree`), so a signal on any process stops
+    all of them at that batch, with one final checkpoint when it fits on all.
+    """
 
     def __init__(self, preemption: Preemption) -> None:
         self.preemption = preemption
+        self.distributed = False
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if trainer.world_size > 1:
-            raise ValueError("ShipslogPreemption runs in one process only: under DDP the ranks would decide to save "
-                             "at different steps; leave it out of a distributed run")
+        self.distributed = trainer.world_size > 1
+        if self.distributed and not isinstance(trainer.strategy, ShipslogDDPStrategy):
+            raise ValueError(f"ShipslogPreemption under DDP needs ShipslogDDPStrategy, not {type(trainer.strategy).__name__}: "
+                             "the final checkpoint is saved by every process at the same batch")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.distributed:
+            self.preemption.reclaim_signals()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not (self.preemption.requested or getattr(trainer, "received_sigterm", False)) or self.preemption.final_saved:
+        if self.distributed:
+            stop = self.preemption.agree()  # every process, every batch: the same answer everywhere
+        else:
+            stop = self.preemption.requested or getattr(trainer, "received_sigterm", False)
+        if not stop or self.preemption.final_saved:
             return
         step = int(trainer.global_step)
         path = os.path.join(trainer.default_root_dir, f"preempted-epoch={trainer.current_epoch}-step={step}.ckpt")

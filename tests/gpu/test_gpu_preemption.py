@@ -121,3 +121,22 @@ def test_a_final_save_that_does_not_fit_is_skipped() -> None:
         ran: list[int] = []
         assert not preemption.final_save(lambda: ran.append(1))
         assert ran == []
+
+
+def test_reclaim_signals_takes_the_signal_back_from_a_handler_installed_inside_the_block() -> None:
+    others: list[int] = []
+    outer = signal.getsignal(signal.SIGTERM)
+    with Preemption(grace_s=5, exit_on_signal=False) as preemption:
+        signal.signal(signal.SIGTERM, lambda signum, frame: others.append(signum))  # a framework's own handler
+        preemption.reclaim_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.requested and preemption.signum == signal.SIGTERM
+        assert others == []
+    assert signal.getsignal(signal.SIGTERM) == outer  # leaving the block restores the handler from before it
+
+
+def test_reclaim_signals_outside_the_block_is_refused() -> None:
+    preemption = Preemption()
+    with pytest.raises(RuntimeError, match="inside the Preemption block only"):
+        preemption.reclaim_signals()
+    assert not preemption.requested

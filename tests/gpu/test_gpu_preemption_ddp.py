@@ -1,5 +1,5 @@
 """Preemption in a distributed run: a SIGTERM to one of two gloo ranks stops both at the same step, and the final
-save runs on both or on neither (``Preemption.agree``); the plain loop and the HF Trainer."""
+save runs on both or on neither (``Preemption.agree``); the plain loop, the HF Trainer and Lightning."""
 
 from __future__ import annotations
 
@@ -126,6 +126,68 @@ with open(out, "w") as f:
 _end(code)
 '''
 
+LIGHTNING = r'''
+import datetime, json, os, signal, sys, warnings
+import torch
+import lightning.pytorch as pl
+import shipslog
+from shipslog.gpu import Preemption
+from shipslog.gpu.lightning import ShipslogCheckpointIO, ShipslogDDPStrategy, ShipslogModelCheckpoint, ShipslogPreemption
+''' + _END + r'''
+root, out, rank, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+
+class Regression(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.layer = torch.nn.Linear(8, 1)
+        self.first_step = None
+
+    def training_step(self, batch, batch_idx):
+        if self.first_step is None:
+            self.first_step = int(self.global_step)
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=4)
+
+
+class SendTerm(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if rank == 1 and trainer.global_step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # process 1 only
+
+
+model = Regression()
+code = 0
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        with (shipslog.Engine.open(root, segment_bytes=1 << 20) if rank == 0 else open(os.devnull)) as handle, \
+                Preemption(grace_s=60) as preemption:
+            engine = handle if rank == 0 else None
+            trainer = pl.Trainer(
+                max_steps=steps, accelerator="cpu", devices=2, strategy=ShipslogDDPStrategy(timeout=datetime.timedelta(seconds=60)),
+                logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=os.path.dirname(root),
+                plugins=[ShipslogCheckpointIO(engine, preemption=preemption)],
+                callbacks=[SendTerm(), ShipslogPreemption(preemption),
+                           ShipslogModelCheckpoint(engine, every_n_train_steps=4, save_top_k=-1, save_last=True)],
+            )
+            trainer.fit(model, ckpt_path="last")
+    except SystemExit as exc:
+        code = exc.code
+with open(out, "w") as f:
+    json.dump({"global_step": int(trainer.global_step), "first_step": model.first_step,
+               "final_saved": preemption.final_saved, "signum": preemption.signum}, f)
+_end(code)
+'''
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -218,3 +280,31 @@ def test_a_sigterm_to_one_hf_process_stops_both_at_its_step_with_a_final_checkpo
     for code, report, err in run(8):  # the resume: from the final checkpoint, to the end (no signal: step 6 is behind)
         assert code == 0, err[-3000:]
         assert report == {"global_step": 8, "resumed_from": 6, "final_saved": False, "signum": None}
+
+
+def _ddp_env(port: str) -> Any:
+    return lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"}
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.timeout(400)
+def test_a_sigterm_to_one_lightning_process_stops_both_at_its_batch_with_a_final_checkpoint_and_the_resume_starts_there(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("lightning")
+    root = tmp_path / "root"
+
+    def run(steps: int) -> list[tuple[int, dict[str, Any], str]]:
+        return _two_ranks(tmp_path, lambda rank, out: [LIGHTNING, str(root), out, str(rank), str(steps)], _ddp_env(str(_free_port())))
+
+    for code, report, err in run(12):
+        assert code == 128 + signal.SIGTERM, err[-3000:]
+        assert report == {"global_step": 6, "first_step": 0, "final_saved": True, "signum": signal.SIGTERM}
+    with open_engine(root) as e:
+        assert max(a.step or 0 for a in e.state.checkpoints.values()) == 6
+        assert e.violations == []
+    for code, report, err in run(8):
+        assert code == 0, err[-3000:]
+        assert report == {"global_step": 8, "first_step": 6, "final_saved": False, "signum": None}
