@@ -101,41 +101,29 @@ def test_pwrite_loops_on_short_writes_at_the_right_offsets(tmp_path: Any, monkey
     assert calls == [4, 7, 10]
 
 
-def test_pwrite_that_makes_no_progress_raises_eio(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = os.path.join(tmp_path, "f")
-    fd = OS_FS.open(target, os.O_RDWR | os.O_CREAT)
-    try:
-        monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
-        with pytest.raises(OSError) as info:
-            OS_FS.write_all(fd, b"abc", 0)
-        monkeypatch.undo()
-    finally:
-        OS_FS.close(fd)
-    assert info.value.errno == errno.EIO
-    assert "no progress after 0 of 3 bytes" in str(info.value)
-    assert _read(target) == b""
-
-
-def test_pwrite_that_stops_part_way_raises_eio_naming_the_bytes_written(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("answers", "data", "written"), [([0, 0], b"abc", 0), ([2, 0], b"abcde", 2)], ids=["at-once", "part-way"])
+def test_pwrite_that_makes_no_progress_raises_eio_naming_the_bytes_written(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, answers: list[int], data: bytes, written: int
+) -> None:
     real = os.pwrite
-    answers = iter([2, 0])
+    counts = iter(answers)
 
-    def two_then_nothing(fd: int, data: Any, offset: int) -> int:
-        n = next(answers)
-        return real(fd, memoryview(data)[:n], offset) if n else 0
+    def then_nothing(fd: int, view: Any, offset: int) -> int:
+        n = next(counts)
+        return real(fd, memoryview(view)[:n], offset) if n else 0
 
     target = os.path.join(tmp_path, "f")
     fd = OS_FS.open(target, os.O_RDWR | os.O_CREAT)
     try:
-        monkeypatch.setattr(os, "pwrite", two_then_nothing)
+        monkeypatch.setattr(os, "pwrite", then_nothing)
         with pytest.raises(OSError) as info:
-            OS_FS.write_all(fd, b"abcde", 0)
+            OS_FS.write_all(fd, data, 0)
         monkeypatch.undo()
     finally:
         OS_FS.close(fd)
     assert info.value.errno == errno.EIO
-    assert "no progress after 2 of 5 bytes" in str(info.value)
-    assert _read(target) == b"ab"
+    assert f"no progress after {written} of {len(data)} bytes" in str(info.value)
+    assert _read(target) == data[:written]
 
 
 def test_enospc_during_write_removes_the_temporary_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -219,6 +219,15 @@ def _two_ranks(tmp_path: Path, argv_of: Any, env_of: Any = None) -> list[tuple[i
     return results
 
 
+def _ddp_job(tmp_path: Path, script: str, root: Path, steps: int) -> list[tuple[int, dict[str, Any], str]]:
+    """A two-process job of a framework's script (``root``, report, rank, ``steps``), rendezvous by environment."""
+    port = str(_free_port())
+    return _two_ranks(
+        tmp_path, lambda rank, out: [script, str(root), out, str(rank), str(steps)],
+        lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"},
+    )
+
 def _plain(tmp_path: Path, graces: tuple[float, float]) -> list[tuple[int, dict[str, Any], str]]:
     root, store = tmp_path / "root", tmp_path / "store"
     return _two_ranks(tmp_path, lambda rank, out: [PLAIN, str(root), str(store), out, str(rank), str(graces[rank])])
@@ -263,28 +272,15 @@ def test_a_sigterm_to_one_hf_process_stops_both_at_its_step_with_a_final_checkpo
     pytest.importorskip("transformers")
     root = tmp_path / "root"
 
-    def run(steps: int) -> list[tuple[int, dict[str, Any], str]]:
-        port = str(_free_port())
-        return _two_ranks(
-            tmp_path, lambda rank, out: [HF, str(root), out, str(rank), str(steps)],
-            lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
-        )
-
-    for code, report, err in run(12):
+    for code, report, err in _ddp_job(tmp_path, HF, root, 12):
         assert code == 128 + signal.SIGTERM, err[-3000:]
         assert report == {"global_step": 6, "resumed_from": None, "final_saved": True, "signum": signal.SIGTERM}
     with open_engine(root) as e:
         assert sorted(e.state.checkpoints) == ["checkpoint-4", "checkpoint-6"]
         assert e.violations == []
-    for code, report, err in run(8):  # the resume: from the final checkpoint, to the end (no signal: step 6 is behind)
+    for code, report, err in _ddp_job(tmp_path, HF, root, 8):  # the resume, to the end (no signal: step 6 is behind)
         assert code == 0, err[-3000:]
         assert report == {"global_step": 8, "resumed_from": 6, "final_saved": False, "signum": None}
-
-
-def _ddp_env(port: str) -> Any:
-    return lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"}
 
 
 @pytest.mark.slow
@@ -296,15 +292,12 @@ def test_a_sigterm_to_one_lightning_process_stops_both_at_its_batch_with_a_final
     pytest.importorskip("lightning")
     root = tmp_path / "root"
 
-    def run(steps: int) -> list[tuple[int, dict[str, Any], str]]:
-        return _two_ranks(tmp_path, lambda rank, out: [LIGHTNING, str(root), out, str(rank), str(steps)], _ddp_env(str(_free_port())))
-
-    for code, report, err in run(12):
+    for code, report, err in _ddp_job(tmp_path, LIGHTNING, root, 12):
         assert code == 128 + signal.SIGTERM, err[-3000:]
         assert report == {"global_step": 6, "first_step": 0, "final_saved": True, "signum": signal.SIGTERM}
     with open_engine(root) as e:
         assert max(a.step or 0 for a in e.state.checkpoints.values()) == 6
         assert e.violations == []
-    for code, report, err in run(8):
+    for code, report, err in _ddp_job(tmp_path, LIGHTNING, root, 8):
         assert code == 0, err[-3000:]
         assert report == {"global_step": 8, "first_step": 6, "final_saved": False, "signum": None}
