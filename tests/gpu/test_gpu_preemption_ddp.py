@@ -196,11 +196,17 @@ def _free_port() -> int:
         return port
 
 
-def _two_ranks(tmp_path: Path, argv_of: Any, env_of: Any = None) -> list[tuple[int, dict[str, Any], str]]:
-    """Start both ranks (``argv_of(rank, out)``), wait for both; (exit code, its report, its stderr) per rank."""
+Ran = list[tuple[int, dict[str, Any], str]]
+"""Per rank: its exit code, its report and its stderr."""
+
+
+def _start_ranks(tmp_path: Path, argv_of: Any, env_of: Any = None) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """Start both ranks (``argv_of(rank, out)``) and wait for both; per rank its exit code, report (None when it
+    wrote none) and stderr."""
     procs, outs = [], []
     for rank in (0, 1):
         out = tmp_path / f"out-{rank}.json"
+        out.unlink(missing_ok=True)  # an earlier job's report is never taken for this one's
         outs.append(out)
         env = {**os.environ, **(env_of(rank) if env_of is not None else {})}
         procs.append(subprocess.Popen([sys.executable, "-c", *argv_of(rank, str(out))], cwd=tmp_path, env=env,
@@ -212,25 +218,36 @@ def _two_ranks(tmp_path: Path, argv_of: Any, env_of: Any = None) -> list[tuple[i
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    results = []
-    for p, out, err in zip(procs, outs, errs):
-        assert out.exists(), f"exit {p.returncode}: {err[-3000:]}"
-        results.append((p.returncode, json.loads(out.read_text(encoding="utf-8")), err))
-    return results
+    return [(p.returncode, json.loads(out.read_text(encoding="utf-8")) if out.exists() else None, err)
+            for p, out, err in zip(procs, outs, errs)]
 
 
-def _ddp_job(tmp_path: Path, script: str, root: Path, steps: int) -> list[tuple[int, dict[str, Any], str]]:
-    """A two-process job of a framework's script (``root``, report, rank, ``steps``), rendezvous by environment."""
-    port = str(_free_port())
-    return _two_ranks(
-        tmp_path, lambda rank, out: [script, str(root), out, str(rank), str(steps)],
-        lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"},
-    )
+def _reported(results: list[tuple[int, dict[str, Any] | None, str]]) -> Ran:
+    ran: Ran = []
+    for code, report, err in results:
+        assert report is not None, f"exit {code}: {err[-3000:]}"
+        ran.append((code, report, err))
+    return ran
 
-def _plain(tmp_path: Path, graces: tuple[float, float]) -> list[tuple[int, dict[str, Any], str]]:
+
+def _ddp_job(tmp_path: Path, script: str, root: Path, steps: int) -> Ran:
+    """A two-process job of a framework's script (``root``, report, rank, ``steps``), rendezvous by environment; run
+    again on another port when the one chosen was taken before rank 0 could listen on it."""
+    for _attempt in range(3):
+        port = str(_free_port())
+        results = _start_ranks(
+            tmp_path, lambda rank, out: [script, str(root), out, str(rank), str(steps)],
+            lambda rank, port=port: {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"},
+        )
+        if not any("address already in use" in err.lower() for _code, _report, err in results):
+            break
+    return _reported(results)
+
+
+def _plain(tmp_path: Path, graces: tuple[float, float]) -> Ran:
     root, store = tmp_path / "root", tmp_path / "store"
-    return _two_ranks(tmp_path, lambda rank, out: [PLAIN, str(root), str(store), out, str(rank), str(graces[rank])])
+    return _reported(_start_ranks(tmp_path, lambda rank, out: [PLAIN, str(root), str(store), out, str(rank), str(graces[rank])]))
 
 
 @pytest.mark.subprocess
