@@ -49,7 +49,13 @@ if TYPE_CHECKING:
     from ._libc_kill import build_kill_library, kill_library_env, kill_library_events
     from ._torture import kill_orphans, workload_processes
     from ._torture_distributed import run_distributed_torture
-    from ._training_kill import AuditKiller, KillingFileSystem, run_training_torture
+    from ._training_kill import (
+        TEARDOWN_ABORT,
+        AuditKiller,
+        KillingFileSystem,
+        aborted_after_result,
+        run_training_torture,
+    )
     from ._workload import WORKLOAD_OPS, WORKLOAD_ROOT_ENV, parse_ops, points_for_ops
 
 _LAZY = {
@@ -61,6 +67,8 @@ _LAZY = {
     "DemoDataError": "._demo_host",
     "DemoError": "._demo",
     "AuditKiller": "._training_kill",
+    "TEARDOWN_ABORT": "._training_kill",
+    "aborted_after_result": "._training_kill",
     "KillingFileSystem": "._training_kill",
     "RankResult": "._dcp_ranks",
     "WORKLOAD_OPS": "._workload",
@@ -95,6 +103,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EXIT_CODES",
+    "TEARDOWN_ABORT",
     "WORKLOAD_OPS",
     "WORKLOAD_ROOT_ENV",
     "AuditKiller",
@@ -108,6 +117,7 @@ __all__ = [
     "RankResult",
     "RootView",
     "UnreadableRootError",
+    "aborted_after_result",
     "bench_prealloc_fdatasync",
     "build_kill_library",
     "build_parser",

@@ -17,7 +17,9 @@ pytest.importorskip("torch")
 
 from shipslog.journal import OS_FS
 from shipslog.tools import (
+    TEARDOWN_ABORT,
     KillingFileSystem,
+    aborted_after_result,
     build_kill_library,
     kill_library_env,
     run_training_torture,
@@ -195,3 +197,48 @@ def test_the_audit_killer_dies_before_the_counted_create_of_code_that_writes_wit
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert os.path.exists(first) and not os.path.exists(second)
+
+
+_ABORTS_AFTER = r'''
+import os, sys
+result, body, message = sys.argv[1:4]
+if body:
+    with open(result, "w") as f:
+        f.write(body)
+sys.stderr.write(message + "\n")
+sys.stderr.flush()
+os.abort()
+'''
+
+
+def _aborted_child(tmp_path: Any, body: str, message: str = TEARDOWN_ABORT) -> tuple[int, str, str]:
+    result = os.path.join(tmp_path, "result.json")
+    proc = subprocess.run([sys.executable, "-c", _ABORTS_AFTER, result, body, message], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return proc.returncode, proc.stderr, result
+
+
+def test_a_child_that_aborts_in_torch_s_teardown_after_a_complete_result_has_finished(tmp_path: Any) -> None:
+    code, err, result = _aborted_child(tmp_path, '{"start": 4, "digest": "ab"}')
+    assert code == -signal.SIGABRT
+    assert aborted_after_result(code, err, result)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("", TEARDOWN_ABORT), ('{"start": 4, "dig', TEARDOWN_ABORT), ('{"start": 4}', "Fatal Python error: Segmentation fault")],
+    ids=["no-result", "result-cut-short", "another-abort"],
+)
+def test_an_abort_without_a_complete_result_or_with_another_message_is_a_failure(tmp_path: Any, body: str, message: str) -> None:
+    code, err, result = _aborted_child(tmp_path, body, message)
+    assert code == -signal.SIGABRT
+    assert not aborted_after_result(code, err, result)
+
+
+def test_only_sigabrt_counts_as_the_teardown_abort(tmp_path: Any) -> None:
+    result = os.path.join(tmp_path, "result.json")
+    with open(result, "w", encoding="utf-8") as f:
+        f.write("{}")
+    assert aborted_after_result(-signal.SIGABRT, TEARDOWN_ABORT, result)
+    assert not aborted_after_result(-signal.SIGKILL, TEARDOWN_ABORT, result)
+    assert not aborted_after_result(1, TEARDOWN_ABORT, result)
