@@ -19,15 +19,20 @@ pytest.importorskip("torch")
 from _engine_helpers import open_engine
 
 from shipslog.gpu import Preemption
+from shipslog.tools import aborted_after_result
 
 # Every child ends the same way: the process group is torn down on every rank (after a barrier, so no rank leaves
-# while a peer's gloo threads still talk to it), then the exit code the Preemption block chose is the process's.
+# while a peer's gloo threads still talk to it), then its report is written with the exit code the Preemption block
+# chose, and that code is the process's.  A rank that torch's teardown aborts after its report (SIGABRT) is taken at
+# its report, as the training kill harness does (see shipslog.tools.aborted_after_result).
 _END = r'''
-def _end(code):
+def _end(code, out, report):
     import torch.distributed as dist
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    with open(out, "w") as f:
+        json.dump({**report, "exit": code}, f)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -74,10 +79,7 @@ try:
                 break
 except SystemExit as exc:
     code = exc.code
-with open(out, "w") as f:
-    json.dump({"stopped_at": steps[-1], "saved": saved, "final_saved": preemption.final_saved,
-               "signum": preemption.signum}, f)
-_end(code)
+_end(code, out, {"stopped_at": steps[-1], "saved": saved, "final_saved": preemption.final_saved, "signum": preemption.signum})
 '''
 
 HF = r'''
@@ -120,10 +122,8 @@ with warnings.catch_warnings():
     except SystemExit as exc:
         code = exc.code
 resumed = trainer.resumed_from.step if trainer is not None and trainer.resumed_from is not None else None
-with open(out, "w") as f:
-    json.dump({"global_step": trainer.state.global_step, "resumed_from": resumed,
-               "final_saved": preemption.final_saved, "signum": preemption.signum}, f)
-_end(code)
+_end(code, out, {"global_step": trainer.state.global_step, "resumed_from": resumed,
+                 "final_saved": preemption.final_saved, "signum": preemption.signum})
 '''
 
 LIGHTNING = r'''
@@ -182,10 +182,8 @@ with warnings.catch_warnings():
             trainer.fit(model, ckpt_path="last")
     except SystemExit as exc:
         code = exc.code
-with open(out, "w") as f:
-    json.dump({"global_step": int(trainer.global_step), "first_step": model.first_step,
-               "final_saved": preemption.final_saved, "signum": preemption.signum}, f)
-_end(code)
+_end(code, out, {"global_step": int(trainer.global_step), "first_step": model.first_step,
+                 "final_saved": preemption.final_saved, "signum": preemption.signum})
 '''
 
 
@@ -218,8 +216,12 @@ def _start_ranks(tmp_path: Path, argv_of: Any, env_of: Any = None) -> list[tuple
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    return [(p.returncode, json.loads(out.read_text(encoding="utf-8")) if out.exists() else None, err)
-            for p, out, err in zip(procs, outs, errs)]
+    ended: list[tuple[int, dict[str, Any] | None, str]] = []
+    for p, out, err in zip(procs, outs, errs):
+        report = json.loads(out.read_text(encoding="utf-8")) if out.exists() else None
+        chosen = report.pop("exit") if report is not None else None
+        ended.append((chosen if aborted_after_result(p.returncode, err, str(out)) else p.returncode, report, err))
+    return ended
 
 
 def _reported(results: list[tuple[int, dict[str, Any] | None, str]]) -> Ran:
