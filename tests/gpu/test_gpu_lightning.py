@@ -144,3 +144,20 @@ def test_a_process_without_an_engine_loads_the_folder_it_was_sent_verified_again
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         ShipslogCheckpointIO(None).load_checkpoint(folder)
+
+
+def test_preemption_under_ddp_without_the_shipslog_strategy_is_refused_naming_the_strategy() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from shipslog.gpu import Preemption
+    from shipslog.gpu.lightning import ShipslogDDPStrategy, ShipslogPreemption
+
+    callback = ShipslogPreemption(Preemption())
+    with pytest.raises(ValueError, match="needs ShipslogDDPStrategy, not DDPStrategy"):
+        callback.setup(SimpleNamespace(world_size=2, strategy=DDPStrategy()), None, "fit")
+    callback.setup(SimpleNamespace(world_size=2, strategy=ShipslogDDPStrategy()), None, "fit")
+    assert callback.distributed
+    callback.setup(SimpleNamespace(world_size=1, strategy=DDPStrategy()), None, "fit")
+    assert not callback.distributed
